@@ -1,0 +1,277 @@
+//! Every SQL statement the API runs. Handlers call these; they never build SQL.
+//!
+//! None of these is on the booking hot path except `goods_limits`, and only when the
+//! in-process goods cache misses.
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
+use shared::auth::Role;
+use tokio_postgres::{error::SqlState, Row};
+use uuid::Uuid;
+
+use crate::error::ApiError;
+
+/// A goods as the API returns it.
+#[derive(Debug, Clone)]
+pub struct Goods {
+    pub id: i64,
+    pub organizer_id: i64,
+    pub title: String,
+    pub content: String,
+    pub price: i64,
+    pub img_url: String,
+    pub show_date: DateTime<Utc>,
+    pub booking_limit: i32,
+    pub max_per_booking: i32,
+    pub booked_count: i32,
+    pub created_at: DateTime<Utc>,
+}
+
+const GOODS_COLUMNS: &str = "id, organizer_id, title, content, price, img_url, show_date, \
+     booking_limit, max_per_booking, booked_count, created_at";
+
+impl Goods {
+    fn from_row(row: &Row) -> Self {
+        Self {
+            id: row.get(0),
+            organizer_id: row.get(1),
+            title: row.get(2),
+            content: row.get(3),
+            price: row.get(4),
+            img_url: row.get(5),
+            show_date: row.get(6),
+            booking_limit: row.get(7),
+            max_per_booking: row.get(8),
+            booked_count: row.get(9),
+            created_at: row.get(10),
+        }
+    }
+}
+
+/// What the booking hot path needs to know about a goods.
+#[derive(Debug, Clone, Copy)]
+pub struct GoodsLimits {
+    pub max_per_booking: i32,
+}
+
+/// Validated input for a new goods.
+#[derive(Debug)]
+pub struct NewGoods {
+    pub title: String,
+    pub content: String,
+    pub price: i64,
+    pub img_url: String,
+    pub show_date: DateTime<Utc>,
+    pub booking_limit: i32,
+    pub max_per_booking: i32,
+}
+
+/// A user row, as signup returns it.
+#[derive(Debug)]
+pub struct User {
+    pub id: i64,
+    pub email: String,
+    pub nickname: String,
+    pub role: Role,
+}
+
+/// A decided (or logged) booking request, for the status fallback.
+#[derive(Debug)]
+pub struct RequestRecord {
+    pub user_id: i64,
+    pub goods_id: i64,
+    pub quantity: i32,
+    pub decision: String,
+    pub reason: Option<String>,
+    pub booking_id: Option<i64>,
+}
+
+fn role_of(raw: &str) -> Result<Role, ApiError> {
+    Role::parse(raw).ok_or_else(|| ApiError::Internal(format!("unknown role `{raw}`").into()))
+}
+
+/// Inserts a user. Unique violations on email or nickname become 409s.
+///
+/// # Errors
+/// `EmailTaken`, `NicknameTaken`, or a database failure.
+pub async fn insert_user(
+    pool: &Pool,
+    email: &str,
+    nickname: &str,
+    password_hash: &str,
+) -> Result<User, ApiError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "INSERT INTO users (email, nickname, password_hash) VALUES ($1, $2, $3) \
+             RETURNING id, email, nickname, role",
+        )
+        .await?;
+    match client
+        .query_one(&stmt, &[&email, &nickname, &password_hash])
+        .await
+    {
+        Ok(row) => Ok(User {
+            id: row.get(0),
+            email: row.get(1),
+            nickname: row.get(2),
+            role: role_of(row.get(3))?,
+        }),
+        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            let constraint = e
+                .as_db_error()
+                .and_then(|d| d.constraint())
+                .unwrap_or_default();
+            if constraint.contains("nickname") {
+                Err(ApiError::NicknameTaken)
+            } else {
+                Err(ApiError::EmailTaken)
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Finds a live user by email for login: id, stored hash, role.
+///
+/// # Errors
+/// A database failure.
+pub async fn find_login(pool: &Pool, email: &str) -> Result<Option<(i64, String, Role)>, ApiError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT id, password_hash, role FROM users \
+             WHERE lower(email) = lower($1) AND deleted_at IS NULL",
+        )
+        .await?;
+    match client.query_opt(&stmt, &[&email]).await? {
+        Some(row) => Ok(Some((row.get(0), row.get(1), role_of(row.get(2))?))),
+        None => Ok(None),
+    }
+}
+
+/// The current role of a live user, if the user exists.
+///
+/// # Errors
+/// A database failure.
+pub async fn user_role(pool: &Pool, user_id: i64) -> Result<Option<Role>, ApiError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached("SELECT role FROM users WHERE id = $1 AND deleted_at IS NULL")
+        .await?;
+    match client.query_opt(&stmt, &[&user_id]).await? {
+        Some(row) => Ok(Some(role_of(row.get(0))?)),
+        None => Ok(None),
+    }
+}
+
+/// Ids of every deleted user.
+///
+/// # Errors
+/// A database failure.
+pub async fn revoked_user_ids(pool: &Pool) -> Result<Vec<i64>, ApiError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached("SELECT id FROM users WHERE deleted_at IS NOT NULL")
+        .await?;
+    let rows = client.query(&stmt, &[]).await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// # Errors
+/// A database failure.
+pub async fn insert_goods(pool: &Pool, organizer_id: i64, g: &NewGoods) -> Result<Goods, ApiError> {
+    let client = pool.get().await?;
+    let sql = format!(
+        "INSERT INTO goods (organizer_id, title, content, price, img_url, show_date, \
+         booking_limit, max_per_booking) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+         RETURNING {GOODS_COLUMNS}"
+    );
+    let stmt = client.prepare_cached(&sql).await?;
+    let row = client
+        .query_one(
+            &stmt,
+            &[
+                &organizer_id,
+                &g.title,
+                &g.content,
+                &g.price,
+                &g.img_url,
+                &g.show_date,
+                &g.booking_limit,
+                &g.max_per_booking,
+            ],
+        )
+        .await?;
+    Ok(Goods::from_row(&row))
+}
+
+/// Goods with ids greater than `after`, in id order.
+///
+/// # Errors
+/// A database failure.
+pub async fn list_goods(pool: &Pool, after: i64, limit: i64) -> Result<Vec<Goods>, ApiError> {
+    let client = pool.get().await?;
+    let sql = format!("SELECT {GOODS_COLUMNS} FROM goods WHERE id > $1 ORDER BY id LIMIT $2");
+    let stmt = client.prepare_cached(&sql).await?;
+    let rows = client.query(&stmt, &[&after, &limit]).await?;
+    Ok(rows.iter().map(Goods::from_row).collect())
+}
+
+/// # Errors
+/// A database failure.
+pub async fn get_goods(pool: &Pool, id: i64) -> Result<Option<Goods>, ApiError> {
+    let client = pool.get().await?;
+    let sql = format!("SELECT {GOODS_COLUMNS} FROM goods WHERE id = $1");
+    let stmt = client.prepare_cached(&sql).await?;
+    Ok(client
+        .query_opt(&stmt, &[&id])
+        .await?
+        .as_ref()
+        .map(Goods::from_row))
+}
+
+/// The limits the booking path checks (cache miss only).
+///
+/// # Errors
+/// A database failure.
+pub async fn goods_limits(pool: &Pool, id: i64) -> Result<Option<GoodsLimits>, ApiError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached("SELECT max_per_booking FROM goods WHERE id = $1")
+        .await?;
+    Ok(client
+        .query_opt(&stmt, &[&id])
+        .await?
+        .map(|row| GoodsLimits {
+            max_per_booking: row.get(0),
+        }))
+}
+
+/// The decision log entry of a request, for the status fallback.
+///
+/// # Errors
+/// A database failure.
+pub async fn request_record(
+    pool: &Pool,
+    request_id: Uuid,
+) -> Result<Option<RequestRecord>, ApiError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT user_id, goods_id, quantity, decision, reason, booking_id \
+             FROM booking_requests WHERE request_id = $1",
+        )
+        .await?;
+    Ok(client
+        .query_opt(&stmt, &[&request_id])
+        .await?
+        .map(|row| RequestRecord {
+            user_id: row.get(0),
+            goods_id: row.get(1),
+            quantity: row.get(2),
+            decision: row.get(3),
+            reason: row.get(4),
+            booking_id: row.get(5),
+        }))
+}

@@ -1,0 +1,343 @@
+//! Validated input types. Raw strings from clients stop here: a handler only ever
+//! holds an `Email`, a `Password`, a `Nickname` or a `NewGoods` that passed `parse`.
+//!
+//! Rules follow the original TicketNest so its clients keep working: passwords of 8+
+//! characters with an upper-case letter, a lower-case letter, a digit and a symbol;
+//! nicknames of 1 to 10 characters without spaces.
+
+use chrono::{DateTime, NaiveDate, Utc};
+
+use crate::{db::NewGoods, error::ApiError};
+
+/// Longest password accepted. Bounds the argon2 input so a huge password is not a
+/// cheap way to burn CPU.
+const MAX_PASSWORD_CHARS: usize = 128;
+const MAX_TITLE_CHARS: usize = 100;
+const MAX_CONTENT_CHARS: usize = 5_000;
+const MAX_URL_CHARS: usize = 2_048;
+/// Highest price accepted (in the smallest currency unit).
+const MAX_PRICE: i64 = 1_000_000_000;
+/// Most seats one goods may offer.
+const MAX_BOOKING_LIMIT: i64 = 1_000_000;
+/// Most seats one booking request may take.
+const MAX_PER_BOOKING: i64 = 100;
+
+#[derive(Debug, Clone)]
+pub struct Email(String);
+
+impl Email {
+    /// # Errors
+    /// 400 naming `email` unless it is a plausible address of at most 254 characters.
+    pub fn parse(raw: &str) -> Result<Self, ApiError> {
+        let trimmed = raw.trim();
+        if trimmed.len() > 254 || !email_address::EmailAddress::is_valid(trimmed) {
+            return Err(ApiError::validation(
+                "email",
+                "email must be a valid address of at most 254 characters",
+            ));
+        }
+        Ok(Self(trimmed.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+pub struct Password(String);
+
+impl Password {
+    /// # Errors
+    /// 400 naming `password` when it is too short, too long, or misses a character class.
+    pub fn parse(raw: &str) -> Result<Self, ApiError> {
+        let chars = raw.chars().count();
+        let strong = (8..=MAX_PASSWORD_CHARS).contains(&chars)
+            && raw.chars().any(|c| c.is_uppercase())
+            && raw.chars().any(|c| c.is_lowercase())
+            && raw.chars().any(|c| c.is_ascii_digit())
+            && raw
+                .chars()
+                .any(|c| !c.is_alphanumeric() && !c.is_whitespace());
+        if !strong {
+            return Err(ApiError::validation(
+                "password",
+                format!(
+                    "password must be 8 to {MAX_PASSWORD_CHARS} characters with an upper-case \
+                     letter, a lower-case letter, a digit and a symbol"
+                ),
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(..)")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Nickname(String);
+
+impl Nickname {
+    /// # Errors
+    /// 400 naming `nickname` when empty, longer than 10 characters, or containing whitespace.
+    pub fn parse(raw: &str) -> Result<Self, ApiError> {
+        let chars = raw.chars().count();
+        if chars == 0 || chars > 10 || raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(ApiError::validation(
+                "nickname",
+                "nickname must be 1 to 10 characters with no spaces",
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Parses a show date: RFC 3339 (`2026-12-24T19:30:00+09:00`) or a plain date (`2026-12-24`, midnight UTC).
+fn parse_show_date(raw: &str) -> Result<DateTime<Utc>, ApiError> {
+    let raw = raw.trim();
+    DateTime::parse_from_rfc3339(raw)
+        .map(|d| d.with_timezone(&Utc))
+        .or_else(|_| {
+            NaiveDate::parse_from_str(raw, "%Y-%m-%d")
+                .map(|d| d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc())
+        })
+        .map_err(|_| {
+            ApiError::validation(
+                "showDate",
+                "showDate must be an RFC 3339 date-time (2026-12-24T19:30:00Z) or a date (2026-12-24)",
+            )
+        })
+}
+
+fn bounded_text(
+    field: &'static str,
+    raw: &str,
+    min: usize,
+    max: usize,
+) -> Result<String, ApiError> {
+    let value = raw.trim();
+    let chars = value.chars().count();
+    if chars < min || chars > max {
+        let message = if min > 0 {
+            format!("{field} must be {min} to {max} characters")
+        } else {
+            format!("{field} must be at most {max} characters")
+        };
+        return Err(ApiError::validation(field, message));
+    }
+    Ok(value.to_owned())
+}
+
+/// The raw fields of a goods, as sent by a client.
+pub struct GoodsInput<'a> {
+    pub title: &'a str,
+    pub content: &'a str,
+    pub price: i64,
+    pub img_url: &'a str,
+    pub show_date: &'a str,
+    pub booking_limit: i64,
+    pub max_per_booking: Option<i64>,
+}
+
+impl GoodsInput<'_> {
+    /// # Errors
+    /// 400 naming the first invalid field.
+    pub fn parse(self) -> Result<NewGoods, ApiError> {
+        let title = bounded_text("title", self.title, 1, MAX_TITLE_CHARS)?;
+        let content = bounded_text("content", self.content, 0, MAX_CONTENT_CHARS)?;
+        if !(0..=MAX_PRICE).contains(&self.price) {
+            return Err(ApiError::validation(
+                "price",
+                format!("price must be between 0 and {MAX_PRICE}"),
+            ));
+        }
+        let img_url = bounded_text("imgUrl", self.img_url, 0, MAX_URL_CHARS)?;
+        let http_url = img_url.starts_with("https://") || img_url.starts_with("http://");
+        if !(img_url.is_empty() || http_url) {
+            return Err(ApiError::validation(
+                "imgUrl",
+                "imgUrl must be an http(s) URL or empty",
+            ));
+        }
+        let show_date = parse_show_date(self.show_date)?;
+        if !(1..=MAX_BOOKING_LIMIT).contains(&self.booking_limit) {
+            return Err(ApiError::validation(
+                "bookingLimit",
+                format!("bookingLimit must be between 1 and {MAX_BOOKING_LIMIT}"),
+            ));
+        }
+        let max_per_booking = self.max_per_booking.unwrap_or(1);
+        if !(1..=MAX_PER_BOOKING.min(self.booking_limit)).contains(&max_per_booking) {
+            return Err(ApiError::validation(
+                "maxPerBooking",
+                format!("maxPerBooking must be between 1 and {MAX_PER_BOOKING} (and at most bookingLimit)"),
+            ));
+        }
+        // Both fit in i32: bounded above by MAX_BOOKING_LIMIT.
+        let to_i32 = |v: i64| i32::try_from(v).unwrap_or(i32::MAX);
+        Ok(NewGoods {
+            title,
+            content,
+            price: self.price,
+            img_url,
+            show_date,
+            booking_limit: to_i32(self.booking_limit),
+            max_per_booking: to_i32(max_per_booking),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_of(e: ApiError) -> &'static str {
+        match e {
+            ApiError::Validation { field, .. } => field,
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn passwords_need_every_character_class() {
+        assert!(Password::parse("Abcdef1!").is_ok());
+        for weak in ["Abcde1!", "abcdef1!", "ABCDEF1!", "Abcdefg!", "Abcdefg1"] {
+            assert_eq!(
+                field_of(Password::parse(weak).unwrap_err()),
+                "password",
+                "{weak}"
+            );
+        }
+        assert!(Password::parse(&format!("Aa1!{}", "x".repeat(200))).is_err());
+    }
+
+    #[test]
+    fn nicknames_are_short_and_spaceless() {
+        assert!(Nickname::parse("neo").is_ok());
+        assert!(Nickname::parse("ten_chars_").is_ok());
+        for bad in ["", "eleven_char", "a b", "tab\tx"] {
+            assert_eq!(
+                field_of(Nickname::parse(bad).unwrap_err()),
+                "nickname",
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn emails_must_look_like_addresses() {
+        assert!(Email::parse("fan@example.com").is_ok());
+        for bad in ["", "no-at-sign", "a@", "@b.c"] {
+            assert_eq!(field_of(Email::parse(bad).unwrap_err()), "email", "{bad:?}");
+        }
+    }
+
+    fn goods<'a>() -> GoodsInput<'a> {
+        GoodsInput {
+            title: "Show",
+            content: "",
+            price: 1000,
+            img_url: "https://img.example/x.png",
+            show_date: "2026-12-24T19:30:00Z",
+            booking_limit: 100,
+            max_per_booking: None,
+        }
+    }
+
+    #[test]
+    fn goods_input_names_the_invalid_field() {
+        assert_eq!(goods().parse().map(|g| g.max_per_booking).ok(), Some(1));
+        let cases: Vec<(GoodsInput<'_>, &str)> = vec![
+            (
+                GoodsInput {
+                    title: "  ",
+                    ..goods()
+                },
+                "title",
+            ),
+            (
+                GoodsInput {
+                    price: -1,
+                    ..goods()
+                },
+                "price",
+            ),
+            (
+                GoodsInput {
+                    booking_limit: 0,
+                    ..goods()
+                },
+                "bookingLimit",
+            ),
+            (
+                GoodsInput {
+                    booking_limit: -5,
+                    ..goods()
+                },
+                "bookingLimit",
+            ),
+            (
+                GoodsInput {
+                    show_date: "tomorrow",
+                    ..goods()
+                },
+                "showDate",
+            ),
+            (
+                GoodsInput {
+                    img_url: "ftp://x",
+                    ..goods()
+                },
+                "imgUrl",
+            ),
+            (
+                GoodsInput {
+                    max_per_booking: Some(0),
+                    ..goods()
+                },
+                "maxPerBooking",
+            ),
+            (
+                GoodsInput {
+                    max_per_booking: Some(101),
+                    booking_limit: 1000,
+                    ..goods()
+                },
+                "maxPerBooking",
+            ),
+        ];
+        for (input, field) in cases {
+            assert_eq!(field_of(input.parse().unwrap_err()), field);
+        }
+        let long_title = "t".repeat(101);
+        assert_eq!(
+            field_of(
+                GoodsInput {
+                    title: &long_title,
+                    ..goods()
+                }
+                .parse()
+                .unwrap_err()
+            ),
+            "title"
+        );
+    }
+
+    #[test]
+    fn show_dates_accept_rfc3339_and_plain_dates() {
+        assert!(parse_show_date("2026-12-24").is_ok());
+        assert!(parse_show_date("2026-12-24T19:30:00+09:00").is_ok());
+        assert!(parse_show_date("2026-13-01").is_err());
+    }
+}

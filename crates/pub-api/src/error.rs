@@ -1,0 +1,201 @@
+//! The one place where errors become HTTP responses.
+//!
+//! Every failure a handler or extractor can produce is an `ApiError`. Its `code()` is a
+//! stable snake_case string clients can match on, and the status comes from the same
+//! table, so the two never disagree. The body is always
+//! `{"error":{"code","message"}}` (plus `field` when one input field is to blame).
+//! 5xx bodies are opaque: the cause chain is logged here, once, and never sent.
+
+use actix_web::{
+    http::{header, StatusCode},
+    HttpResponse, ResponseError,
+};
+use serde::Serialize;
+
+/// Everything that can go wrong while answering a request.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    Validation {
+        field: &'static str,
+        message: String,
+    },
+    #[error("request body is not valid JSON for this endpoint: {0}")]
+    InvalidJson(String),
+    #[error("{0}")]
+    InvalidPath(String),
+    #[error("{0}")]
+    InvalidQuery(String),
+    #[error("request body must be sent as application/json")]
+    UnsupportedMediaType,
+    #[error("request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("email or password is incorrect")]
+    InvalidCredentials,
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("goods not found")]
+    GoodsNotFound,
+    #[error("booking request not found")]
+    RequestNotFound,
+    #[error("no such route")]
+    RouteNotFound,
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
+    #[error("email is already registered")]
+    EmailTaken,
+    #[error("nickname is already taken")]
+    NicknameTaken,
+    #[error("booking queue is unavailable, retry shortly")]
+    QueueUnavailable(#[source] redis::RedisError),
+    #[error("database is unavailable, retry shortly")]
+    DatabaseUnavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl ApiError {
+    pub fn validation(field: &'static str, message: impl Into<String>) -> Self {
+        Self::Validation {
+            field,
+            message: message.into(),
+        }
+    }
+
+    /// The error table: status and stable code for every variant.
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::Validation { .. } => (StatusCode::BAD_REQUEST, "validation_failed"),
+            Self::InvalidJson(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
+            Self::InvalidPath(_) => (StatusCode::BAD_REQUEST, "invalid_path"),
+            Self::InvalidQuery(_) => (StatusCode::BAD_REQUEST, "invalid_query"),
+            Self::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::GoodsNotFound => (StatusCode::NOT_FOUND, "goods_not_found"),
+            Self::RequestNotFound => (StatusCode::NOT_FOUND, "request_not_found"),
+            Self::RouteNotFound => (StatusCode::NOT_FOUND, "not_found"),
+            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Self::EmailTaken => (StatusCode::CONFLICT, "email_taken"),
+            Self::NicknameTaken => (StatusCode::CONFLICT, "nickname_taken"),
+            Self::QueueUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable"),
+            Self::DatabaseUnavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable")
+            }
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.status_and_code().1
+    }
+}
+
+/// Classifies a database error: lost connections are "unavailable" (503, retry),
+/// anything PostgreSQL itself refused is a bug on our side (500).
+impl From<tokio_postgres::Error> for ApiError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        if e.code().is_some() {
+            Self::Internal(Box::new(e))
+        } else {
+            Self::DatabaseUnavailable(Box::new(e))
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for ApiError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        Self::DatabaseUnavailable(Box::new(e))
+    }
+}
+
+impl From<redis::RedisError> for ApiError {
+    fn from(e: redis::RedisError) -> Self {
+        Self::QueueUnavailable(e)
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    code: &'a str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+/// Writes the cause chain as one string for the log line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status_and_code().0
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let (status, code) = self.status_and_code();
+        if status.is_server_error() {
+            tracing::error!(code, error = %chain(self), "request failed");
+        } else {
+            tracing::debug!(code, error = %self, "request refused");
+        }
+        let field = match self {
+            Self::Validation { field, .. } => Some(*field),
+            _ => None,
+        };
+        let mut response = HttpResponse::build(status);
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.insert_header((header::RETRY_AFTER, "1"));
+        }
+        response.json(ErrorBody {
+            error: ErrorDetail {
+                code,
+                message: self.to_string(),
+                field,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_client_error_has_a_4xx_status_and_snake_case_code() {
+        let errors = [
+            ApiError::validation("email", "bad"),
+            ApiError::InvalidJson("x".into()),
+            ApiError::UnsupportedMediaType,
+            ApiError::PayloadTooLarge(1),
+            ApiError::Unauthorized("no"),
+            ApiError::Forbidden("no"),
+            ApiError::GoodsNotFound,
+            ApiError::EmailTaken,
+        ];
+        for e in errors {
+            let (status, code) = e.status_and_code();
+            assert!(status.is_client_error(), "{code} is {status}");
+            assert!(code.chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! pub-api binary: telemetry, config, build, run until SIGINT/SIGTERM.
+
+use anyhow::Context;
+use pub_api::startup::Application;
+use shared::config::ApiConfig;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    shared::telemetry::init("info");
+    let config = ApiConfig::from_env().context("invalid configuration")?;
+    let app = Application::build(config.clone())
+        .await
+        .context("pub-api failed to start")?;
+    tracing::info!(addr = %config.http.addr, port = app.port(), "pub-api listening");
+    let shutdown = CancellationToken::new();
+    tokio::spawn(shared::telemetry::cancel_on_signal(shutdown.clone()));
+    app.run_until_stopped(shutdown)
+        .await
+        .context("pub-api failed")?;
+    tracing::info!("pub-api stopped");
+    Ok(())
+}

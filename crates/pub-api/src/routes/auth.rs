@@ -1,0 +1,120 @@
+//! `POST /api/auth/signup` and `POST /api/auth/login`.
+
+use actix_web::{
+    cookie::{time::Duration as CookieDuration, Cookie, SameSite},
+    http::StatusCode,
+    web, HttpResponse,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    db,
+    domain::{Email, Nickname, Password},
+    error::ApiError,
+    extract::{ApiJson, AUTH_COOKIE},
+    state::AppState,
+};
+
+#[derive(Deserialize)]
+pub struct SignupBody {
+    email: String,
+    password: String,
+    nickname: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct UserResponse {
+    id: i64,
+    email: String,
+    nickname: String,
+    role: &'static str,
+}
+
+/// Argon2 is deliberately slow; run it off the async workers so it never stalls the
+/// booking path sharing the same threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    web::block(f)
+        .await
+        .map_err(|e| ApiError::Internal(Box::new(e)))?
+}
+
+#[tracing::instrument(skip_all)]
+pub async fn signup(
+    state: web::Data<AppState>,
+    ApiJson(body): ApiJson<SignupBody>,
+) -> Result<HttpResponse, ApiError> {
+    let email = Email::parse(&body.email)?;
+    let password = Password::parse(&body.password)?;
+    let nickname = Nickname::parse(&body.nickname)?;
+    let hashing = state.passwords.clone();
+    let hash = blocking(move || {
+        hashing
+            .hash(password.expose())
+            .map_err(|e| ApiError::Internal(Box::new(e)))
+    })
+    .await?;
+    let user = db::insert_user(&state.pool, email.as_str(), nickname.as_str(), &hash).await?;
+    tracing::info!(user_id = user.id, "user signed up");
+    Ok(HttpResponse::Created().json(UserResponse {
+        id: user.id,
+        email: user.email,
+        nickname: user.nickname,
+        role: user.role.as_str(),
+    }))
+}
+
+#[derive(Deserialize)]
+pub struct LoginBody {
+    email: String,
+    password: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct LoginResponse {
+    access_token: String,
+}
+
+/// A valid argon2id hash of a random password, verified when the email is unknown so
+/// that "no such email" and "wrong password" take the same time.
+const DUMMY_HASH: &str = "$argon2id$v=19$m=8,t=1,p=1$c29tZXNhbHRzb21lc2FsdA$0Yx2p9qfVtBkq3Cq9C0d+Q";
+
+#[tracing::instrument(skip_all)]
+pub async fn login(
+    state: web::Data<AppState>,
+    ApiJson(body): ApiJson<LoginBody>,
+) -> Result<HttpResponse, ApiError> {
+    let found = db::find_login(&state.pool, body.email.trim()).await?;
+    let hashing = state.passwords.clone();
+    let password = body.password;
+    let (stored, user) = match found {
+        Some((id, hash, role)) => (hash, Some((id, role))),
+        None => (DUMMY_HASH.to_owned(), None),
+    };
+    let matches = blocking(move || Ok(hashing.verify(&password, &stored))).await?;
+    let (user_id, role) = match (matches, user) {
+        (true, Some(user)) => user,
+        _ => return Err(ApiError::InvalidCredentials),
+    };
+    let token = state
+        .tokens
+        .mint(user_id, role)
+        .map_err(|e| ApiError::Internal(Box::new(e)))?;
+    let max_age = i64::try_from(state.tokens.ttl().as_secs()).unwrap_or(i64::MAX);
+    let cookie = Cookie::build(AUTH_COOKIE, token.clone())
+        .http_only(true)
+        .secure(state.secure_cookies)
+        .same_site(SameSite::Lax)
+        .path("/")
+        .max_age(CookieDuration::seconds(max_age))
+        .finish();
+    tracing::info!(user_id, "user logged in");
+    Ok(HttpResponse::build(StatusCode::CREATED)
+        .cookie(cookie)
+        .json(LoginResponse {
+            access_token: token,
+        }))
+}

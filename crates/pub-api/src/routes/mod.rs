@@ -1,0 +1,6 @@
+//! Route handlers, one module per resource.
+
+pub mod auth;
+pub mod bookings;
+pub mod goods;
+pub mod health;

@@ -1,0 +1,196 @@
+//! Building and running the HTTP server.
+
+use std::{
+    collections::HashSet,
+    net::TcpListener,
+    sync::{Arc, RwLock},
+};
+
+use actix_web::{
+    dev::Server,
+    middleware::from_fn,
+    web::{self, Data},
+    App, HttpResponse, HttpServer,
+};
+use shared::{
+    auth::{PasswordHashing, TokenKeys},
+    config::{ApiConfig, Environment},
+    error::SharedError,
+    keys::Keys,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    error::ApiError,
+    extract::{payload_config, query_config},
+    request_id, revocation,
+    routes::{auth, bookings, goods, health},
+    state::AppState,
+};
+
+/// How long in-flight requests may take to finish after shutdown begins.
+const SHUTDOWN_GRACE_SECS: u64 = 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Dependency(#[from] SharedError),
+    #[error("could not bind {addr}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("could not load revoked users")]
+    Revocation(#[source] ApiError),
+}
+
+/// A built server, bound and ready to run.
+pub struct Application {
+    port: u16,
+    server: Server,
+    state: AppState,
+}
+
+async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::RouteNotFound)
+}
+
+async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed)
+}
+
+/// A resource that answers unknown methods with a JSON 405.
+fn resource(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(method_not_allowed))
+}
+
+/// Registers every route. Shared by the server and nothing else, so the route table is
+/// in one place.
+fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/healthz").route(web::get().to(health::healthz)))
+        .service(resource("/readyz").route(web::get().to(health::readyz)))
+        .service(
+            web::scope("/api")
+                .service(resource("/auth/signup").route(web::post().to(auth::signup)))
+                .service(resource("/auth/login").route(web::post().to(auth::login)))
+                .service(
+                    resource("/goods")
+                        .route(web::get().to(goods::list))
+                        .route(web::post().to(goods::create)),
+                )
+                .service(resource("/goods/{id}").route(web::get().to(goods::detail)))
+                .service(resource("/goods/{id}/bookings").route(web::post().to(bookings::create)))
+                // The original TicketNest's route, kept for its clients.
+                .service(resource("/booking/{id}").route(web::post().to(bookings::create)))
+                .service(
+                    resource("/bookings/requests/{request_id}")
+                        .route(web::get().to(bookings::status)),
+                ),
+        );
+}
+
+impl Application {
+    /// Migrates, connects and binds `config.http.addr`.
+    ///
+    /// # Errors
+    /// PostgreSQL or Redis unreachable, migrations failing, or the address taken.
+    pub async fn build(config: ApiConfig) -> Result<Self, StartupError> {
+        let listener =
+            TcpListener::bind(&config.http.addr).map_err(|source| StartupError::Bind {
+                addr: config.http.addr.clone(),
+                source,
+            })?;
+        Self::build_with_listener(config, listener).await
+    }
+
+    /// Like `build`, on a listener the caller bound (tests bind port 0).
+    ///
+    /// # Errors
+    /// PostgreSQL or Redis unreachable, or migrations failing.
+    pub async fn build_with_listener(
+        config: ApiConfig,
+        listener: TcpListener,
+    ) -> Result<Self, StartupError> {
+        shared::db::migrate(&config.database).await?;
+        let pool = shared::db::build_pool(&config.database)?;
+        let mut redis = shared::queue::connect_manager(&config.redis).await?;
+        shared::queue::warn_if_eviction_possible(&mut redis).await;
+        let state = AppState {
+            pool,
+            redis,
+            keys: Keys::new(config.redis.prefix.clone(), config.shards.shards),
+            tokens: TokenKeys::from_config(&config.auth),
+            passwords: PasswordHashing::new(config.auth.argon2)?,
+            goods: AppState::goods_cache(config.http.goods_cache_ttl),
+            revoked: Arc::new(RwLock::new(HashSet::new())),
+            status_ttl: config.redis.status_ttl,
+            secure_cookies: config.environment == Environment::Prod,
+        };
+        revocation::refresh(&state)
+            .await
+            .map_err(StartupError::Revocation)?;
+
+        let port = listener
+            .local_addr()
+            .map_err(|source| StartupError::Bind {
+                addr: config.http.addr.clone(),
+                source,
+            })?
+            .port();
+        let data = Data::new(state.clone());
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .app_data(payload_config())
+                .app_data(query_config())
+                .configure(routes)
+                .default_service(web::to(not_found))
+                .wrap(from_fn(request_id::middleware))
+        })
+        .disable_signals()
+        .shutdown_timeout(SHUTDOWN_GRACE_SECS);
+        if let Some(workers) = config.http.workers {
+            server = server.workers(workers);
+        }
+        let server = server
+            .listen(listener)
+            .map_err(|source| StartupError::Bind {
+                addr: config.http.addr.clone(),
+                source,
+            })?
+            .run();
+        Ok(Self {
+            port,
+            server,
+            state,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops accepting and lets in-flight
+    /// requests finish (up to `SHUTDOWN_GRACE_SECS`).
+    ///
+    /// # Errors
+    /// The server failed while running.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        let handle = self.server.handle();
+        let refresher = tokio::spawn(revocation::run(self.state, shutdown.child_token()));
+        let stopper = {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                tracing::info!("shutting down: finishing in-flight requests");
+                handle.stop(true).await;
+            })
+        };
+        let result = self.server.await;
+        shutdown.cancel();
+        let _ = stopper.await;
+        let _ = refresher.await;
+        result
+    }
+}

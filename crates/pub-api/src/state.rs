@@ -1,0 +1,65 @@
+//! Process-wide state shared by all actix workers: pools, keys, caches.
+//!
+//! Nothing here is state another API copy would need: the goods cache and the revoked
+//! user set are local copies of PostgreSQL facts, refreshed on their own.
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use deadpool_postgres::Pool;
+use moka::sync::Cache;
+use redis::aio::ConnectionManager;
+use shared::{
+    auth::{PasswordHashing, TokenKeys},
+    keys::Keys,
+};
+
+use crate::db::GoodsLimits;
+
+/// Most goods kept in the in-process cache.
+const GOODS_CACHE_CAPACITY: u64 = 100_000;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: Pool,
+    /// Shared multiplexed connection; cloning it is cheap and shares the socket.
+    pub redis: ConnectionManager,
+    pub keys: Keys,
+    pub tokens: TokenKeys,
+    pub passwords: PasswordHashing,
+    /// Goods existence and limits, so the booking hot path does not query PostgreSQL.
+    /// Only found goods are cached: a goods created a moment ago is never refused
+    /// because an earlier lookup missed it.
+    pub goods: Cache<i64, GoodsLimits>,
+    /// Ids of deleted users, refreshed in the background (see `revocation`).
+    pub revoked: Arc<RwLock<HashSet<i64>>>,
+    /// How long a request status lives in Redis.
+    pub status_ttl: Duration,
+    /// Whether cookies are marked `Secure` (prod).
+    pub secure_cookies: bool,
+}
+
+impl AppState {
+    pub fn goods_cache(ttl: Duration) -> Cache<i64, GoodsLimits> {
+        let capacity = if ttl.is_zero() {
+            0
+        } else {
+            GOODS_CACHE_CAPACITY
+        };
+        Cache::builder()
+            .max_capacity(capacity)
+            .time_to_live(ttl.max(Duration::from_millis(1)))
+            .build()
+    }
+
+    pub fn is_revoked(&self, user_id: i64) -> bool {
+        // A poisoned lock only means a refresher panicked mid-swap; the set is still usable.
+        match self.revoked.read() {
+            Ok(set) => set.contains(&user_id),
+            Err(poisoned) => poisoned.into_inner().contains(&user_id),
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! PostgreSQL: the pool, the embedded migrations, and the few statements shared by
+//! several binaries (readiness, operator commands on users).
+//!
+//! Migrations are plain SQL in `crates/shared/migrations`, embedded with refinery and
+//! applied under a PostgreSQL advisory lock, so several processes starting at once
+//! apply them exactly once and the others wait, then find nothing to do.
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+use crate::{config::DatabaseConfig, error::SharedError};
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+/// Arbitrary but fixed key of the advisory lock that serialises migration runs.
+const MIGRATION_LOCK_KEY: i64 = 0x7469_636b_6e65_7374; // "ticknest"
+/// How long a caller waits for a pooled connection before reporting the database unavailable.
+const POOL_WAIT: Duration = Duration::from_secs(5);
+/// How long to wait for a new connection to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> SharedError {
+    SharedError::DatabaseUnavailable(Box::new(e))
+}
+
+/// Builds the connection pool. Connections open lazily, on first use.
+///
+/// # Errors
+/// An invalid URL or pool settings.
+pub fn build_pool(config: &DatabaseConfig) -> Result<Pool, SharedError> {
+    let mut pg = config
+        .pg_config()
+        .map_err(|e| SharedError::DatabaseUnavailable(Box::new(e)))?;
+    pg.connect_timeout(CONNECT_TIMEOUT);
+    let manager = Manager::from_config(
+        pg,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(config.pool_size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(POOL_WAIT))
+        .create_timeout(Some(CONNECT_TIMEOUT))
+        .recycle_timeout(Some(CONNECT_TIMEOUT))
+        .build()
+        .map_err(unavailable)
+}
+
+/// The newest migration version this build carries.
+pub fn latest_migration_version() -> i64 {
+    embedded::migrations::runner()
+        .get_migrations()
+        .iter()
+        .map(|m| i64::from(m.version()))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Applies pending migrations. Idempotent and safe to run from several processes at once.
+///
+/// # Errors
+/// The database is unreachable, or a migration fails or diverges from what was applied.
+pub async fn migrate(config: &DatabaseConfig) -> Result<(), SharedError> {
+    let mut pg = config
+        .pg_config()
+        .map_err(|e| SharedError::DatabaseUnavailable(Box::new(e)))?;
+    pg.connect_timeout(CONNECT_TIMEOUT);
+    let (mut client, connection) = pg.connect(NoTls).await.map_err(unavailable)?;
+    let driver = tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "migration connection closed with an error");
+        }
+    });
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
+        .await
+        .map_err(unavailable)?;
+    let report = embedded::migrations::runner()
+        .set_abort_divergent(true)
+        .set_abort_missing(true)
+        .run_async(&mut client)
+        .await;
+    // The lock is released when the session ends anyway; unlock to be tidy.
+    let _ = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
+        .await;
+    drop(client);
+    let _ = driver.await;
+    let report = report.map_err(|e| SharedError::Migration(Box::new(e)))?;
+    for m in report.applied_migrations() {
+        tracing::info!(version = m.version(), name = m.name(), "applied migration");
+    }
+    Ok(())
+}
+
+/// Whether every migration this build carries has been applied.
+///
+/// # Errors
+/// The database is unreachable.
+pub async fn migrations_applied(pool: &Pool) -> Result<bool, SharedError> {
+    let client = pool.get().await.map_err(unavailable)?;
+    let row = client
+        .query_opt(
+            "SELECT MAX(version)::BIGINT FROM refinery_schema_history",
+            &[],
+        )
+        .await;
+    match row {
+        Ok(Some(row)) => {
+            let applied: Option<i64> = row.get(0);
+            Ok(applied.unwrap_or(0) >= latest_migration_version())
+        }
+        Ok(None) => Ok(false),
+        // The history table does not exist yet: nothing applied.
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => Ok(false),
+        Err(e) => Err(unavailable(e)),
+    }
+}
+
+/// Sets a user's role by email. Returns whether a live user matched.
+///
+/// # Errors
+/// The database is unreachable.
+pub async fn set_user_role(
+    pool: &Pool,
+    email: &str,
+    role: crate::auth::Role,
+) -> Result<bool, SharedError> {
+    let client = pool.get().await.map_err(unavailable)?;
+    let n = client
+        .execute(
+            "UPDATE users SET role = $2 WHERE lower(email) = lower($1) AND deleted_at IS NULL",
+            &[&email, &role.as_str()],
+        )
+        .await
+        .map_err(unavailable)?;
+    Ok(n > 0)
+}
+
+/// Soft-deletes a user by email: their tokens stop working and they can no longer log
+/// in; their bookings stay. Returns whether a live user matched.
+///
+/// # Errors
+/// The database is unreachable.
+pub async fn delete_user(pool: &Pool, email: &str) -> Result<bool, SharedError> {
+    let client = pool.get().await.map_err(unavailable)?;
+    let n = client
+        .execute(
+            "UPDATE users SET deleted_at = now() WHERE lower(email) = lower($1) AND deleted_at IS NULL",
+            &[&email],
+        )
+        .await
+        .map_err(unavailable)?;
+    Ok(n > 0)
+}
+
+/// A fingerprint of every embedded migration (versions and checksums). Test helpers
+/// name their migrated template database after it, so a changed schema gets a fresh one.
+pub fn migrations_fingerprint() -> u64 {
+    embedded::migrations::runner()
+        .get_migrations()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |acc, m| {
+            (acc ^ m.checksum()).wrapping_mul(0x0100_0000_01b3)
+        })
+}

@@ -1,0 +1,28 @@
+//! Errors of the shared crate. Each variant names what failed, not which library failed.
+
+/// A configuration variable is missing or invalid. Always names the variable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{name} is not set: {reason}")]
+    Missing {
+        name: &'static str,
+        reason: &'static str,
+    },
+    #[error("{name} is invalid: {reason}")]
+    Invalid { name: &'static str, reason: String },
+}
+
+/// Failures of the shared infrastructure helpers (pools, migrations, tokens).
+#[derive(Debug, thiserror::Error)]
+pub enum SharedError {
+    #[error("database unavailable")]
+    DatabaseUnavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("applying migrations failed")]
+    Migration(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("queue unavailable")]
+    QueueUnavailable(#[source] redis::RedisError),
+    #[error("password hashing failed: {0}")]
+    PasswordHash(String),
+    #[error("token signing failed")]
+    TokenSigning(#[source] jsonwebtoken::errors::Error),
+}

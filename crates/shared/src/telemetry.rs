@@ -1,0 +1,59 @@
+//! The tracing subscriber used by every binary.
+//!
+//! Level filtering follows `RUST_LOG` (default `info`). `TICKETNEST_LOG_FORMAT=json`
+//! switches to one JSON object per line for log shippers. Log lines carry structured
+//! fields only; request bodies, passwords and tokens are never recorded.
+
+use tracing_subscriber::{fmt, layer::SubscriberExt, util::SubscriberInitExt, EnvFilter};
+
+/// Installs the global subscriber writing to stdout. Safe to call more than once
+/// (later calls are ignored), so tests and binaries share it.
+pub fn init(default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let json = std::env::var("TICKETNEST_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let registry = tracing_subscriber::registry().with(filter);
+    let result = if json {
+        registry
+            .with(fmt::layer().json().with_current_span(true))
+            .try_init()
+    } else {
+        registry.with(fmt::layer().with_target(false)).try_init()
+    };
+    // Err only means a subscriber is already installed.
+    let _ = result;
+}
+
+/// For tests: logs to stdout only when `TEST_LOG` is set, otherwise nowhere.
+pub fn init_for_tests() {
+    if std::env::var("TEST_LOG").is_ok() {
+        init("debug");
+    }
+}
+
+/// Cancels `token` on the first SIGINT or SIGTERM: the one shutdown signal every binary
+/// passes down.
+pub async fn cancel_on_signal(token: tokio_util::sync::CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => tracing::info!("SIGINT received"),
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops this process");
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    token.cancel();
+}

@@ -1,0 +1,21 @@
+//! sub-worker binary: telemetry, config, build, run until SIGINT/SIGTERM.
+
+use anyhow::Context;
+use shared::config::SubWorkerConfig;
+use sub_worker::startup::Worker;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    shared::telemetry::init("info");
+    let config = SubWorkerConfig::from_env().context("invalid configuration")?;
+    let worker = Worker::build(config)
+        .await
+        .context("sub-worker failed to start")?;
+    tracing::info!(worker_id = worker.worker_id(), "sub-worker running");
+    let shutdown = CancellationToken::new();
+    tokio::spawn(shared::telemetry::cancel_on_signal(shutdown.clone()));
+    worker.run_until_stopped(shutdown).await;
+    tracing::info!("sub-worker stopped");
+    Ok(())
+}

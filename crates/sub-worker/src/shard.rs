@@ -1,0 +1,351 @@
+//! One shard's loop: reclaim what earlier owners left pending, then read new entries,
+//! decide each batch in one transaction, and only then write statuses and acknowledge.
+//!
+//! A shard task runs only while its worker holds the shard's lease; it carries the
+//! fencing token taken at acquisition into every transaction. The lease manager cancels
+//! the task when the lease is lost or the worker shuts down; the task then finishes the
+//! batch in hand (or abandons it unacknowledged, to be reclaimed by the next owner).
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use redis::{
+    aio::MultiplexedConnection,
+    streams::{
+        StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply,
+    },
+    AsyncCommands,
+};
+use shared::{
+    config::CrashPoint,
+    keys::CONSUMER_GROUP,
+    message::{DecodeError, StreamMessage},
+    status_fields as f,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    backoff::Backoff,
+    db::{self, Decided, Entry},
+    error::WorkerError,
+    startup::Context,
+};
+
+/// Exit code used by the `after_commit` crash point, so tests can tell it from a real failure.
+pub const CRASH_EXIT_CODE: i32 = 86;
+
+/// Why a shard task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardExit {
+    /// Cancelled by the lease manager (shutdown or lease lost).
+    Cancelled,
+    /// Another worker holds a newer fencing token: this worker must let go.
+    Fenced,
+}
+
+/// Splits an entry id `<ms>-<seq>` into its numbers.
+fn parse_stream_id(id: &str) -> Option<(i64, i64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+/// An entry that cannot be decided, with the reason it goes to the dead-letter stream.
+struct DeadLetter {
+    stream_id: String,
+    reason: String,
+    fields: Vec<(String, String)>,
+}
+
+fn decode(entry: &StreamId) -> Result<Entry, DeadLetter> {
+    let mut fields = HashMap::with_capacity(entry.map.len());
+    let mut raw = Vec::with_capacity(entry.map.len());
+    let mut bad_value = None;
+    for (name, value) in &entry.map {
+        match redis::from_redis_value_ref::<String>(value) {
+            Ok(s) => {
+                raw.push((name.clone(), s.clone()));
+                fields.insert(name.clone(), s);
+            }
+            Err(_) => bad_value = Some(name.clone()),
+        }
+    }
+    let dead = |reason: String, raw: Vec<(String, String)>| DeadLetter {
+        stream_id: entry.id.clone(),
+        reason,
+        fields: raw,
+    };
+    if let Some(name) = bad_value {
+        return Err(dead(format!("field `{name}` is not a string"), raw));
+    }
+    let Some((stream_ms, stream_seq)) = parse_stream_id(&entry.id) else {
+        return Err(dead(format!("unparsable entry id `{}`", entry.id), raw));
+    };
+    match StreamMessage::from_fields(&fields) {
+        Ok(StreamMessage::BookingRequestV1(request)) => Ok(Entry {
+            stream_id: entry.id.clone(),
+            stream_ms,
+            stream_seq,
+            request,
+        }),
+        Err(
+            e @ (DecodeError::MissingField(_)
+            | DecodeError::InvalidField { .. }
+            | DecodeError::UnsupportedVersion(_)),
+        ) => Err(dead(e.to_string(), raw)),
+    }
+}
+
+pub struct ShardTask {
+    ctx: Arc<Context>,
+    shard: u32,
+    fence: i64,
+    stream: String,
+    cancel: CancellationToken,
+}
+
+impl ShardTask {
+    pub fn new(ctx: Arc<Context>, shard: u32, fence: i64, cancel: CancellationToken) -> Self {
+        let stream = ctx.keys.stream(shard);
+        Self {
+            ctx,
+            shard,
+            fence,
+            stream,
+            cancel,
+        }
+    }
+
+    /// Runs until cancelled or fenced.
+    #[tracing::instrument(name = "shard", skip_all, fields(shard = self.shard, fence = self.fence))]
+    pub async fn run(self) -> ShardExit {
+        tracing::info!("shard acquired");
+        let mut backoff = Backoff::default();
+        loop {
+            if self.cancel.is_cancelled() {
+                return ShardExit::Cancelled;
+            }
+            match self.run_connected().await {
+                Ok(exit) => return exit,
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %e, ?delay, "shard loop interrupted; retrying");
+                    if self.sleep_or_cancel(delay).await {
+                        return ShardExit::Cancelled;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sleeps; returns true if cancelled meanwhile.
+    async fn sleep_or_cancel(&self, delay: Duration) -> bool {
+        tokio::select! {
+            () = self.cancel.cancelled() => true,
+            () = tokio::time::sleep(delay) => false,
+        }
+    }
+
+    async fn run_connected(&self) -> Result<ShardExit, WorkerError> {
+        let mut conn =
+            shared::queue::connect_dedicated(&self.ctx.redis_config, self.ctx.worker.block).await?;
+        self.ensure_group(&mut conn).await?;
+        // 1. Reclaim every entry earlier owners read but did not acknowledge, in stream
+        //    order, before reading anything new: FIFO holds across a handover.
+        let mut cursor = "0-0".to_owned();
+        loop {
+            if self.cancel.is_cancelled() {
+                return Ok(ShardExit::Cancelled);
+            }
+            let reply: StreamAutoClaimReply = conn
+                .xautoclaim_options(
+                    &self.stream,
+                    CONSUMER_GROUP,
+                    &self.ctx.worker.worker_id,
+                    0,
+                    &cursor,
+                    StreamAutoClaimOptions::default().count(self.ctx.worker.batch_size),
+                )
+                .await?;
+            if !reply.deleted_ids.is_empty() {
+                tracing::warn!(
+                    count = reply.deleted_ids.len(),
+                    "pending entries were deleted from the stream before being decided"
+                );
+            }
+            if !reply.claimed.is_empty() {
+                tracing::info!(count = reply.claimed.len(), "reclaimed pending entries");
+                if let Some(exit) = self.process(&reply.claimed).await? {
+                    return Ok(exit);
+                }
+            }
+            cursor = reply.next_stream_id;
+            if cursor == "0-0" {
+                break;
+            }
+        }
+        // 2. New entries, in order, a batch at a time.
+        let options = StreamReadOptions::default()
+            .group(CONSUMER_GROUP, &self.ctx.worker.worker_id)
+            .count(self.ctx.worker.batch_size)
+            .block(usize::try_from(self.ctx.worker.block.as_millis()).unwrap_or(usize::MAX));
+        loop {
+            if self.cancel.is_cancelled() {
+                return Ok(ShardExit::Cancelled);
+            }
+            let reply: Option<StreamReadReply> = conn
+                .xread_options(&[&self.stream], &[">"], &options)
+                .await?;
+            let Some(reply) = reply else { continue };
+            for key in reply.keys {
+                if let Some(exit) = self.process(&key.ids).await? {
+                    return Ok(exit);
+                }
+            }
+        }
+    }
+
+    async fn ensure_group(&self, conn: &mut MultiplexedConnection) -> Result<(), WorkerError> {
+        let created: redis::RedisResult<()> = conn
+            .xgroup_create_mkstream(&self.stream, CONSUMER_GROUP, "0")
+            .await;
+        match created {
+            Ok(()) => Ok(()),
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Decides one batch: commit, then statuses, dead letters and XACK. Returns
+    /// `Some(exit)` when the shard must stop.
+    async fn process(&self, batch: &[StreamId]) -> Result<Option<ShardExit>, WorkerError> {
+        let mut entries = Vec::with_capacity(batch.len());
+        let mut dead = Vec::new();
+        for item in batch {
+            match decode(item) {
+                Ok(entry) => entries.push(entry),
+                Err(letter) => {
+                    tracing::warn!(stream_id = %letter.stream_id, reason = %letter.reason, "dead-lettering undecodable entry");
+                    dead.push(letter);
+                }
+            }
+        }
+
+        let decided = if entries.is_empty() {
+            Vec::new()
+        } else {
+            match self.commit_with_retry(&entries).await {
+                Ok(decided) => decided,
+                Err(exit) => return Ok(Some(exit)),
+            }
+        };
+        if self.ctx.worker.crash_point == Some(CrashPoint::AfterCommit) && !decided.is_empty() {
+            tracing::error!("crash point after_commit reached: exiting before XACK");
+            std::process::exit(CRASH_EXIT_CODE);
+        }
+        for d in &decided {
+            tracing::debug!(request_id = %d.request_id, decision = %d.decision, new = d.new, "decided");
+        }
+        let ids: Vec<&str> = batch.iter().map(|e| e.id.as_str()).collect();
+        let mut backoff = Backoff::default();
+        loop {
+            match self.finish(&decided, &dead, &ids).await {
+                Ok(()) => return Ok(None),
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %e, ?delay, "could not acknowledge a committed batch; retrying");
+                    // Leaving now is safe: the entries stay pending, the next owner
+                    // reclaims them and finds them decided.
+                    if self.sleep_or_cancel(delay).await {
+                        return Ok(Some(ShardExit::Cancelled));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Commits the batch, retrying transient failures. `Err(exit)` means stop the shard.
+    async fn commit_with_retry(&self, entries: &[Entry]) -> Result<Vec<Decided>, ShardExit> {
+        let mut backoff = Backoff::default();
+        loop {
+            match db::commit_batch(&self.ctx.pool, self.shard, self.fence, entries).await {
+                Ok(decided) => return Ok(decided),
+                Err(WorkerError::Fenced { .. }) => {
+                    tracing::warn!("fencing token superseded: another worker owns this shard now");
+                    return Err(ShardExit::Fenced);
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    if e.is_transient() {
+                        tracing::warn!(error = %e, ?delay, "batch not committed; retrying");
+                    } else {
+                        tracing::error!(error = ?e, ?delay, "batch refused by the database; retrying");
+                    }
+                    if self.sleep_or_cancel(delay).await {
+                        return Err(ShardExit::Cancelled);
+                    }
+                }
+            }
+        }
+    }
+
+    /// After COMMIT: statuses for polling, dead letters, then XACK, in one round trip.
+    async fn finish(
+        &self,
+        decided: &[Decided],
+        dead: &[DeadLetter],
+        ids: &[&str],
+    ) -> Result<(), WorkerError> {
+        let keys = &self.ctx.keys;
+        let ttl = i64::try_from(self.ctx.status_ttl.as_secs()).unwrap_or(i64::MAX);
+        let mut pipe = redis::pipe();
+        for d in decided {
+            let key = keys.request_status(d.request_id);
+            pipe.hset_multiple(
+                &key,
+                &[
+                    (f::USER, d.user_id.to_string()),
+                    (f::GOODS, d.goods_id.to_string()),
+                    (f::QUANTITY, d.quantity.to_string()),
+                    (f::STATUS, d.decision.clone()),
+                    (f::REASON, d.reason.clone().unwrap_or_default()),
+                    (
+                        f::BOOKING,
+                        d.booking_id.map(|b| b.to_string()).unwrap_or_default(),
+                    ),
+                ],
+            )
+            .ignore()
+            .expire(&key, ttl)
+            .ignore();
+        }
+        let dead_key = keys.dead_letter(self.shard);
+        for letter in dead {
+            let mut fields = vec![
+                ("dlq_reason".to_owned(), letter.reason.clone()),
+                ("dlq_source_id".to_owned(), letter.stream_id.clone()),
+            ];
+            fields.extend(letter.fields.iter().cloned());
+            pipe.xadd(&dead_key, "*", &fields).ignore();
+        }
+        if !ids.is_empty() {
+            pipe.xack(&self.stream, CONSUMER_GROUP, ids).ignore();
+        }
+        let mut conn = self.ctx.redis.clone();
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_ids_split_into_millis_and_sequence() {
+        assert_eq!(
+            parse_stream_id("1700000000000-3"),
+            Some((1_700_000_000_000, 3))
+        );
+        assert_eq!(parse_stream_id("garbage"), None);
+        assert_eq!(parse_stream_id("1-x"), None);
+    }
+}

@@ -1,0 +1,63 @@
+//! Building and running a worker.
+
+use std::{sync::Arc, time::Duration};
+
+use deadpool_postgres::Pool;
+use redis::aio::ConnectionManager;
+use shared::{
+    config::{RedisConfig, SubWorkerConfig, WorkerConfig},
+    error::SharedError,
+    keys::Keys,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::lease::LeaseManager;
+
+/// What every shard task shares.
+pub struct Context {
+    pub pool: Pool,
+    /// Shared connection for short commands (statuses, XACK, leases).
+    pub redis: ConnectionManager,
+    pub redis_config: RedisConfig,
+    pub keys: Keys,
+    pub worker: WorkerConfig,
+    pub status_ttl: Duration,
+}
+
+/// A worker connected and ready to run.
+pub struct Worker {
+    ctx: Arc<Context>,
+}
+
+impl Worker {
+    /// Migrates, connects, and warns if Redis may evict queue keys.
+    ///
+    /// # Errors
+    /// PostgreSQL or Redis unreachable, or migrations failing.
+    pub async fn build(config: SubWorkerConfig) -> Result<Self, SharedError> {
+        shared::db::migrate(&config.database).await?;
+        let pool = shared::db::build_pool(&config.database)?;
+        let mut redis = shared::queue::connect_manager(&config.redis).await?;
+        shared::queue::warn_if_eviction_possible(&mut redis).await;
+        Ok(Self {
+            ctx: Arc::new(Context {
+                pool,
+                redis,
+                keys: Keys::new(config.redis.prefix.clone(), config.shards.shards),
+                status_ttl: config.redis.status_ttl,
+                redis_config: config.redis,
+                worker: config.worker,
+            }),
+        })
+    }
+
+    pub fn worker_id(&self) -> &str {
+        &self.ctx.worker.worker_id
+    }
+
+    /// Runs until `shutdown` is cancelled; then finishes the batches in hand, commits
+    /// and acknowledges them, and releases every lease before returning.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) {
+        LeaseManager::new(self.ctx).run(shutdown).await;
+    }
+}

@@ -1,0 +1,354 @@
+//! Test helpers shared by every crate's integration tests (dev-dependency only).
+//!
+//! * [`TestDatabase`]: a fresh PostgreSQL database per test, copied from a template that
+//!   is migrated once per schema (named after the migrations' fingerprint) and dropped
+//!   when the test ends.
+//! * [`TestRedis`]: a unique key prefix per test; every key under it is deleted on drop.
+//! * [`wait_until`]: poll a condition until a deadline, then fail naming what was awaited.
+//! * [`create_users`]: many users in one statement, without paying argon2 per user.
+
+use std::{future::Future, time::Duration};
+
+use anyhow::Context;
+use secrecy::SecretString;
+use shared::{
+    auth::{PasswordHashing, Role, TokenKeys},
+    config::{
+        ApiConfig, Argon2Config, AuthConfig, DatabaseConfig, Environment, HttpConfig, RedisConfig,
+        ShardConfig,
+    },
+};
+use tokio_postgres::NoTls;
+
+pub use shared;
+
+/// Maintenance connection used to create and drop test databases.
+fn admin_url() -> String {
+    std::env::var("TICKETNEST_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// Redis used by tests.
+pub fn redis_url() -> String {
+    std::env::var("TICKETNEST_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// JWT secret every test app and test token uses.
+pub const TEST_JWT_SECRET: &str = "test-secret-test-secret-test-secret!";
+
+/// The password every bulk-created user has (hash precomputed once per process).
+pub const TEST_PASSWORD: &str = "Passw0rd!";
+
+const TEMPLATE_LOCK_KEY: i64 = 0x746e_7465_6d70_6c74; // "tntemplt"
+
+fn with_database(url: &str, db: &str) -> String {
+    match url.rfind('/') {
+        Some(i) => format!("{}/{db}", &url[..i]),
+        None => format!("{url}/{db}"),
+    }
+}
+
+async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// A database of its own for one test.
+pub struct TestDatabase {
+    name: String,
+    url: String,
+}
+
+impl TestDatabase {
+    /// Creates a database copied from the migrated template.
+    ///
+    /// # Panics
+    /// If PostgreSQL is unreachable: tests cannot run without it.
+    pub async fn new() -> Self {
+        Self::try_new().await.expect("create test database")
+    }
+
+    async fn try_new() -> anyhow::Result<Self> {
+        let admin = admin_url();
+        let template = format!("tn_tpl_{:016x}", shared::db::migrations_fingerprint());
+        let client = connect(&admin).await?;
+        client
+            .execute("SELECT pg_advisory_lock($1)", &[&TEMPLATE_LOCK_KEY])
+            .await?;
+        let exists = client
+            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&template])
+            .await?
+            .is_some();
+        if !exists {
+            // Build under a temporary name and rename when complete, so a run that dies
+            // halfway never leaves a half-migrated template behind.
+            let building = format!("{template}_building");
+            client
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)"))
+                .await?;
+            client
+                .batch_execute(&format!("CREATE DATABASE {building}"))
+                .await?;
+            let config = DatabaseConfig {
+                url: SecretString::from(with_database(&admin, &building)),
+                pool_size: 2,
+            };
+            shared::db::migrate(&config).await?;
+            client
+                .batch_execute(&format!("ALTER DATABASE {building} RENAME TO {template}"))
+                .await?;
+        }
+        let name = format!("tn_test_{}", uuid::Uuid::new_v4().simple());
+        let created = client
+            .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {template}"))
+            .await;
+        client
+            .execute("SELECT pg_advisory_unlock($1)", &[&TEMPLATE_LOCK_KEY])
+            .await?;
+        created.context("copying the template database")?;
+        Ok(Self {
+            url: with_database(&admin, &name),
+            name,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn config(&self) -> DatabaseConfig {
+        DatabaseConfig {
+            url: SecretString::from(self.url.clone()),
+            pool_size: 8,
+        }
+    }
+
+    /// A direct client to this database (for assertions).
+    ///
+    /// # Panics
+    /// If the database is unreachable.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        connect(&self.url).await.expect("connect to test database")
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime, where blocking on another runtime is not
+        // allowed: use a thread with its own.
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async move {
+                let client = connect(&admin_url()).await.ok()?;
+                client
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Some(()))) {
+            eprintln!("warning: could not drop test database {}", self.name);
+        }
+    }
+}
+
+/// A unique Redis key prefix for one test; its keys are deleted on drop.
+pub struct TestRedis {
+    prefix: String,
+}
+
+impl TestRedis {
+    pub fn new() -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        Self {
+            prefix: format!("tnt{}", &id[..16]),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn config(&self) -> RedisConfig {
+        RedisConfig {
+            url: SecretString::from(redis_url()),
+            prefix: self.prefix.clone(),
+            timeout: Duration::from_secs(2),
+            status_ttl: Duration::from_secs(3_600),
+        }
+    }
+
+    /// Every key under this prefix.
+    ///
+    /// # Panics
+    /// If Redis is unreachable.
+    pub async fn keys(&self) -> Vec<String> {
+        let client = redis::Client::open(redis_url()).expect("redis url");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to redis");
+        let mut keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*", self.prefix))
+            .query_async(&mut conn)
+            .await
+            .expect("KEYS");
+        keys.sort();
+        keys
+    }
+
+    /// A connection for assertions.
+    ///
+    /// # Panics
+    /// If Redis is unreachable.
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(redis_url())
+            .expect("redis url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to redis")
+    }
+}
+
+impl Default for TestRedis {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        let pattern = format!("{}:*", self.prefix);
+        let cleanup = || -> redis::RedisResult<()> {
+            let client = redis::Client::open(redis_url())?;
+            let mut conn = client.get_connection()?;
+            let keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query(&mut conn)?;
+            if !keys.is_empty() {
+                redis::cmd("DEL").arg(&keys).query::<()>(&mut conn)?;
+            }
+            Ok(())
+        };
+        if let Err(e) = cleanup() {
+            eprintln!("warning: could not delete test keys {pattern}: {e}");
+        }
+    }
+}
+
+/// Cheap argon2 parameters for tests.
+pub const FAST_ARGON2: Argon2Config = Argon2Config {
+    memory_kib: 8,
+    iterations: 1,
+    parallelism: 1,
+};
+
+/// The token keys matching `api_config`.
+pub fn token_keys() -> TokenKeys {
+    TokenKeys::new(
+        &SecretString::from(TEST_JWT_SECRET),
+        Duration::from_secs(3_600),
+    )
+}
+
+/// An API config on port 0 against the given database and Redis prefix.
+pub fn api_config(db: &TestDatabase, redis: &TestRedis, shards: u32) -> ApiConfig {
+    ApiConfig {
+        environment: Environment::Dev,
+        http: HttpConfig {
+            addr: "127.0.0.1:0".into(),
+            workers: Some(2),
+            goods_cache_ttl: Duration::from_secs(1),
+        },
+        database: db.config(),
+        redis: redis.config(),
+        shards: ShardConfig { shards },
+        auth: AuthConfig {
+            jwt_secret: SecretString::from(TEST_JWT_SECRET),
+            jwt_ttl: Duration::from_secs(3_600),
+            argon2: FAST_ARGON2,
+        },
+    }
+}
+
+/// Creates `n` customers in one statement (`user<k>@test.invalid`, password
+/// `TEST_PASSWORD`) and returns their ids in creation order.
+///
+/// # Panics
+/// On database errors.
+pub async fn create_users(db: &TestDatabase, tag: &str, n: usize) -> Vec<i64> {
+    let hash = PasswordHashing::new(FAST_ARGON2)
+        .and_then(|h| h.hash(TEST_PASSWORD))
+        .expect("hash");
+    let client = db.client().await;
+    let n = i64::try_from(n).expect("n");
+    let rows = client
+        .query(
+            "INSERT INTO users (email, nickname, password_hash) \
+             SELECT $1 || k || '@test.invalid', substr(md5($1 || k), 1, 10), $2 \
+             FROM generate_series(1, $3::int8) AS k ORDER BY k RETURNING id",
+            &[&tag, &hash, &n],
+        )
+        .await
+        .expect("bulk insert users");
+    let mut ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// Promotes a user to organizer.
+///
+/// # Panics
+/// On database errors.
+pub async fn make_organizer(db: &TestDatabase, user_id: i64) {
+    db.client()
+        .await
+        .execute(
+            "UPDATE users SET role = 'organizer' WHERE id = $1",
+            &[&user_id],
+        )
+        .await
+        .expect("promote");
+}
+
+/// Mints an access token for a user.
+///
+/// # Panics
+/// Never in practice (HS256 signing in memory).
+pub fn token_for(user_id: i64, role: Role) -> String {
+    token_keys().mint(user_id, role).expect("mint token")
+}
+
+/// Polls `condition` until it holds or `timeout` passes; then panics naming `what`.
+///
+/// # Panics
+/// When the deadline passes.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
