@@ -1,0 +1,359 @@
+//! The test stack: API in-process, workers as child processes, and assertions over
+//! the decision log.
+
+use std::{collections::HashMap, net::TcpListener, process::Stdio, time::Duration};
+
+use futures_util::{stream, StreamExt};
+use pub_api::startup::Application;
+use redis::AsyncCommands;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use test_support::{shared::auth::Role, wait_until, TestDatabase, TestRedis};
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+pub const SHARDS: u32 = 4;
+/// Short lease so takeovers in tests happen quickly.
+pub const LEASE_TTL_MS: u64 = 1_500;
+/// How long any drain may take before a test fails.
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(120);
+
+pub struct Stack {
+    pub address: String,
+    pub db: TestDatabase,
+    pub redis: TestRedis,
+    pub http: reqwest::Client,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// One accepted booking: who asked and the id the API gave back.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    pub user_id: i64,
+    pub request_id: String,
+}
+
+/// One row of the decision log, in stream order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecisionRow {
+    pub request_id: String,
+    pub user_id: i64,
+    pub quantity: i32,
+    pub stream_id: String,
+    pub position: Option<i64>,
+    pub decision: String,
+    pub reason: Option<String>,
+    pub booking_id: Option<i64>,
+}
+
+pub async fn spawn_stack() -> Stack {
+    test_support::shared::telemetry::init_for_tests();
+    let db = TestDatabase::new().await;
+    let redis = TestRedis::new();
+    let config = test_support::api_config(&db, &redis, SHARDS);
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let app = Application::build_with_listener(config, listener)
+        .await
+        .expect("build api");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let shutdown = CancellationToken::new();
+    tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    Stack {
+        address,
+        db,
+        redis,
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .build()
+            .expect("client"),
+        shutdown,
+    }
+}
+
+impl Stack {
+    /// A worker process for this stack; `extra` adds or overrides environment variables.
+    pub fn worker(&self, extra: &[(&str, &str)]) -> Child {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sub-worker"));
+        command
+            .env("TICKETNEST_DATABASE_URL", self.db.url())
+            .env("TICKETNEST_REDIS_URL", test_support::redis_url())
+            .env("TICKETNEST_REDIS_PREFIX", self.redis.prefix())
+            .env("TICKETNEST_SHARDS", SHARDS.to_string())
+            .env("TICKETNEST_LEASE_TTL_MS", LEASE_TTL_MS.to_string())
+            .env("TICKETNEST_BLOCK_MS", "100")
+            .env("TICKETNEST_BATCH_SIZE", "200")
+            .env("TICKETNEST_DATABASE_POOL_SIZE", "4")
+            .env_remove("TICKETNEST_CRASH_POINT")
+            .kill_on_drop(true)
+            .stdin(Stdio::null());
+        if std::env::var("TEST_LOG").is_ok() {
+            command.env("RUST_LOG", "info,sub_worker=debug");
+        } else {
+            command
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+        }
+        for (key, value) in extra {
+            command.env(key, value);
+        }
+        command.spawn().expect("spawn sub-worker")
+    }
+
+    pub async fn organizer_token(&self) -> String {
+        let id = test_support::create_users(&self.db, "org", 1).await[0];
+        test_support::make_organizer(&self.db, id).await;
+        test_support::token_for(id, Role::Organizer)
+    }
+
+    pub async fn customers(&self, tag: &str, n: usize) -> Vec<(i64, String)> {
+        test_support::create_users(&self.db, tag, n)
+            .await
+            .into_iter()
+            .map(|id| (id, test_support::token_for(id, Role::Customer)))
+            .collect()
+    }
+
+    pub async fn create_goods(&self, limit: i64, max_per_booking: i64) -> i64 {
+        let token = self.organizer_token().await;
+        let response = self
+            .http
+            .post(format!("{}/api/goods", self.address))
+            .bearer_auth(token)
+            .json(&json!({
+                "title": "Hot show", "content": "", "price": 100, "imgUrl": "",
+                "showDate": "2026-12-31", "bookingLimit": limit, "maxPerBooking": max_per_booking
+            }))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let body: Value = response.json().await.expect("json");
+        body["id"].as_i64().expect("id")
+    }
+
+    /// Books once and returns the request id; panics unless the API answers 202.
+    pub async fn book(&self, goods_id: i64, user_id: i64, token: &str, quantity: i64) -> Accepted {
+        let response = self
+            .http
+            .post(format!("{}/api/goods/{goods_id}/bookings", self.address))
+            .bearer_auth(token)
+            .json(&json!({ "quantity": quantity }))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        let body: Value = response.json().await.expect("json");
+        Accepted {
+            user_id,
+            request_id: body["requestId"].as_str().expect("requestId").to_owned(),
+        }
+    }
+
+    /// Books once per user, up to `concurrency` requests in flight.
+    pub async fn book_all(
+        &self,
+        goods_id: i64,
+        users: &[(i64, String)],
+        concurrency: usize,
+    ) -> Vec<Accepted> {
+        stream::iter(users)
+            .map(|(id, token)| self.book(goods_id, *id, token, 1))
+            .buffer_unordered(concurrency)
+            .collect()
+            .await
+    }
+
+    /// The status of a request as its owner sees it.
+    pub async fn status(&self, request_id: &str, token: &str) -> Value {
+        let response = self
+            .http
+            .get(format!(
+                "{}/api/bookings/requests/{request_id}",
+                self.address
+            ))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.expect("json")
+    }
+
+    pub async fn decided_count(&self) -> i64 {
+        self.db
+            .client()
+            .await
+            .query_one("SELECT count(*) FROM booking_requests", &[])
+            .await
+            .expect("count")
+            .get(0)
+    }
+
+    pub async fn wait_for_decisions(&self, n: i64) {
+        wait_until(&format!("{n} decisions"), DRAIN_DEADLINE, || async {
+            self.decided_count().await >= n
+        })
+        .await;
+        assert_eq!(
+            self.decided_count().await,
+            n,
+            "no more decisions than requests"
+        );
+    }
+
+    /// The decision log of a goods in stream order.
+    pub async fn decisions(&self, goods_id: i64) -> Vec<DecisionRow> {
+        self.db
+            .client()
+            .await
+            .query(
+                "SELECT request_id::text, user_id, quantity, stream_id, position, decision, reason, booking_id \
+                 FROM booking_requests WHERE goods_id = $1 ORDER BY stream_ms, stream_seq",
+                &[&goods_id],
+            )
+            .await
+            .expect("decisions")
+            .iter()
+            .map(|r| DecisionRow {
+                request_id: r.get(0),
+                user_id: r.get(1),
+                quantity: r.get(2),
+                stream_id: r.get(3),
+                position: r.get(4),
+                decision: r.get(5),
+                reason: r.get(6),
+                booking_id: r.get(7),
+            })
+            .collect()
+    }
+
+    /// `(booked_count, booking_limit)` of a goods.
+    pub async fn seats(&self, goods_id: i64) -> (i32, i32) {
+        let row = self
+            .db
+            .client()
+            .await
+            .query_one(
+                "SELECT booked_count, booking_limit FROM goods WHERE id = $1",
+                &[&goods_id],
+            )
+            .await
+            .expect("goods");
+        (row.get(0), row.get(1))
+    }
+
+    /// Entries read by a consumer but not yet acknowledged, over every shard.
+    pub async fn pending(&self) -> usize {
+        let mut conn = self.redis.connection().await;
+        let mut total = 0;
+        for shard in 0..SHARDS {
+            let stream = format!("{}:{{s{shard}}}:stream", self.redis.prefix());
+            let reply: redis::RedisResult<redis::streams::StreamPendingReply> =
+                conn.xpending(&stream, "workers").await;
+            if let Ok(reply) = reply {
+                total += reply.count();
+            }
+        }
+        total
+    }
+
+    pub async fn dead_letters(&self, shard: u32) -> Vec<HashMap<String, String>> {
+        let mut conn = self.redis.connection().await;
+        let key = format!("{}:{{s{shard}}}:dead", self.redis.prefix());
+        let reply: redis::streams::StreamRangeReply = conn.xrange_all(&key).await.expect("xrange");
+        reply
+            .ids
+            .iter()
+            .map(|e| {
+                e.map
+                    .iter()
+                    .map(|(k, v)| (k.clone(), redis::from_redis_value_ref(v).expect("string")))
+                    .collect()
+            })
+            .collect()
+    }
+
+    pub async fn lease_keys(&self) -> Vec<String> {
+        self.redis
+            .keys()
+            .await
+            .into_iter()
+            .filter(|k| k.ends_with(":lease"))
+            .collect()
+    }
+}
+
+/// Invariants 1, 2 and 6 over one goods' decision log: the confirmed requests are
+/// exactly those that fit, in stream order; the waitlist is in stream order; positions
+/// follow stream order; no user holds two live places; the counter matches.
+pub async fn assert_fifo_invariants(stack: &Stack, goods_id: i64) -> Vec<DecisionRow> {
+    let rows = stack.decisions(goods_id).await;
+    let (booked, limit) = stack.seats(goods_id).await;
+    let mut left = limit;
+    let mut live_users = std::collections::HashSet::new();
+    for (i, row) in rows.iter().enumerate() {
+        let expected = if row.reason.is_some() {
+            "rejected"
+        } else if row.quantity <= left {
+            "confirmed"
+        } else {
+            "waitlisted"
+        };
+        assert_eq!(row.decision, expected, "row {i} in stream order: {row:?}");
+        if expected == "confirmed" {
+            left -= row.quantity;
+        }
+        if expected != "rejected" {
+            assert!(
+                live_users.insert(row.user_id),
+                "user {} holds two places",
+                row.user_id
+            );
+            assert!(
+                row.booking_id.is_some(),
+                "a live place has a booking: {row:?}"
+            );
+        }
+        assert_eq!(
+            row.position,
+            Some(i as i64 + 1),
+            "positions follow stream order"
+        );
+    }
+    let confirmed: i32 = rows
+        .iter()
+        .filter(|r| r.decision == "confirmed")
+        .map(|r| r.quantity)
+        .sum();
+    assert_eq!(booked, confirmed, "counter equals confirmed seats");
+    assert!(booked <= limit, "oversold: {booked} > {limit}");
+    let bookings: i64 = stack
+        .db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM bookings WHERE goods_id = $1",
+            &[&goods_id],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    let live = rows.iter().filter(|r| r.decision != "rejected").count();
+    assert_eq!(bookings, live as i64, "one booking row per live decision");
+    rows
+}
+
+/// Waits until every entry read has been acknowledged.
+pub async fn wait_until_nothing_pending(stack: &Stack) {
+    wait_until("no pending entries", DRAIN_DEADLINE, || async {
+        stack.pending().await == 0
+    })
+    .await;
+}

@@ -1,0 +1,10 @@
+//! End-to-end tests: the real pub-api in-process, real `sub-worker` processes
+//! (`CARGO_BIN_EXE_sub-worker`), a database and a Redis prefix of their own per test.
+
+mod helpers;
+
+mod dead_letter;
+mod fifo;
+mod redelivery;
+mod sell_out;
+mod shutdown;
