@@ -4,6 +4,8 @@
 //! switches to one JSON object per line for log shippers. Log lines carry structured
 //! fields only; request bodies, passwords and tokens are never recorded.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::{fmt, layer::SubscriberExt, util::SubscriberInitExt, EnvFilter};
 
 /// Installs the global subscriber writing to stdout. Safe to call more than once
@@ -18,7 +20,11 @@ pub fn init(default_filter: &str) {
             .with(fmt::layer().json().with_current_span(true))
             .try_init()
     } else {
-        registry.with(fmt::layer().with_target(false)).try_init()
+        // Colours only for a terminal: log files and collectors get plain text.
+        let ansi = std::io::stdout().is_terminal();
+        registry
+            .with(fmt::layer().with_target(false).with_ansi(ansi))
+            .try_init()
     };
     // Err only means a subscriber is already installed.
     let _ = result;

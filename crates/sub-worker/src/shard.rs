@@ -11,7 +11,8 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use redis::{
     aio::MultiplexedConnection,
     streams::{
-        StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply,
+        StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamInfoConsumersReply,
+        StreamPendingReply, StreamReadOptions, StreamReadReply,
     },
     AsyncCommands,
 };
@@ -148,12 +149,53 @@ impl ShardTask {
         let mut conn =
             shared::queue::connect_dedicated(&self.ctx.redis_config, self.ctx.worker.block).await?;
         self.ensure_group(&mut conn).await?;
-        // 1. Reclaim every entry earlier owners read but did not acknowledge, in stream
-        //    order, before reading anything new: FIFO holds across a handover.
-        let mut cursor = "0-0".to_owned();
+        // Whatever earlier owners read but did not acknowledge comes first.
+        if let Some(exit) = self.reclaim(&mut conn).await? {
+            return Ok(exit);
+        }
+        self.forget_idle_consumers(&mut conn).await;
+        let options = StreamReadOptions::default()
+            .group(CONSUMER_GROUP, &self.ctx.worker.worker_id)
+            .count(self.ctx.worker.batch_size)
+            .block(usize::try_from(self.ctx.worker.block.as_millis()).unwrap_or(usize::MAX));
         loop {
             if self.cancel.is_cancelled() {
                 return Ok(ShardExit::Cancelled);
+            }
+            let reply: Option<StreamReadReply> = conn
+                .xread_options(&[&self.stream], &[">"], &options)
+                .await?;
+            let Some(reply) = reply else { continue };
+            let batch: Vec<StreamId> = reply.keys.into_iter().flat_map(|k| k.ids).collect();
+            if batch.is_empty() {
+                continue;
+            }
+            // A previous owner that has not yet noticed it lost the shard may still have
+            // read entries after our reclaim (its commits are fenced off, so they are
+            // undecided). Those are older than anything we read later: reclaim them,
+            // together with this batch, in stream order, before going on.
+            let exit = if self.others_hold_pending(&mut conn).await? {
+                tracing::warn!("another consumer holds pending entries: reclaiming in order");
+                self.reclaim(&mut conn).await?
+            } else {
+                self.process(&batch).await?
+            };
+            if let Some(exit) = exit {
+                return Ok(exit);
+            }
+        }
+    }
+
+    /// Claims every pending entry of the group (any consumer, any idle time) in stream
+    /// order and decides them a batch at a time, until the cursor wraps.
+    async fn reclaim(
+        &self,
+        conn: &mut MultiplexedConnection,
+    ) -> Result<Option<ShardExit>, WorkerError> {
+        let mut cursor = "0-0".to_owned();
+        loop {
+            if self.cancel.is_cancelled() {
+                return Ok(Some(ShardExit::Cancelled));
             }
             let reply: StreamAutoClaimReply = conn
                 .xautoclaim_options(
@@ -174,30 +216,44 @@ impl ShardTask {
             if !reply.claimed.is_empty() {
                 tracing::info!(count = reply.claimed.len(), "reclaimed pending entries");
                 if let Some(exit) = self.process(&reply.claimed).await? {
-                    return Ok(exit);
+                    return Ok(Some(exit));
                 }
             }
             cursor = reply.next_stream_id;
             if cursor == "0-0" {
-                break;
+                return Ok(None);
             }
         }
-        // 2. New entries, in order, a batch at a time.
-        let options = StreamReadOptions::default()
-            .group(CONSUMER_GROUP, &self.ctx.worker.worker_id)
-            .count(self.ctx.worker.batch_size)
-            .block(usize::try_from(self.ctx.worker.block.as_millis()).unwrap_or(usize::MAX));
-        loop {
-            if self.cancel.is_cancelled() {
-                return Ok(ShardExit::Cancelled);
-            }
-            let reply: Option<StreamReadReply> = conn
-                .xread_options(&[&self.stream], &[">"], &options)
-                .await?;
-            let Some(reply) = reply else { continue };
-            for key in reply.keys {
-                if let Some(exit) = self.process(&key.ids).await? {
-                    return Ok(exit);
+    }
+
+    /// Whether a consumer other than this worker has unacknowledged entries.
+    async fn others_hold_pending(
+        &self,
+        conn: &mut MultiplexedConnection,
+    ) -> Result<bool, WorkerError> {
+        let reply: StreamPendingReply = conn.xpending(&self.stream, CONSUMER_GROUP).await?;
+        Ok(match reply {
+            StreamPendingReply::Data(data) => data
+                .consumers
+                .iter()
+                .any(|c| c.pending > 0 && c.name != self.ctx.worker.worker_id),
+            _ => false,
+        })
+    }
+
+    /// Removes consumers of earlier owners that hold nothing, so the group does not
+    /// collect one dead consumer per worker restart. Best effort.
+    async fn forget_idle_consumers(&self, conn: &mut MultiplexedConnection) {
+        let reply: redis::RedisResult<StreamInfoConsumersReply> =
+            conn.xinfo_consumers(&self.stream, CONSUMER_GROUP).await;
+        let Ok(reply) = reply else { return };
+        for consumer in reply.consumers {
+            if consumer.pending == 0 && consumer.name != self.ctx.worker.worker_id {
+                let removed: redis::RedisResult<i64> = conn
+                    .xgroup_delconsumer(&self.stream, CONSUMER_GROUP, &consumer.name)
+                    .await;
+                if let Err(e) = removed {
+                    tracing::debug!(error = %e, consumer = %consumer.name, "could not remove idle consumer");
                 }
             }
         }
@@ -241,8 +297,18 @@ impl ShardTask {
             tracing::error!("crash point after_commit reached: exiting before XACK");
             std::process::exit(CRASH_EXIT_CODE);
         }
-        for d in &decided {
-            tracing::debug!(request_id = %d.request_id, decision = %d.decision, new = d.new, "decided");
+        for e in &entries {
+            let r = &e.request;
+            if let Some(d) = decided.iter().find(|d| d.request_id == r.request_id) {
+                tracing::debug!(
+                    request_id = %r.request_id,
+                    stream_id = %e.stream_id,
+                    trace_id = %r.trace_id,
+                    decision = %d.decision,
+                    redelivered = !d.new,
+                    "decided"
+                );
+            }
         }
         let ids: Vec<&str> = batch.iter().map(|e| e.id.as_str()).collect();
         let mut backoff = Backoff::default();

@@ -78,3 +78,61 @@ async fn a_request_for_goods_deleted_before_its_turn_is_rejected_goods_not_found
     assert_eq!(status["status"], "rejected");
     assert_eq!(status["reason"], "goods_not_found");
 }
+
+/// A stale owner (one that lost its lease but has not noticed) can still read new
+/// entries after the new owner's reclaim. Those entries are older than anything the
+/// new owner reads afterwards, so they must be decided first, and never left pending.
+#[tokio::test]
+async fn entries_a_stale_consumer_read_after_the_takeover_are_decided_first() {
+    use redis::AsyncCommands;
+    use test_support::shared::message::{BookingRequestV1, StreamMessage};
+
+    let stack = spawn_stack().await;
+    let goods = stack.create_goods(3, 1).await;
+    let users = stack.customers("stale", 6).await;
+    let _worker = stack.worker(&[]);
+    test_support::wait_until(
+        "the worker holds every shard",
+        std::time::Duration::from_secs(30),
+        || async { stack.lease_keys().await.len() == crate::helpers::SHARDS as usize },
+    )
+    .await;
+    let shard = goods % i64::from(crate::helpers::SHARDS);
+    let stream = format!("{}:{{s{shard}}}:stream", stack.redis.prefix());
+    // Five requests appended and read by "zombie" in one transaction, so the running
+    // worker never sees them as new.
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    for (user, _) in &users[..5] {
+        let message = StreamMessage::BookingRequestV1(BookingRequestV1 {
+            request_id: uuid::Uuid::now_v7(),
+            goods_id: goods,
+            user_id: *user,
+            quantity: 1,
+            accepted_at_ms: 1,
+            trace_id: String::new(),
+        });
+        pipe.xadd(&stream, "*", &message.to_fields()).ignore();
+    }
+    pipe.cmd("XREADGROUP")
+        .arg(&["GROUP", "workers", "zombie", "COUNT", "5", "STREAMS"])
+        .arg(&stream)
+        .arg(">")
+        .ignore();
+    let mut conn = stack.redis.connection().await;
+    let () = pipe.query_async(&mut conn).await.expect("zombie read");
+    let zombie_pending: redis::streams::StreamPendingReply =
+        conn.xpending(&stream, "workers").await.expect("xpending");
+    assert_eq!(zombie_pending.count(), 5);
+
+    // The sixth request arrives through the API and reaches the live worker.
+    let (user, token) = &users[5];
+    stack.book(goods, *user, token, 1).await;
+    stack.wait_for_decisions(6).await;
+    crate::helpers::wait_until_nothing_pending(&stack).await;
+    let rows = assert_fifo_invariants(&stack, goods).await;
+    let order: Vec<i64> = rows.iter().map(|r| r.user_id).collect();
+    let expected: Vec<i64> = users.iter().map(|(id, _)| *id).collect();
+    assert_eq!(order, expected, "decided in stream order");
+    assert_eq!(rows[5].decision, "waitlisted");
+}
