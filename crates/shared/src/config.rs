@@ -17,17 +17,29 @@ const DEV_JWT_SECRET: &str = "ticketnest-dev-secret-do-not-use-in-prod";
 /// HS256 keys shorter than this are refused in prod (RFC 7518 §3.2 asks for >= 256 bits).
 const MIN_PROD_SECRET_BYTES: usize = 32;
 
+/// Where variables come from: the process environment in the binaries, a map in tests.
+pub type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// The process environment.
+pub fn process_env(name: &str) -> Option<String> {
+    env::var(name).ok()
+}
+
 /// Reads an optional variable; empty counts as unset.
-fn var(name: &'static str) -> Option<String> {
-    env::var(name).ok().filter(|v| !v.trim().is_empty())
+fn var(vars: Lookup<'_>, name: &'static str) -> Option<String> {
+    vars(name).filter(|v| !v.trim().is_empty())
 }
 
 /// Reads and parses an optional variable, falling back to `default`.
-fn var_parsed<T: FromStr>(name: &'static str, default: T) -> Result<T, ConfigError>
+fn var_parsed<T: FromStr>(
+    vars: Lookup<'_>,
+    name: &'static str,
+    default: T,
+) -> Result<T, ConfigError>
 where
     T::Err: std::fmt::Display,
 {
-    match var(name) {
+    match var(vars, name) {
         None => Ok(default),
         Some(raw) => raw
             .trim()
@@ -40,12 +52,18 @@ where
 }
 
 /// Parses an integer variable that must lie in `min..=max`.
-fn var_in_range<T>(name: &'static str, default: T, min: T, max: T) -> Result<T, ConfigError>
+fn var_in_range<T>(
+    vars: Lookup<'_>,
+    name: &'static str,
+    default: T,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError>
 where
     T: FromStr + PartialOrd + std::fmt::Display + Copy,
     T::Err: std::fmt::Display,
 {
-    let value = var_parsed(name, default)?;
+    let value = var_parsed(vars, name, default)?;
     if value < min || value > max {
         return Err(ConfigError::Invalid {
             name,
@@ -56,8 +74,12 @@ where
 }
 
 /// Parses a duration such as `3600`, `90s`, `15m` or `1h` (a bare number is seconds).
-fn var_duration(name: &'static str, default: Duration) -> Result<Duration, ConfigError> {
-    let Some(raw) = var(name) else {
+fn var_duration(
+    vars: Lookup<'_>,
+    name: &'static str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let Some(raw) = var(vars, name) else {
         return Ok(default);
     };
     let raw = raw.trim();
@@ -77,12 +99,13 @@ fn var_duration(name: &'static str, default: Duration) -> Result<Duration, Confi
 
 /// Milliseconds variable in `min..=max`, returned as a `Duration`.
 fn var_millis(
+    vars: Lookup<'_>,
     name: &'static str,
     default_ms: u64,
     min_ms: u64,
     max_ms: u64,
 ) -> Result<Duration, ConfigError> {
-    var_in_range(name, default_ms, min_ms, max_ms).map(Duration::from_millis)
+    var_in_range(vars, name, default_ms, min_ms, max_ms).map(Duration::from_millis)
 }
 
 /// Where the process runs: `dev` (default) or `prod`.
@@ -97,8 +120,8 @@ impl Environment {
     ///
     /// # Errors
     /// Any value other than `dev` or `prod`.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        match var("TICKETNEST_ENV").as_deref().map(str::trim) {
+    pub fn from_vars(vars: Lookup<'_>) -> Result<Self, ConfigError> {
+        match var(vars, "TICKETNEST_ENV").as_deref().map(str::trim) {
             None | Some("dev") => Ok(Self::Dev),
             Some("prod") => Ok(Self::Prod),
             Some(other) => Err(ConfigError::Invalid {
@@ -119,10 +142,18 @@ pub struct DatabaseConfig {
 }
 
 impl DatabaseConfig {
+    /// Reads the process environment.
+    ///
+    /// # Errors
+    /// The first invalid variable, by name.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_vars(&process_env)
+    }
+
     /// # Errors
     /// An invalid pool size or a URL tokio-postgres cannot parse.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        let url = var("TICKETNEST_DATABASE_URL")
+    pub fn from_vars(vars: Lookup<'_>) -> Result<Self, ConfigError> {
+        let url = var(vars, "TICKETNEST_DATABASE_URL")
             .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/ticketnest".into());
         url.parse::<tokio_postgres::Config>()
             .map_err(|e| ConfigError::Invalid {
@@ -131,14 +162,14 @@ impl DatabaseConfig {
             })?;
         Ok(Self {
             url: url.into(),
-            pool_size: var_in_range("TICKETNEST_DATABASE_POOL_SIZE", 16, 1, 1024)?,
+            pool_size: var_in_range(vars, "TICKETNEST_DATABASE_POOL_SIZE", 16, 1, 1024)?,
         })
     }
 
     /// The parsed connection settings.
     ///
     /// # Errors
-    /// Never in practice: the URL was parsed in `from_env`; kept fallible for configs built by hand.
+    /// Never in practice: the URL was parsed in `from_vars`; kept fallible for configs built by hand.
     pub fn pg_config(&self) -> Result<tokio_postgres::Config, ConfigError> {
         self.url
             .expose_secret()
@@ -169,13 +200,14 @@ pub struct RedisConfig {
 impl RedisConfig {
     /// # Errors
     /// An invalid URL, prefix or number, naming the variable.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        let url = var("TICKETNEST_REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+    pub fn from_vars(vars: Lookup<'_>) -> Result<Self, ConfigError> {
+        let url =
+            var(vars, "TICKETNEST_REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into());
         redis::Client::open(url.as_str()).map_err(|e| ConfigError::Invalid {
             name: "TICKETNEST_REDIS_URL",
             reason: e.to_string(),
         })?;
-        let prefix = var("TICKETNEST_REDIS_PREFIX").unwrap_or_else(|| "tn".into());
+        let prefix = var(vars, "TICKETNEST_REDIS_PREFIX").unwrap_or_else(|| "tn".into());
         let prefix_ok = !prefix.is_empty()
             && prefix.len() <= 64
             && prefix
@@ -190,8 +222,9 @@ impl RedisConfig {
         Ok(Self {
             url: url.into(),
             prefix,
-            timeout: var_millis("TICKETNEST_REDIS_TIMEOUT_MS", 2_000, 10, 60_000)?,
+            timeout: var_millis(vars, "TICKETNEST_REDIS_TIMEOUT_MS", 2_000, 10, 60_000)?,
             status_ttl: Duration::from_secs(var_in_range(
+                vars,
                 "TICKETNEST_STATUS_TTL_SECS",
                 86_400,
                 60,
@@ -213,9 +246,9 @@ pub struct ShardConfig {
 impl ShardConfig {
     /// # Errors
     /// Shard count outside 1..=1024.
-    pub fn from_env() -> Result<Self, ConfigError> {
+    pub fn from_vars(vars: Lookup<'_>) -> Result<Self, ConfigError> {
         Ok(Self {
-            shards: var_in_range("TICKETNEST_SHARDS", 16, 1, 1024)?,
+            shards: var_in_range(vars, "TICKETNEST_SHARDS", 16, 1, 1024)?,
         })
     }
 }
@@ -244,8 +277,8 @@ pub struct AuthConfig {
 impl AuthConfig {
     /// # Errors
     /// A missing or short secret in prod; invalid TTL or argon2 parameters.
-    pub fn from_env(environment: Environment) -> Result<Self, ConfigError> {
-        let jwt_secret = match (var("TICKETNEST_JWT_SECRET"), environment) {
+    pub fn from_vars(vars: Lookup<'_>, environment: Environment) -> Result<Self, ConfigError> {
+        let jwt_secret = match (var(vars, "TICKETNEST_JWT_SECRET"), environment) {
             (Some(secret), Environment::Prod) if secret.len() < MIN_PROD_SECRET_BYTES => {
                 return Err(ConfigError::Invalid {
                     name: "TICKETNEST_JWT_SECRET",
@@ -263,11 +296,17 @@ impl AuthConfig {
         };
         Ok(Self {
             jwt_secret: jwt_secret.into(),
-            jwt_ttl: var_duration("TICKETNEST_JWT_TTL", Duration::from_secs(3_600))?,
+            jwt_ttl: var_duration(vars, "TICKETNEST_JWT_TTL", Duration::from_secs(3_600))?,
             argon2: Argon2Config {
-                memory_kib: var_in_range("TICKETNEST_ARGON2_MEMORY_KIB", 19_456, 8, 4_194_304)?,
-                iterations: var_in_range("TICKETNEST_ARGON2_ITERATIONS", 2, 1, 64)?,
-                parallelism: var_in_range("TICKETNEST_ARGON2_PARALLELISM", 1, 1, 16)?,
+                memory_kib: var_in_range(
+                    vars,
+                    "TICKETNEST_ARGON2_MEMORY_KIB",
+                    19_456,
+                    8,
+                    4_194_304,
+                )?,
+                iterations: var_in_range(vars, "TICKETNEST_ARGON2_ITERATIONS", 2, 1, 64)?,
+                parallelism: var_in_range(vars, "TICKETNEST_ARGON2_PARALLELISM", 1, 1, 16)?,
             },
         })
     }
@@ -299,8 +338,8 @@ pub struct WorkerConfig {
 impl WorkerConfig {
     /// # Errors
     /// Out-of-range numbers, an unknown crash point, or any crash point in prod.
-    pub fn from_env(environment: Environment) -> Result<Self, ConfigError> {
-        let crash_point = match var("TICKETNEST_CRASH_POINT").as_deref() {
+    pub fn from_vars(vars: Lookup<'_>, environment: Environment) -> Result<Self, ConfigError> {
+        let crash_point = match var(vars, "TICKETNEST_CRASH_POINT").as_deref() {
             None => None,
             Some("after_commit") => Some(CrashPoint::AfterCommit),
             Some(other) => {
@@ -316,7 +355,7 @@ impl WorkerConfig {
                 reason: "fault injection is refused when TICKETNEST_ENV=prod".into(),
             });
         }
-        let worker_id = match var("TICKETNEST_WORKER_ID") {
+        let worker_id = match var(vars, "TICKETNEST_WORKER_ID") {
             Some(id) if id.len() > 128 || id.chars().any(char::is_whitespace) => {
                 return Err(ConfigError::Invalid {
                     name: "TICKETNEST_WORKER_ID",
@@ -327,9 +366,9 @@ impl WorkerConfig {
             None => format!("w-{}", uuid::Uuid::new_v4().simple()),
         };
         let config = Self {
-            batch_size: var_in_range("TICKETNEST_BATCH_SIZE", 500, 1, 10_000)?,
-            lease_ttl: var_millis("TICKETNEST_LEASE_TTL_MS", 5_000, 300, 600_000)?,
-            block: var_millis("TICKETNEST_BLOCK_MS", 200, 1, 10_000)?,
+            batch_size: var_in_range(vars, "TICKETNEST_BATCH_SIZE", 500, 1, 10_000)?,
+            lease_ttl: var_millis(vars, "TICKETNEST_LEASE_TTL_MS", 5_000, 300, 600_000)?,
+            block: var_millis(vars, "TICKETNEST_BLOCK_MS", 200, 1, 10_000)?,
             worker_id,
             crash_point,
         };
@@ -357,22 +396,22 @@ pub struct HttpConfig {
 impl HttpConfig {
     /// # Errors
     /// An address that does not parse as `host:port`, or out-of-range numbers.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        let addr = var("TICKETNEST_HTTP_ADDR").unwrap_or_else(|| "127.0.0.1:8080".into());
+    pub fn from_vars(vars: Lookup<'_>) -> Result<Self, ConfigError> {
+        let addr = var(vars, "TICKETNEST_HTTP_ADDR").unwrap_or_else(|| "127.0.0.1:8080".into());
         if addr.parse::<std::net::SocketAddr>().is_err() {
             return Err(ConfigError::Invalid {
                 name: "TICKETNEST_HTTP_ADDR",
                 reason: format!("`{addr}` is not an ip:port address"),
             });
         }
-        let workers = match var("TICKETNEST_HTTP_WORKERS") {
+        let workers = match var(vars, "TICKETNEST_HTTP_WORKERS") {
             None => None,
-            Some(_) => Some(var_in_range("TICKETNEST_HTTP_WORKERS", 1, 1, 256)?),
+            Some(_) => Some(var_in_range(vars, "TICKETNEST_HTTP_WORKERS", 1, 1, 256)?),
         };
         Ok(Self {
             addr,
             workers,
-            goods_cache_ttl: var_millis("TICKETNEST_GOODS_CACHE_TTL_MS", 1_000, 0, 600_000)?,
+            goods_cache_ttl: var_millis(vars, "TICKETNEST_GOODS_CACHE_TTL_MS", 1_000, 0, 600_000)?,
         })
     }
 }
@@ -389,17 +428,25 @@ pub struct ApiConfig {
 }
 
 impl ApiConfig {
+    /// Reads the process environment.
+    ///
     /// # Errors
     /// The first invalid variable, by name.
     pub fn from_env() -> Result<Self, ConfigError> {
-        let environment = Environment::from_env()?;
+        Self::from_vars(&process_env)
+    }
+
+    /// # Errors
+    /// The first invalid variable, by name.
+    pub fn from_vars(vars: Lookup<'_>) -> Result<Self, ConfigError> {
+        let environment = Environment::from_vars(vars)?;
         Ok(Self {
             environment,
-            http: HttpConfig::from_env()?,
-            database: DatabaseConfig::from_env()?,
-            redis: RedisConfig::from_env()?,
-            shards: ShardConfig::from_env()?,
-            auth: AuthConfig::from_env(environment)?,
+            http: HttpConfig::from_vars(vars)?,
+            database: DatabaseConfig::from_vars(vars)?,
+            redis: RedisConfig::from_vars(vars)?,
+            shards: ShardConfig::from_vars(vars)?,
+            auth: AuthConfig::from_vars(vars, environment)?,
         })
     }
 }
@@ -415,16 +462,143 @@ pub struct SubWorkerConfig {
 }
 
 impl SubWorkerConfig {
+    /// Reads the process environment.
+    ///
     /// # Errors
     /// The first invalid variable, by name.
     pub fn from_env() -> Result<Self, ConfigError> {
-        let environment = Environment::from_env()?;
+        Self::from_vars(&process_env)
+    }
+
+    /// # Errors
+    /// The first invalid variable, by name.
+    pub fn from_vars(vars: Lookup<'_>) -> Result<Self, ConfigError> {
+        let environment = Environment::from_vars(vars)?;
         Ok(Self {
             environment,
-            database: DatabaseConfig::from_env()?,
-            redis: RedisConfig::from_env()?,
-            shards: ShardConfig::from_env()?,
-            worker: WorkerConfig::from_env(environment)?,
+            database: DatabaseConfig::from_vars(vars)?,
+            redis: RedisConfig::from_vars(vars)?,
+            shards: ShardConfig::from_vars(vars)?,
+            worker: WorkerConfig::from_vars(vars, environment)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    fn api(pairs: &[(&str, &str)]) -> Result<ApiConfig, ConfigError> {
+        ApiConfig::from_vars(&lookup(pairs))
+    }
+
+    fn worker(pairs: &[(&str, &str)]) -> Result<SubWorkerConfig, ConfigError> {
+        SubWorkerConfig::from_vars(&lookup(pairs))
+    }
+
+    #[test]
+    fn defaults_are_safe_for_a_local_machine() {
+        let config = api(&[]).expect("defaults");
+        assert_eq!(config.environment, Environment::Dev);
+        assert_eq!(config.http.addr, "127.0.0.1:8080");
+        assert_eq!(config.redis.prefix, "tn");
+        assert_eq!(config.shards.shards, 16);
+        assert_eq!(config.auth.jwt_ttl, Duration::from_secs(3_600));
+        let config = worker(&[]).expect("defaults");
+        assert_eq!(config.worker.batch_size, 500);
+        assert!(config.worker.lease_ttl <= Duration::from_secs(5));
+        assert_eq!(config.worker.crash_point, None);
+    }
+
+    #[test]
+    fn prod_without_a_jwt_secret_is_an_error_naming_the_variable() {
+        let error = api(&[("TICKETNEST_ENV", "prod")]).expect_err("must fail");
+        assert!(
+            error.to_string().contains("TICKETNEST_JWT_SECRET"),
+            "{error}"
+        );
+        let error = api(&[
+            ("TICKETNEST_ENV", "prod"),
+            ("TICKETNEST_JWT_SECRET", "short"),
+        ])
+        .expect_err("must fail");
+        assert!(
+            error.to_string().contains("TICKETNEST_JWT_SECRET"),
+            "{error}"
+        );
+        let secret = "s".repeat(32);
+        assert!(api(&[
+            ("TICKETNEST_ENV", "prod"),
+            ("TICKETNEST_JWT_SECRET", &secret)
+        ])
+        .is_ok());
+    }
+
+    #[test]
+    fn invalid_values_are_errors_naming_their_variable() {
+        let cases: &[(&str, &str)] = &[
+            ("TICKETNEST_ENV", "staging"),
+            ("TICKETNEST_SHARDS", "0"),
+            ("TICKETNEST_SHARDS", "many"),
+            ("TICKETNEST_HTTP_ADDR", "localhost"),
+            ("TICKETNEST_REDIS_PREFIX", "has space"),
+            ("TICKETNEST_REDIS_URL", "http://nope"),
+            ("TICKETNEST_DATABASE_URL", "postgres://u@h:notaport/db"),
+            ("TICKETNEST_JWT_TTL", "forever"),
+            ("TICKETNEST_JWT_TTL", "0"),
+            ("TICKETNEST_REDIS_TIMEOUT_MS", "-5"),
+        ];
+        for (name, value) in cases {
+            let error = api(&[(name, value)]).expect_err(name);
+            assert!(
+                error.to_string().starts_with(name),
+                "{name}={value}: {error}"
+            );
+        }
+        for (name, value) in [
+            ("TICKETNEST_BATCH_SIZE", "0"),
+            ("TICKETNEST_LEASE_TTL_MS", "10"),
+            ("TICKETNEST_CRASH_POINT", "before_lunch"),
+        ] {
+            let error = worker(&[(name, value)]).expect_err(name);
+            assert!(
+                error.to_string().starts_with(name),
+                "{name}={value}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn durations_accept_seconds_and_human_units() {
+        let ttl = |v: &str| api(&[("TICKETNEST_JWT_TTL", v)]).map(|c| c.auth.jwt_ttl);
+        assert_eq!(ttl("90").ok(), Some(Duration::from_secs(90)));
+        assert_eq!(ttl("15m").ok(), Some(Duration::from_secs(900)));
+        assert_eq!(ttl("1h").ok(), Some(Duration::from_secs(3_600)));
+    }
+
+    #[test]
+    fn crash_points_are_refused_in_prod_and_block_must_fit_the_lease() {
+        let error = worker(&[
+            ("TICKETNEST_ENV", "prod"),
+            ("TICKETNEST_CRASH_POINT", "after_commit"),
+        ])
+        .expect_err("refused");
+        assert!(error.to_string().contains("TICKETNEST_CRASH_POINT"));
+        let error = worker(&[
+            ("TICKETNEST_LEASE_TTL_MS", "1000"),
+            ("TICKETNEST_BLOCK_MS", "600"),
+        ])
+        .expect_err("refused");
+        assert!(error.to_string().contains("TICKETNEST_BLOCK_MS"));
     }
 }

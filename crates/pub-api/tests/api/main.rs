@@ -8,3 +8,4 @@ mod bad_input;
 mod bookings;
 mod goods;
 mod health;
+mod startup;
