@@ -121,6 +121,24 @@ impl From<redis::RedisError> for ApiError {
     }
 }
 
+/// An error shared by several waiters (the goods cache hands one loader's failure to
+/// every request that waited on it); keeps the original as the source.
+#[derive(Debug, thiserror::Error)]
+#[error("failure shared with concurrent requests")]
+pub struct SharedFailure(#[source] std::sync::Arc<ApiError>);
+
+impl From<std::sync::Arc<ApiError>> for ApiError {
+    fn from(shared: std::sync::Arc<ApiError>) -> Self {
+        match &*shared {
+            Self::GoodsNotFound => Self::GoodsNotFound,
+            Self::DatabaseUnavailable(_) => {
+                Self::DatabaseUnavailable(Box::new(SharedFailure(shared)))
+            }
+            _ => Self::Internal(Box::new(SharedFailure(shared))),
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct ErrorBody<'a> {
     error: ErrorDetail<'a>,

@@ -116,12 +116,15 @@ impl Application {
         let pool = shared::db::build_pool(&config.database)?;
         let mut redis = shared::queue::connect_manager(&config.redis).await?;
         shared::queue::warn_if_eviction_possible(&mut redis).await;
+        let passwords = PasswordHashing::new(config.auth.argon2)?;
+        let dummy_hash: Arc<str> = passwords.hash(&uuid::Uuid::new_v4().to_string())?.into();
         let state = AppState {
             pool,
             redis,
             keys: Keys::new(config.redis.prefix.clone(), config.shards.shards),
             tokens: TokenKeys::from_config(&config.auth),
-            passwords: PasswordHashing::new(config.auth.argon2)?,
+            passwords,
+            dummy_hash,
             goods: AppState::goods_cache(config.http.goods_cache_ttl),
             revoked: Arc::new(RwLock::new(HashSet::new())),
             status_ttl: config.redis.status_ttl,

@@ -10,7 +10,7 @@ use std::{
 };
 
 use deadpool_postgres::Pool;
-use moka::sync::Cache;
+use moka::future::Cache;
 use redis::aio::ConnectionManager;
 use shared::{
     auth::{PasswordHashing, TokenKeys},
@@ -32,12 +32,16 @@ pub struct AppState {
     pub passwords: PasswordHashing,
     /// Goods existence and limits, so the booking hot path does not query PostgreSQL.
     /// Only found goods are cached: a goods created a moment ago is never refused
-    /// because an earlier lookup missed it.
+    /// because an earlier lookup missed it. Concurrent misses for one goods share a
+    /// single query (the first burst of a sale does not stampede the database).
     pub goods: Cache<i64, GoodsLimits>,
     /// Ids of deleted users, refreshed in the background (see `revocation`).
     pub revoked: Arc<RwLock<HashSet<i64>>>,
     /// How long a request status lives in Redis.
     pub status_ttl: Duration,
+    /// A hash of a random password with the configured argon2 cost, verified at login
+    /// when the email is unknown.
+    pub dummy_hash: Arc<str>,
     /// Whether cookies are marked `Secure` (prod).
     pub secure_cookies: bool,
 }

@@ -47,6 +47,9 @@ struct Held {
 
 pub struct LeaseManager {
     ctx: Arc<Context>,
+    /// Tasks of shards whose lease was lost, cancelled and still finishing. Their shard
+    /// is not taken again until they end, so one process never runs two tasks for it.
+    draining: HashMap<u32, JoinHandle<ShardExit>>,
     /// Unique per process, so a restarted worker with the same id never mistakes its
     /// predecessor's lease for its own.
     instance: String,
@@ -61,6 +64,7 @@ impl LeaseManager {
         Self {
             ctx,
             instance,
+            draining: HashMap::new(),
             held: HashMap::new(),
             renew: Script::new(RENEW_SCRIPT),
             release: Script::new(RELEASE_SCRIPT),
@@ -79,7 +83,9 @@ impl LeaseManager {
         loop {
             self.reap().await;
             self.renew_all().await;
-            self.acquire_free(&shutdown).await;
+            // Acquiring waits on PostgreSQL for the fencing token; bound it so a slow
+            // database never delays the next renewal past the lease TTL.
+            let _ = tokio::time::timeout(tick, self.acquire_free(&shutdown)).await;
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = tokio::time::sleep(tick) => {}
@@ -88,8 +94,10 @@ impl LeaseManager {
         self.release_all().await;
     }
 
-    /// Removes shard tasks that ended by themselves (fenced) and lets their leases go.
+    /// Removes shard tasks that ended by themselves (fenced) and lets their leases go;
+    /// forgets drained tasks of lost shards.
     async fn reap(&mut self) {
+        self.draining.retain(|_, task| !task.is_finished());
         let finished: Vec<u32> = self
             .held
             .iter()
@@ -133,8 +141,9 @@ impl LeaseManager {
         }
         for shard in lost {
             if let Some(held) = self.held.remove(&shard) {
+                // Not awaited here: a task finishing a batch must not hold up renewals.
                 held.cancel.cancel();
-                let _ = held.task.await;
+                self.draining.insert(shard, held.task);
             }
         }
     }
@@ -144,7 +153,7 @@ impl LeaseManager {
             if shutdown.is_cancelled() {
                 return;
             }
-            if self.held.contains_key(&shard) {
+            if self.held.contains_key(&shard) || self.draining.contains_key(&shard) {
                 continue;
             }
             match self.acquire(shard, shutdown).await {
@@ -220,6 +229,9 @@ impl LeaseManager {
             let exit = h.task.await;
             tracing::info!(shard, fence = h.fence, ?exit, "shard released");
             self.release(shard).await;
+        }
+        for (_, task) in self.draining.drain() {
+            let _ = task.await;
         }
         tracing::info!("all leases released");
     }

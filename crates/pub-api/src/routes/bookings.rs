@@ -39,14 +39,15 @@ struct Accepted {
 }
 
 async fn goods_limits(state: &AppState, goods_id: i64) -> Result<GoodsLimits, ApiError> {
-    if let Some(limits) = state.goods.get(&goods_id) {
-        return Ok(limits);
-    }
-    let limits = db::goods_limits(&state.pool, goods_id)
-        .await?
-        .ok_or(ApiError::GoodsNotFound)?;
-    state.goods.insert(goods_id, limits);
-    Ok(limits)
+    state
+        .goods
+        .try_get_with(goods_id, async {
+            db::goods_limits(&state.pool, goods_id)
+                .await?
+                .ok_or(ApiError::GoodsNotFound)
+        })
+        .await
+        .map_err(ApiError::from)
 }
 
 fn now_ms() -> i64 {
