@@ -11,8 +11,16 @@ use tracing_subscriber::{fmt, layer::SubscriberExt, util::SubscriberInitExt, Env
 /// Installs the global subscriber writing to stdout. Safe to call more than once
 /// (later calls are ignored), so tests and binaries share it.
 pub fn init(default_filter: &str) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let requested = std::env::var("RUST_LOG").unwrap_or_else(|_| default_filter.to_owned());
+    let mut filter =
+        EnvFilter::try_new(&requested).unwrap_or_else(|_| EnvFilter::new(default_filter));
+    // tokio-postgres logs every statement's parameters at debug level: password hashes,
+    // emails. Keep it at info unless someone asks for it by name.
+    if !requested.contains("tokio_postgres") {
+        if let Ok(directive) = "tokio_postgres=info".parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
     let json = std::env::var("TICKETNEST_LOG_FORMAT").is_ok_and(|v| v == "json");
     let registry = tracing_subscriber::registry().with(filter);
     let result = if json {

@@ -117,6 +117,25 @@ impl TestDatabase {
         })
     }
 
+    /// An empty database with no schema at all (for migration tests).
+    ///
+    /// # Panics
+    /// If PostgreSQL is unreachable.
+    pub async fn empty() -> Self {
+        let admin = admin_url();
+        let name = format!("tn_test_{}", uuid::Uuid::new_v4().simple());
+        connect(&admin)
+            .await
+            .expect("connect")
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create empty database");
+        Self {
+            url: with_database(&admin, &name),
+            name,
+        }
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

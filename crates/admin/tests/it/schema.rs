@@ -1,0 +1,94 @@
+//! PostgreSQL itself refuses what the invariants forbid, whatever the code does.
+
+use test_support::TestDatabase;
+use tokio_postgres::error::SqlState;
+
+async fn goods_with_one_seat(db: &TestDatabase) -> (tokio_postgres::Client, i64, Vec<i64>) {
+    let users = test_support::create_users(db, "s", 2).await;
+    let client = db.client().await;
+    let goods: i64 = client
+        .query_one(
+            "INSERT INTO goods (organizer_id, title, content, price, img_url, show_date, booking_limit) \
+             VALUES ($1, 't', '', 0, '', now(), 1) RETURNING id",
+            &[&users[0]],
+        )
+        .await
+        .expect("goods")
+        .get(0);
+    (client, goods, users)
+}
+
+#[tokio::test]
+async fn the_seat_counter_cannot_pass_the_booking_limit() {
+    let db = TestDatabase::new().await;
+    let (client, goods, _) = goods_with_one_seat(&db).await;
+    client
+        .execute("UPDATE goods SET booked_count = 1 WHERE id = $1", &[&goods])
+        .await
+        .expect("the last seat");
+    let oversell = client
+        .execute(
+            "UPDATE goods SET booked_count = booked_count + 1 WHERE id = $1",
+            &[&goods],
+        )
+        .await
+        .expect_err("oversell refused");
+    assert_eq!(oversell.code(), Some(&SqlState::CHECK_VIOLATION));
+    let negative = client
+        .execute(
+            "UPDATE goods SET booked_count = -1 WHERE id = $1",
+            &[&goods],
+        )
+        .await
+        .expect_err("negative refused");
+    assert_eq!(negative.code(), Some(&SqlState::CHECK_VIOLATION));
+}
+
+#[tokio::test]
+async fn a_user_cannot_hold_two_live_bookings_for_one_goods() {
+    let db = TestDatabase::new().await;
+    let (client, goods, users) = goods_with_one_seat(&db).await;
+    let insert =
+        "INSERT INTO bookings (goods_id, user_id, request_id, quantity, status, position) \
+                  VALUES ($1, $2, gen_random_uuid(), 1, $3, $4)";
+    client
+        .execute(insert, &[&goods, &users[1], &"confirmed", &1_i64])
+        .await
+        .expect("first booking");
+    let second = client
+        .execute(insert, &[&goods, &users[1], &"waitlisted", &2_i64])
+        .await
+        .expect_err("second live booking refused");
+    assert_eq!(second.code(), Some(&SqlState::UNIQUE_VIOLATION));
+    // A cancelled booking does not count.
+    client
+        .execute(insert, &[&goods, &users[1], &"cancelled", &3_i64])
+        .await
+        .expect("cancelled rows are not live");
+}
+
+#[tokio::test]
+async fn a_request_id_is_decided_once_and_emails_are_unique_ignoring_case() {
+    let db = TestDatabase::new().await;
+    let (client, goods, users) = goods_with_one_seat(&db).await;
+    let insert = "INSERT INTO booking_requests (request_id, goods_id, user_id, quantity, shard, stream_id, \
+                  stream_ms, stream_seq, decision, accepted_at) \
+                  VALUES ('00000000-0000-0000-0000-000000000001', $1, $2, 1, 0, '1-0', 1, 0, 'waitlisted', now())";
+    client
+        .execute(insert, &[&goods, &users[1]])
+        .await
+        .expect("first decision");
+    let again = client
+        .execute(insert, &[&goods, &users[1]])
+        .await
+        .expect_err("second decision refused");
+    assert_eq!(again.code(), Some(&SqlState::UNIQUE_VIOLATION));
+    let duplicate = client
+        .execute(
+            "INSERT INTO users (email, nickname, password_hash) VALUES (upper($1), 'other', 'x')",
+            &[&"s1@test.invalid"],
+        )
+        .await
+        .expect_err("same email in another case refused");
+    assert_eq!(duplicate.code(), Some(&SqlState::UNIQUE_VIOLATION));
+}
