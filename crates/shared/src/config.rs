@@ -317,6 +317,9 @@ impl AuthConfig {
 pub enum CrashPoint {
     /// Exit right after the batch transaction commits, before statuses and XACK.
     AfterCommit,
+    /// Sleep this long after reading each batch, before deciding it: a window in which a
+    /// test can pause (SIGSTOP) the process while it holds an undecided batch.
+    StallAfterRead(Duration),
 }
 
 /// Settings of the sub-worker.
@@ -342,10 +345,19 @@ impl WorkerConfig {
         let crash_point = match var(vars, "TICKETNEST_CRASH_POINT").as_deref() {
             None => None,
             Some("after_commit") => Some(CrashPoint::AfterCommit),
+            Some("stall_after_read") => Some(CrashPoint::StallAfterRead(var_millis(
+                vars,
+                "TICKETNEST_STALL_MS",
+                1_000,
+                1,
+                60_000,
+            )?)),
             Some(other) => {
                 return Err(ConfigError::Invalid {
                     name: "TICKETNEST_CRASH_POINT",
-                    reason: format!("unknown crash point `{other}` (known: after_commit)"),
+                    reason: format!(
+                        "unknown crash point `{other}` (known: after_commit, stall_after_read)"
+                    ),
                 })
             }
         };

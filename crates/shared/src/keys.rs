@@ -64,6 +64,14 @@ impl Keys {
         format!("{}:req:{{{}}}", self.prefix, request_id.simple())
     }
 
+    /// `tn:workers` — live workers: a sorted set of worker instances scored by when
+    /// their membership expires (Redis server time, ms). Each worker refreshes its own
+    /// entry every tick and drops expired ones; the count sets every worker's fair
+    /// share of shards.
+    pub fn workers(&self) -> String {
+        format!("{}:workers", self.prefix)
+    }
+
     /// Pattern matching every key of this prefix (for test cleanup and operators).
     pub fn all_keys_pattern(&self) -> String {
         format!("{}:*", self.prefix)

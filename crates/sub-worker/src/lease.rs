@@ -7,17 +7,26 @@
 //! (`shard_fences`), which each batch transaction checks: the lease decides who should
 //! work, the fence decides whose commits count.
 //!
-//! This manager takes every free shard (greedy). Balancing across live workers is a
-//! policy on top of `acquire` that the next issue adds; the shard task does not care.
+//! Balance: every worker announces itself in `Keys::workers` each tick and holds at
+//! most `ceil(shards / live workers)` shards. A worker above its share hands the
+//! excess over (finishes the batch in hand, then releases the lease); one below it
+//! takes free shards. A crashed worker's membership and leases expire after the lease
+//! TTL; a worker that stops gracefully leaves the set and releases its leases at once.
 
-use std::{collections::HashMap, sync::Arc, time::Instant};
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
+use rand::Rng;
 use redis::Script;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     db,
+    error::WorkerError,
     shard::{ShardExit, ShardTask},
     startup::Context,
 };
@@ -36,6 +45,21 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0";
 
+/// Refreshes this instance's membership, drops expired members (by Redis's clock, so
+/// workers' clocks never matter) and returns how many workers are live.
+const HEARTBEAT_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return redis.call('ZCARD', KEYS[1])";
+
+/// Shortest pause between two rounds of the lease loop.
+const MIN_TICK: Duration = Duration::from_millis(50);
+/// Longest pause: acquisition and renewal happen at least this often, so a freed
+/// shard is picked up within about this long.
+const MAX_TICK: Duration = Duration::from_millis(500);
+
 struct Held {
     fence: i64,
     /// When the lease was last set or extended, by this process's clock. Past
@@ -47,15 +71,18 @@ struct Held {
 
 pub struct LeaseManager {
     ctx: Arc<Context>,
-    /// Tasks of shards whose lease was lost, cancelled and still finishing. Their shard
-    /// is not taken again until they end, so one process never runs two tasks for it.
-    draining: HashMap<u32, JoinHandle<ShardExit>>,
     /// Unique per process, so a restarted worker with the same id never mistakes its
     /// predecessor's lease for its own.
     instance: String,
     held: HashMap<u32, Held>,
+    /// Tasks cancelled (shard handed over, or its lease lost) and still finishing the
+    /// batch in hand. Their lease is released when they end (a no-op if it is no longer
+    /// ours), and the shard is not taken again meanwhile, so one process never runs two
+    /// tasks for a shard.
+    draining: HashMap<u32, JoinHandle<ShardExit>>,
     renew: Script,
     release: Script,
+    heartbeat: Script,
 }
 
 impl LeaseManager {
@@ -64,10 +91,11 @@ impl LeaseManager {
         Self {
             ctx,
             instance,
-            draining: HashMap::new(),
             held: HashMap::new(),
+            draining: HashMap::new(),
             renew: Script::new(RENEW_SCRIPT),
             release: Script::new(RELEASE_SCRIPT),
+            heartbeat: Script::new(HEARTBEAT_SCRIPT),
         }
     }
 
@@ -75,40 +103,107 @@ impl LeaseManager {
         u64::try_from(self.ctx.worker.lease_ttl.as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Renews, acquires and reaps until `shutdown`, then releases everything.
+    /// Heartbeats, renews, balances and reaps until `shutdown`, then leaves the worker
+    /// set and releases everything.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        // Renew well inside the TTL so one slow round trip does not lose a lease.
-        let tick = self.ctx.worker.lease_ttl / 3;
+        let tick = (self.ctx.worker.lease_ttl / 10).clamp(MIN_TICK, MAX_TICK);
         tracing::info!(instance = %self.instance, shards = self.ctx.keys.shard_count(), "worker started");
         loop {
             self.reap().await;
             self.renew_all().await;
-            // Acquiring waits on PostgreSQL for the fencing token; bound it so a slow
-            // database never delays the next renewal past the lease TTL.
-            let _ = tokio::time::timeout(tick, self.acquire_free(&shutdown)).await;
+            match self.live_workers().await {
+                Ok(live) => {
+                    let share = fair_share(self.ctx.keys.shard_count(), live);
+                    if self.held.len() > share {
+                        self.hand_over(self.held.len() - share);
+                    } else if self.held.len() < share {
+                        // Acquiring waits on PostgreSQL for the fencing token; bound it
+                        // so a slow database never delays the next renewal.
+                        let want = share - self.held.len();
+                        let _ =
+                            tokio::time::timeout(tick, self.acquire_free(want, &shutdown)).await;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "worker heartbeat failed; keeping current shards")
+                }
+            }
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = tokio::time::sleep(tick) => {}
             }
         }
+        self.leave().await;
         self.release_all().await;
     }
 
-    /// Removes shard tasks that ended by themselves (fenced) and lets their leases go;
-    /// forgets drained tasks of lost shards.
+    async fn live_workers(&self) -> Result<usize, WorkerError> {
+        let mut conn = self.ctx.redis.clone();
+        let live: i64 = self
+            .heartbeat
+            .key(self.ctx.keys.workers())
+            .arg(&self.instance)
+            .arg(self.ttl_ms())
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(usize::try_from(live).unwrap_or(1).max(1))
+    }
+
+    /// Leaves the worker set, so the others raise their share at their next tick.
+    async fn leave(&self) {
+        let mut conn = self.ctx.redis.clone();
+        let left: redis::RedisResult<i64> = redis::cmd("ZREM")
+            .arg(self.ctx.keys.workers())
+            .arg(&self.instance)
+            .query_async(&mut conn)
+            .await;
+        if let Err(e) = left {
+            tracing::warn!(error = %e, "could not leave the worker set; membership will expire");
+        }
+    }
+
+    /// Reaps ended tasks: held ones that stopped by themselves (fenced) and drained
+    /// ones; releases their leases.
     async fn reap(&mut self) {
-        self.draining.retain(|_, task| !task.is_finished());
-        let finished: Vec<u32> = self
+        let ended: Vec<u32> = self
             .held
             .iter()
             .filter(|(_, h)| h.task.is_finished())
             .map(|(shard, _)| *shard)
             .collect();
-        for shard in finished {
+        for shard in ended {
             if let Some(held) = self.held.remove(&shard) {
                 let exit = held.task.await;
                 tracing::info!(shard, ?exit, "shard task ended");
                 self.release(shard).await;
+            }
+        }
+        let drained: Vec<u32> = self
+            .draining
+            .iter()
+            .filter(|(_, task)| task.is_finished())
+            .map(|(shard, _)| *shard)
+            .collect();
+        for shard in drained {
+            if let Some(task) = self.draining.remove(&shard) {
+                let exit = task.await;
+                tracing::info!(shard, ?exit, "shard handed over");
+                self.release(shard).await;
+            }
+        }
+    }
+
+    /// Cancels the task of `count` held shards (the highest-numbered); each finishes its
+    /// batch and its lease is released by `reap`. Not awaited here: a task finishing a
+    /// batch must not hold up renewals.
+    fn hand_over(&mut self, count: usize) {
+        let mut shards: Vec<u32> = self.held.keys().copied().collect();
+        shards.sort_unstable_by(|a, b| b.cmp(a));
+        for shard in shards.into_iter().take(count) {
+            if let Some(held) = self.held.remove(&shard) {
+                tracing::info!(shard, fence = held.fence, "handing shard over to rebalance");
+                held.cancel.cancel();
+                self.draining.insert(shard, held.task);
             }
         }
     }
@@ -117,13 +212,12 @@ impl LeaseManager {
         let ttl = self.ctx.worker.lease_ttl;
         let mut lost = Vec::new();
         for (shard, held) in &mut self.held {
-            let key = self.ctx.keys.lease(*shard);
             let mut conn = self.ctx.redis.clone();
             let renewed: redis::RedisResult<i64> = self
                 .renew
-                .key(&key)
+                .key(self.ctx.keys.lease(*shard))
                 .arg(&self.instance)
-                .arg(self.ctx.worker.lease_ttl.as_millis().to_string())
+                .arg(ttl.as_millis().to_string())
                 .invoke_async(&mut conn)
                 .await;
             match renewed {
@@ -141,23 +235,29 @@ impl LeaseManager {
         }
         for shard in lost {
             if let Some(held) = self.held.remove(&shard) {
-                // Not awaited here: a task finishing a batch must not hold up renewals.
                 held.cancel.cancel();
                 self.draining.insert(shard, held.task);
             }
         }
     }
 
-    async fn acquire_free(&mut self, shutdown: &CancellationToken) {
-        for shard in 0..self.ctx.keys.shard_count() {
-            if shutdown.is_cancelled() {
+    /// Tries free shards, starting at a random one so workers spread out, until `want`
+    /// were taken or every shard was tried.
+    async fn acquire_free(&mut self, want: usize, shutdown: &CancellationToken) {
+        let shards = self.ctx.keys.shard_count();
+        let start = rand::rng().random_range(0..shards);
+        let mut taken = 0;
+        for i in 0..shards {
+            if taken >= want || shutdown.is_cancelled() {
                 return;
             }
+            let shard = (start + i) % shards;
             if self.held.contains_key(&shard) || self.draining.contains_key(&shard) {
                 continue;
             }
             match self.acquire(shard, shutdown).await {
-                Ok(true) | Ok(false) => {}
+                Ok(true) => taken += 1,
+                Ok(false) => {}
                 Err(e) => tracing::warn!(shard, error = %e, "could not acquire shard"),
             }
         }
@@ -168,11 +268,10 @@ impl LeaseManager {
         &mut self,
         shard: u32,
         shutdown: &CancellationToken,
-    ) -> Result<bool, crate::error::WorkerError> {
-        let key = self.ctx.keys.lease(shard);
+    ) -> Result<bool, WorkerError> {
         let mut conn = self.ctx.redis.clone();
         let set: Option<String> = redis::cmd("SET")
-            .arg(&key)
+            .arg(self.ctx.keys.lease(shard))
             .arg(&self.instance)
             .arg("NX")
             .arg("PX")
@@ -221,18 +320,41 @@ impl LeaseManager {
     /// Graceful stop: let every shard task finish its batch, then release its lease so
     /// another worker can take over at once instead of after the TTL.
     async fn release_all(&mut self) {
-        let held: Vec<(u32, Held)> = self.held.drain().collect();
-        for (_, h) in &held {
-            h.cancel.cancel();
+        for held in self.held.values() {
+            held.cancel.cancel();
         }
-        for (shard, h) in held {
-            let exit = h.task.await;
-            tracing::info!(shard, fence = h.fence, ?exit, "shard released");
+        let held: Vec<(u32, JoinHandle<ShardExit>)> = self
+            .held
+            .drain()
+            .map(|(shard, h)| (shard, h.task))
+            .chain(self.draining.drain())
+            .collect();
+        for (shard, task) in held {
+            let exit = task.await;
+            tracing::info!(shard, ?exit, "shard released");
             self.release(shard).await;
         }
-        for (_, task) in self.draining.drain() {
-            let _ = task.await;
-        }
         tracing::info!("all leases released");
+    }
+}
+
+/// The most shards one of `live` workers may hold: `ceil(shards / live)`.
+pub fn fair_share(shards: u32, live: usize) -> usize {
+    let shards = usize::try_from(shards).unwrap_or(usize::MAX);
+    shards.div_ceil(live.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fair_share;
+
+    #[test]
+    fn the_fair_share_is_the_ceiling_of_shards_over_workers() {
+        assert_eq!(fair_share(16, 1), 16);
+        assert_eq!(fair_share(16, 3), 6);
+        assert_eq!(fair_share(16, 4), 4);
+        assert_eq!(fair_share(16, 5), 4);
+        assert_eq!(fair_share(4, 8), 1);
+        assert_eq!(fair_share(16, 0), 16);
     }
 }

@@ -273,6 +273,10 @@ impl ShardTask {
     /// Decides one batch: commit, then statuses, dead letters and XACK. Returns
     /// `Some(exit)` when the shard must stop.
     async fn process(&self, batch: &[StreamId]) -> Result<Option<ShardExit>, WorkerError> {
+        if let Some(CrashPoint::StallAfterRead(stall)) = self.ctx.worker.crash_point {
+            tracing::warn!(?stall, "crash point stall_after_read: holding the batch");
+            tokio::time::sleep(stall).await;
+        }
         let mut entries = Vec::with_capacity(batch.len());
         let mut dead = Vec::new();
         for item in batch {

@@ -21,6 +21,7 @@ use shared::{
 use tokio_postgres::NoTls;
 
 pub use shared;
+pub mod servers;
 
 /// Maintenance connection used to create and drop test databases.
 fn admin_url() -> String {

@@ -19,6 +19,7 @@ pub const LEASE_TTL_MS: u64 = 1_500;
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(120);
 
 pub struct Stack {
+    pub shards: u32,
     pub address: String,
     pub db: TestDatabase,
     pub redis: TestRedis,
@@ -53,10 +54,14 @@ pub struct DecisionRow {
 }
 
 pub async fn spawn_stack() -> Stack {
+    spawn_stack_with(SHARDS).await
+}
+
+pub async fn spawn_stack_with(shards: u32) -> Stack {
     test_support::shared::telemetry::init_for_tests();
     let db = TestDatabase::new().await;
     let redis = TestRedis::new();
-    let config = test_support::api_config(&db, &redis, SHARDS);
+    let config = test_support::api_config(&db, &redis, shards);
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let app = Application::build_with_listener(config, listener)
         .await
@@ -65,6 +70,7 @@ pub async fn spawn_stack() -> Stack {
     let shutdown = CancellationToken::new();
     tokio::spawn(app.run_until_stopped(shutdown.clone()));
     Stack {
+        shards,
         address,
         db,
         redis,
@@ -79,12 +85,18 @@ pub async fn spawn_stack() -> Stack {
 impl Stack {
     /// A worker process for this stack; `extra` adds or overrides environment variables.
     pub fn worker(&self, extra: &[(&str, &str)]) -> Child {
+        self.worker_command(extra)
+            .spawn()
+            .expect("spawn sub-worker")
+    }
+
+    fn worker_command(&self, extra: &[(&str, &str)]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_sub-worker"));
         command
             .env("TICKETNEST_DATABASE_URL", self.db.url())
             .env("TICKETNEST_REDIS_URL", test_support::redis_url())
             .env("TICKETNEST_REDIS_PREFIX", self.redis.prefix())
-            .env("TICKETNEST_SHARDS", SHARDS.to_string())
+            .env("TICKETNEST_SHARDS", self.shards.to_string())
             .env("TICKETNEST_LEASE_TTL_MS", LEASE_TTL_MS.to_string())
             .env("TICKETNEST_BLOCK_MS", "100")
             .env("TICKETNEST_BATCH_SIZE", "200")
@@ -103,11 +115,12 @@ impl Stack {
         for (key, value) in extra {
             command.env(key, value);
         }
-        command.spawn().expect("spawn sub-worker")
+        command
     }
 
     pub async fn organizer_token(&self) -> String {
-        let id = test_support::create_users(&self.db, "org", 1).await[0];
+        let tag = format!("org{}x", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let id = test_support::create_users(&self.db, &tag, 1).await[0];
         test_support::make_organizer(&self.db, id).await;
         test_support::token_for(id, Role::Organizer)
     }
@@ -140,19 +153,14 @@ impl Stack {
 
     /// Books once and returns the request id; panics unless the API answers 202.
     pub async fn book(&self, goods_id: i64, user_id: i64, token: &str, quantity: i64) -> Accepted {
-        let response = self
-            .http
-            .post(format!("{}/api/goods/{goods_id}/bookings", self.address))
-            .bearer_auth(token)
-            .json(&json!({ "quantity": quantity }))
-            .send()
-            .await
-            .expect("send");
-        assert_eq!(response.status(), StatusCode::ACCEPTED);
-        let body: Value = response.json().await.expect("json");
-        Accepted {
-            user_id,
-            request_id: body["requestId"].as_str().expect("requestId").to_owned(),
+        self.booker().book(goods_id, user_id, token, quantity).await
+    }
+
+    /// A handle that books through this stack's API and can move into a task.
+    pub fn booker(&self) -> Booker {
+        Booker {
+            http: self.http.clone(),
+            address: self.address.clone(),
         }
     }
 
@@ -253,7 +261,7 @@ impl Stack {
     pub async fn pending(&self) -> usize {
         let mut conn = self.redis.connection().await;
         let mut total = 0;
-        for shard in 0..SHARDS {
+        for shard in 0..self.shards {
             let stream = format!("{}:{{s{shard}}}:stream", self.redis.prefix());
             let reply: redis::RedisResult<redis::streams::StreamPendingReply> =
                 conn.xpending(&stream, "workers").await;
@@ -287,6 +295,140 @@ impl Stack {
             .into_iter()
             .filter(|k| k.ends_with(":lease"))
             .collect()
+    }
+}
+
+/// Books through the API; cheap to clone into background tasks.
+#[derive(Clone)]
+pub struct Booker {
+    http: reqwest::Client,
+    address: String,
+}
+
+impl Booker {
+    /// Books once; panics unless the API answers 202.
+    pub async fn book(&self, goods_id: i64, user_id: i64, token: &str, quantity: i64) -> Accepted {
+        let response = self
+            .http
+            .post(format!("{}/api/goods/{goods_id}/bookings", self.address))
+            .bearer_auth(token)
+            .json(&json!({ "quantity": quantity }))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        let body: Value = response.json().await.expect("json");
+        Accepted {
+            user_id,
+            request_id: body["requestId"].as_str().expect("requestId").to_owned(),
+        }
+    }
+
+    /// Books once per user in the background, `concurrency` at a time, pausing `pace`
+    /// between starts so the sale lasts a while.
+    pub fn spawn_sale(
+        &self,
+        goods_id: i64,
+        users: Vec<(i64, String)>,
+        concurrency: usize,
+        pace: Duration,
+    ) -> tokio::task::JoinHandle<Vec<Accepted>> {
+        let booker = self.clone();
+        tokio::spawn(async move {
+            stream::iter(users)
+                .then(|user| {
+                    let booker = booker.clone();
+                    async move {
+                        tokio::time::sleep(pace).await;
+                        (booker, user)
+                    }
+                })
+                .map(|(booker, (id, token))| async move { booker.book(goods_id, id, &token, 1).await })
+                .buffer_unordered(concurrency)
+                .collect()
+                .await
+        })
+    }
+}
+
+/// Sends a signal (`KILL`, `STOP`, `CONT`, `TERM`) to a child process.
+pub fn signal(child: &Child, signal: &str) {
+    let pid = child.id().expect("child still running");
+    let sent = std::process::Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(sent.success(), "kill -{signal} {pid}");
+}
+
+impl Stack {
+    /// A worker with a given `TICKETNEST_WORKER_ID`, logging to `log` (a file path).
+    pub fn named_worker(
+        &self,
+        name: &str,
+        log: Option<&std::path::Path>,
+        extra: &[(&str, &str)],
+    ) -> Child {
+        let mut env: Vec<(&str, &str)> = vec![("TICKETNEST_WORKER_ID", name)];
+        env.extend_from_slice(extra);
+        match log {
+            None => self.worker(&env),
+            Some(path) => {
+                let file = std::fs::File::create(path).expect("log file");
+                let mut command = self.worker_command(&env);
+                command
+                    .env("RUST_LOG", "info")
+                    .env("NO_COLOR", "1")
+                    .stdout(Stdio::from(file.try_clone().expect("clone log")))
+                    .stderr(Stdio::from(file));
+                command.spawn().expect("spawn sub-worker")
+            }
+        }
+    }
+
+    /// Which worker (by `TICKETNEST_WORKER_ID`) holds each shard's lease right now.
+    pub async fn lease_holders(&self) -> HashMap<u32, String> {
+        let mut conn = self.redis.connection().await;
+        let mut holders = HashMap::new();
+        for shard in 0..self.shards {
+            let key = format!("{}:{{s{shard}}}:lease", self.redis.prefix());
+            let holder: Option<String> = conn.get(&key).await.expect("GET lease");
+            if let Some(holder) = holder {
+                let worker = holder.split('/').next().unwrap_or_default().to_owned();
+                holders.insert(shard, worker);
+            }
+        }
+        holders
+    }
+
+    /// How many shards each worker holds.
+    pub async fn shares(&self) -> HashMap<String, usize> {
+        let mut shares = HashMap::new();
+        for worker in self.lease_holders().await.into_values() {
+            *shares.entry(worker).or_insert(0) += 1;
+        }
+        shares
+    }
+
+    /// Waits until exactly `workers` hold shards, every shard is held, and nobody holds
+    /// more than its fair share `ceil(shards / workers)`.
+    pub async fn wait_for_even_spread(&self, workers: usize) -> HashMap<String, usize> {
+        let max = (self.shards as usize).div_ceil(workers);
+        wait_until(
+            &format!(
+                "{} shards spread over {workers} workers, at most {max} each",
+                self.shards
+            ),
+            Duration::from_secs(30),
+            || async {
+                let shares = self.shares().await;
+                shares.len() == workers
+                    && shares.values().sum::<usize>() == self.shards as usize
+                    && shares.values().all(|n| *n <= max)
+            },
+        )
+        .await;
+        self.shares().await
     }
 }
 

@@ -6,5 +6,6 @@ mod helpers;
 mod dead_letter;
 mod fifo;
 mod redelivery;
+mod resilience;
 mod sell_out;
 mod shutdown;
