@@ -50,6 +50,8 @@ pub enum ApiError {
     NicknameTaken,
     #[error("booking queue is unavailable, retry shortly")]
     QueueUnavailable(#[source] redis::RedisError),
+    #[error("too many bookings are waiting for this show, retry shortly")]
+    QueueFull,
     #[error("database is unavailable, retry shortly")]
     DatabaseUnavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("internal error")]
@@ -85,6 +87,7 @@ impl ApiError {
             Self::EmailTaken => (StatusCode::CONFLICT, "email_taken"),
             Self::NicknameTaken => (StatusCode::CONFLICT, "nickname_taken"),
             Self::QueueUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable"),
+            Self::QueueFull => (StatusCode::SERVICE_UNAVAILABLE, "queue_full"),
             Self::DatabaseUnavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable")
             }

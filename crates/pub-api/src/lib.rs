@@ -5,6 +5,7 @@
 //! copies can run behind a load balancer. `main.rs` is a thin shell over
 //! [`startup::Application`], which tests start in-process on port 0.
 
+mod backlog;
 mod db;
 mod domain;
 pub mod error;

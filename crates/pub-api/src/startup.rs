@@ -21,6 +21,7 @@ use shared::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    backlog::Backlog,
     error::ApiError,
     extract::{payload_config, query_config},
     request_id, revocation,
@@ -127,6 +128,7 @@ impl Application {
             dummy_hash,
             goods: AppState::goods_cache(config.http.goods_cache_ttl),
             revoked: Arc::new(RwLock::new(HashSet::new())),
+            backlog: Backlog::new(config.shards.shards, config.http.backlog_limit),
             status_ttl: config.redis.status_ttl,
             secure_cookies: config.environment == Environment::Prod,
         };
@@ -181,6 +183,11 @@ impl Application {
     /// The server failed while running.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let handle = self.server.handle();
+        let sampler = tokio::spawn(self.state.backlog.clone().run(
+            self.state.redis.clone(),
+            self.state.keys.clone(),
+            shutdown.child_token(),
+        ));
         let refresher = tokio::spawn(revocation::run(self.state, shutdown.child_token()));
         let stopper = {
             let shutdown = shutdown.clone();
@@ -194,6 +201,7 @@ impl Application {
         shutdown.cancel();
         let _ = stopper.await;
         let _ = refresher.await;
+        let _ = sampler.await;
         result
     }
 }

@@ -17,7 +17,7 @@ use shared::{
     keys::Keys,
 };
 
-use crate::db::GoodsLimits;
+use crate::{backlog::Backlog, db::GoodsLimits};
 
 /// Most goods kept in the in-process cache.
 const GOODS_CACHE_CAPACITY: u64 = 100_000;
@@ -37,6 +37,8 @@ pub struct AppState {
     pub goods: Cache<i64, GoodsLimits>,
     /// Ids of deleted users, refreshed in the background (see `revocation`).
     pub revoked: Arc<RwLock<HashSet<i64>>>,
+    /// Last sampled backlog per shard, for backpressure.
+    pub backlog: Backlog,
     /// How long a request status lives in Redis.
     pub status_ttl: Duration,
     /// A hash of a random password with the configured argon2 cost, verified at login

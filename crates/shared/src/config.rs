@@ -334,6 +334,10 @@ pub struct WorkerConfig {
     pub block: Duration,
     /// `TICKETNEST_WORKER_ID`: consumer name; defaults to a fresh id per process.
     pub worker_id: String,
+    /// `TICKETNEST_MAX_ATTEMPTS`: how many times PostgreSQL may refuse one entry (for a
+    /// non-transient reason) before it goes to the dead-letter stream. Transient
+    /// failures (connection lost, serialization conflicts) never count.
+    pub max_attempts: u32,
     /// `TICKETNEST_CRASH_POINT`: test-only fault injection, refused in prod.
     pub crash_point: Option<CrashPoint>,
 }
@@ -382,6 +386,7 @@ impl WorkerConfig {
             lease_ttl: var_millis(vars, "TICKETNEST_LEASE_TTL_MS", 5_000, 300, 600_000)?,
             block: var_millis(vars, "TICKETNEST_BLOCK_MS", 200, 1, 10_000)?,
             worker_id,
+            max_attempts: var_in_range(vars, "TICKETNEST_MAX_ATTEMPTS", 5, 1, 100)?,
             crash_point,
         };
         if config.block * 2 >= config.lease_ttl {
@@ -403,6 +408,9 @@ pub struct HttpConfig {
     pub workers: Option<usize>,
     /// `TICKETNEST_GOODS_CACHE_TTL_MS`: how long the API trusts its in-process copy of a goods.
     pub goods_cache_ttl: Duration,
+    /// `TICKETNEST_BACKLOG_LIMIT`: entries of one shard not yet decided (undelivered
+    /// plus pending) above which bookings for that shard get 503 with `Retry-After`.
+    pub backlog_limit: u64,
 }
 
 impl HttpConfig {
@@ -424,6 +432,13 @@ impl HttpConfig {
             addr,
             workers,
             goods_cache_ttl: var_millis(vars, "TICKETNEST_GOODS_CACHE_TTL_MS", 1_000, 0, 600_000)?,
+            backlog_limit: var_in_range(
+                vars,
+                "TICKETNEST_BACKLOG_LIMIT",
+                100_000,
+                1,
+                1_000_000_000,
+            )?,
         })
     }
 }

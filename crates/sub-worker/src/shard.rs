@@ -19,8 +19,8 @@ use redis::{
 use shared::{
     config::CrashPoint,
     keys::CONSUMER_GROUP,
-    message::{DecodeError, StreamMessage},
-    status_fields as f,
+    message::{BookingRequestV1, DecodeError, StreamMessage},
+    status_fields as f, RequestStatus,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -54,6 +54,40 @@ struct DeadLetter {
     stream_id: String,
     reason: String,
     fields: Vec<(String, String)>,
+    /// The request, when the entry decoded (its owner is told it was not processed).
+    request: Option<BookingRequestV1>,
+}
+
+impl DeadLetter {
+    /// A decodable entry that PostgreSQL kept refusing.
+    fn poison(entry: &Entry, reason: String) -> Self {
+        let message = StreamMessage::BookingRequestV1(entry.request.clone());
+        Self {
+            stream_id: entry.stream_id.clone(),
+            reason,
+            fields: message
+                .to_fields()
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+            request: Some(entry.request.clone()),
+        }
+    }
+}
+
+/// Reason stored in the status of a request whose entry was dead-lettered.
+pub const UNPROCESSABLE: &str = "unprocessable";
+
+/// The error and its causes on one line, for a dead letter's reason.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
 }
 
 fn decode(entry: &StreamId) -> Result<Entry, DeadLetter> {
@@ -73,6 +107,7 @@ fn decode(entry: &StreamId) -> Result<Entry, DeadLetter> {
         stream_id: entry.id.clone(),
         reason,
         fields: raw,
+        request: None,
     };
     if let Some(name) = bad_value {
         return Err(dead(format!("field `{name}` is not a string"), raw));
@@ -293,7 +328,10 @@ impl ShardTask {
             Vec::new()
         } else {
             match self.commit_with_retry(&entries).await {
-                Ok(decided) => decided,
+                Ok((decided, poison)) => {
+                    dead.extend(poison);
+                    decided
+                }
                 Err(exit) => return Ok(Some(exit)),
             }
         };
@@ -332,29 +370,79 @@ impl ShardTask {
         }
     }
 
-    /// Commits the batch, retrying transient failures. `Err(exit)` means stop the shard.
-    async fn commit_with_retry(&self, entries: &[Entry]) -> Result<Vec<Decided>, ShardExit> {
+    /// Commits the batch, retrying transient failures for as long as it takes. If
+    /// PostgreSQL refuses the batch itself, decides its entries one at a time, in order,
+    /// to isolate the entry at fault (see `commit_singly`). `Err(exit)` means stop.
+    async fn commit_with_retry(
+        &self,
+        entries: &[Entry],
+    ) -> Result<(Vec<Decided>, Vec<DeadLetter>), ShardExit> {
         let mut backoff = Backoff::default();
         loop {
             match db::commit_batch(&self.ctx.pool, self.shard, self.fence, entries).await {
-                Ok(decided) => return Ok(decided),
+                Ok(decided) => return Ok((decided, Vec::new())),
                 Err(WorkerError::Fenced { .. }) => {
                     tracing::warn!("fencing token superseded: another worker owns this shard now");
                     return Err(ShardExit::Fenced);
                 }
-                Err(e) => {
+                Err(e) if e.is_transient() => {
                     let delay = backoff.next_delay();
-                    if e.is_transient() {
-                        tracing::warn!(error = %e, ?delay, "batch not committed; retrying");
-                    } else {
-                        tracing::error!(error = ?e, ?delay, "batch refused by the database; retrying");
-                    }
+                    tracing::warn!(error = %chain(&e), ?delay, "batch not committed; retrying");
                     if self.sleep_or_cancel(delay).await {
                         return Err(ShardExit::Cancelled);
                     }
                 }
+                Err(e) => {
+                    tracing::error!(error = %chain(&e), size = entries.len(), "batch refused by the database; deciding its entries one at a time");
+                    return self.commit_singly(entries).await;
+                }
             }
         }
+    }
+
+    /// Decides entries one transaction each, in stream order. An entry PostgreSQL refuses
+    /// `max_attempts` times for a non-transient reason becomes a dead letter and the
+    /// shard moves on; transient failures are retried without counting.
+    async fn commit_singly(
+        &self,
+        entries: &[Entry],
+    ) -> Result<(Vec<Decided>, Vec<DeadLetter>), ShardExit> {
+        let mut decided = Vec::with_capacity(entries.len());
+        let mut dead = Vec::new();
+        for entry in entries {
+            let mut refusals = 0;
+            let mut backoff = Backoff::default();
+            loop {
+                let one = std::slice::from_ref(entry);
+                match db::commit_batch(&self.ctx.pool, self.shard, self.fence, one).await {
+                    Ok(d) => {
+                        decided.extend(d);
+                        break;
+                    }
+                    Err(WorkerError::Fenced { .. }) => return Err(ShardExit::Fenced),
+                    Err(e) if e.is_transient() => {}
+                    Err(e) => {
+                        refusals += 1;
+                        if refusals >= self.ctx.worker.max_attempts {
+                            let reason =
+                                format!("refused by the database {refusals} times: {}", chain(&e));
+                            tracing::warn!(
+                                request_id = %entry.request.request_id,
+                                stream_id = %entry.stream_id,
+                                %reason,
+                                "dead-lettering poison entry"
+                            );
+                            dead.push(DeadLetter::poison(entry, reason));
+                            break;
+                        }
+                    }
+                }
+                if self.sleep_or_cancel(backoff.next_delay()).await {
+                    return Err(ShardExit::Cancelled);
+                }
+            }
+        }
+        Ok((decided, dead))
     }
 
     /// After COMMIT: statuses for polling, dead letters, then XACK, in one round trip.
@@ -388,6 +476,23 @@ impl ShardTask {
             .ignore();
         }
         let dead_key = keys.dead_letter(self.shard);
+        for request in dead.iter().filter_map(|d| d.request.as_ref()) {
+            let key = keys.request_status(request.request_id);
+            pipe.hset_multiple(
+                &key,
+                &[
+                    (f::USER, request.user_id.to_string()),
+                    (f::GOODS, request.goods_id.to_string()),
+                    (f::QUANTITY, request.quantity.to_string()),
+                    (f::STATUS, RequestStatus::Rejected.as_str().to_owned()),
+                    (f::REASON, UNPROCESSABLE.to_owned()),
+                    (f::BOOKING, String::new()),
+                ],
+            )
+            .ignore()
+            .expire(&key, ttl)
+            .ignore();
+        }
         for letter in dead {
             let mut fields = vec![
                 ("dlq_reason".to_owned(), letter.reason.clone()),

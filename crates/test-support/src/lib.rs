@@ -291,6 +291,7 @@ pub fn api_config(db: &TestDatabase, redis: &TestRedis, shards: u32) -> ApiConfi
             addr: "127.0.0.1:0".into(),
             workers: Some(2),
             goods_cache_ttl: Duration::from_secs(1),
+            backlog_limit: 1_000_000,
         },
         database: db.config(),
         redis: redis.config(),

@@ -78,6 +78,10 @@ pub async fn create(
         ));
     }
     let quantity = i32::try_from(quantity).unwrap_or(i32::MAX);
+    let shard = state.keys.shard_of(goods_id);
+    if state.backlog.is_full(shard) {
+        return Err(ApiError::QueueFull);
+    }
 
     let request_id = Uuid::now_v7();
     tracing::Span::current().record("request_id", tracing::field::display(request_id));
@@ -94,7 +98,6 @@ pub async fn create(
         accepted_at_ms: now_ms(),
         trace_id,
     });
-    let shard = state.keys.shard_of(goods_id);
     let status_key = state.keys.request_status(request_id);
     let ttl = i64::try_from(state.status_ttl.as_secs()).unwrap_or(i64::MAX);
 

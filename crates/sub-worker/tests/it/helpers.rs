@@ -58,10 +58,19 @@ pub async fn spawn_stack() -> Stack {
 }
 
 pub async fn spawn_stack_with(shards: u32) -> Stack {
+    spawn_stack_configured(shards, |_| {}).await
+}
+
+/// A stack whose API config the test adjusts first.
+pub async fn spawn_stack_configured(
+    shards: u32,
+    adjust: impl FnOnce(&mut test_support::shared::config::ApiConfig),
+) -> Stack {
     test_support::shared::telemetry::init_for_tests();
     let db = TestDatabase::new().await;
     let redis = TestRedis::new();
-    let config = test_support::api_config(&db, &redis, shards);
+    let mut config = test_support::api_config(&db, &redis, shards);
+    adjust(&mut config);
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let app = Application::build_with_listener(config, listener)
         .await

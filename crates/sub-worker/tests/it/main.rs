@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod backpressure;
 mod dead_letter;
 mod fifo;
 mod redelivery;

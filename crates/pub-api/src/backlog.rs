@@ -1,0 +1,102 @@
+//! Backpressure: how far behind each shard's workers are.
+//!
+//! Checking the backlog on every booking would cost a second Redis round trip on the
+//! hot path. Instead each API process samples every shard's backlog (entries not yet
+//! delivered to a worker plus entries delivered but not acknowledged, from
+//! `XINFO GROUPS`) every `REFRESH_INTERVAL`, and bookings compare against the last
+//! sample: an in-memory read. The bound is soft by one interval's worth of bookings.
+//! Entries are never trimmed to make room; clients are asked to retry instead.
+
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use redis::{aio::ConnectionManager, streams::StreamInfoGroupsReply};
+use shared::keys::{Keys, CONSUMER_GROUP};
+use tokio_util::sync::CancellationToken;
+
+pub const REFRESH_INTERVAL: Duration = Duration::from_millis(200);
+
+/// The last sampled backlog of every shard.
+#[derive(Clone)]
+pub struct Backlog {
+    per_shard: Arc<Vec<AtomicU64>>,
+    limit: u64,
+}
+
+impl Backlog {
+    pub fn new(shards: u32, limit: u64) -> Self {
+        Self {
+            per_shard: Arc::new((0..shards).map(|_| AtomicU64::new(0)).collect()),
+            limit,
+        }
+    }
+
+    /// Whether bookings for `shard` should be turned away for now.
+    pub fn is_full(&self, shard: u32) -> bool {
+        usize::try_from(shard)
+            .ok()
+            .and_then(|i| self.per_shard.get(i))
+            .is_some_and(|n| n.load(Ordering::Relaxed) >= self.limit)
+    }
+
+    async fn sample(conn: &mut ConnectionManager, stream: &str) -> redis::RedisResult<u64> {
+        let groups: redis::RedisResult<StreamInfoGroupsReply> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(stream)
+            .query_async(conn)
+            .await;
+        let groups = match groups {
+            Ok(groups) => groups,
+            // No stream yet: nothing waiting.
+            Err(e) if e.to_string().contains("no such key") => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        match groups.groups.iter().find(|g| g.name == CONSUMER_GROUP) {
+            Some(group) => match group.lag {
+                Some(lag) => Ok(u64::try_from(lag + group.pending).unwrap_or(u64::MAX)),
+                // Redis cannot tell the lag (entries were deleted): count the whole
+                // stream, an upper bound.
+                None => redis::cmd("XLEN").arg(stream).query_async(conn).await,
+            },
+            // No worker has created the group yet: every entry is waiting.
+            None => redis::cmd("XLEN").arg(stream).query_async(conn).await,
+        }
+    }
+
+    /// Samples every shard once. Shards that cannot be sampled keep their last value.
+    pub async fn refresh(&self, conn: &ConnectionManager, keys: &Keys) {
+        let samples = futures_util::future::join_all((0..keys.shard_count()).map(|shard| {
+            let mut conn = conn.clone();
+            let stream = keys.stream(shard);
+            async move { (shard, Self::sample(&mut conn, &stream).await) }
+        }))
+        .await;
+        for (shard, sample) in samples {
+            let slot = usize::try_from(shard)
+                .ok()
+                .and_then(|i| self.per_shard.get(i));
+            match (sample, slot) {
+                (Ok(n), Some(slot)) => slot.store(n, Ordering::Relaxed),
+                (Err(e), _) => tracing::debug!(shard, error = %e, "could not sample backlog"),
+                (Ok(_), None) => {}
+            }
+        }
+    }
+
+    /// Samples until `shutdown`.
+    pub async fn run(self, conn: ConnectionManager, keys: Keys, shutdown: CancellationToken) {
+        let mut interval = tokio::time::interval(REFRESH_INTERVAL);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = interval.tick() => self.refresh(&conn, &keys).await,
+            }
+        }
+    }
+}
