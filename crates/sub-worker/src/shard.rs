@@ -55,7 +55,7 @@ struct DeadLetter {
     reason: String,
     fields: Vec<(String, String)>,
     /// The request, when the entry decoded (its owner is told it was not processed).
-    request: Option<BookingRequestV1>,
+    request: Option<Box<BookingRequestV1>>,
 }
 
 impl DeadLetter {
@@ -70,7 +70,7 @@ impl DeadLetter {
                 .into_iter()
                 .map(|(k, v)| (k.to_owned(), v))
                 .collect(),
-            request: Some(entry.request.clone()),
+            request: Some(Box::new(entry.request.clone())),
         }
     }
 }
