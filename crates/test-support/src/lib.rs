@@ -63,6 +63,9 @@ async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
 pub struct TestDatabase {
     name: String,
     url: String,
+    /// Drop it from the shared server when the test ends (a private server's databases
+    /// go with the server).
+    drop_on_exit: bool,
 }
 
 impl TestDatabase {
@@ -115,7 +118,28 @@ impl TestDatabase {
         Ok(Self {
             url: with_database(&admin, &name),
             name,
+            drop_on_exit: true,
         })
+    }
+
+    /// A migrated database on a private server (for tests that restart PostgreSQL).
+    ///
+    /// # Panics
+    /// If the server is unreachable or migrations fail.
+    pub async fn on_server(server: &servers::PgServer) -> Self {
+        let name = "ticketnest".to_owned();
+        server.create_database(&name).await;
+        let url = server.url(&name);
+        let config = DatabaseConfig {
+            url: SecretString::from(url.clone()),
+            pool_size: 2,
+        };
+        shared::db::migrate(&config).await.expect("migrate");
+        Self {
+            name,
+            url,
+            drop_on_exit: false,
+        }
     }
 
     /// An empty database with no schema at all (for migration tests).
@@ -134,6 +158,7 @@ impl TestDatabase {
         Self {
             url: with_database(&admin, &name),
             name,
+            drop_on_exit: true,
         }
     }
 
@@ -163,6 +188,9 @@ impl TestDatabase {
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
+        if !self.drop_on_exit {
+            return;
+        }
         let name = self.name.clone();
         // Drop runs inside the test's runtime, where blocking on another runtime is not
         // allowed: use a thread with its own.
@@ -189,14 +217,26 @@ impl Drop for TestDatabase {
 /// A unique Redis key prefix for one test; its keys are deleted on drop.
 pub struct TestRedis {
     prefix: String,
+    url: String,
 }
 
 impl TestRedis {
+    /// A prefix on the shared test Redis.
     pub fn new() -> Self {
+        Self::on(redis_url())
+    }
+
+    /// A prefix on a given Redis (a private `servers::RedisServer`).
+    pub fn on(url: String) -> Self {
         let id = uuid::Uuid::new_v4().simple().to_string();
         Self {
             prefix: format!("tnt{}", &id[..16]),
+            url,
         }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     pub fn prefix(&self) -> &str {
@@ -205,7 +245,7 @@ impl TestRedis {
 
     pub fn config(&self) -> RedisConfig {
         RedisConfig {
-            url: SecretString::from(redis_url()),
+            url: SecretString::from(self.url.clone()),
             prefix: self.prefix.clone(),
             timeout: Duration::from_secs(2),
             status_ttl: Duration::from_secs(3_600),
@@ -217,7 +257,7 @@ impl TestRedis {
     /// # Panics
     /// If Redis is unreachable.
     pub async fn keys(&self) -> Vec<String> {
-        let client = redis::Client::open(redis_url()).expect("redis url");
+        let client = redis::Client::open(self.url.as_str()).expect("redis url");
         let mut conn = client
             .get_multiplexed_async_connection()
             .await
@@ -236,7 +276,7 @@ impl TestRedis {
     /// # Panics
     /// If Redis is unreachable.
     pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(redis_url())
+        redis::Client::open(self.url.as_str())
             .expect("redis url")
             .get_multiplexed_async_connection()
             .await
@@ -254,16 +294,19 @@ impl Drop for TestRedis {
     fn drop(&mut self) {
         let pattern = format!("{}:*", self.prefix);
         let cleanup = || -> redis::RedisResult<()> {
-            let client = redis::Client::open(redis_url())?;
-            let mut conn = client.get_connection()?;
+            let client = redis::Client::open(self.url.as_str())?;
+            let mut conn = client.get_connection_with_timeout(Duration::from_secs(2))?;
             let keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query(&mut conn)?;
             if !keys.is_empty() {
                 redis::cmd("DEL").arg(&keys).query::<()>(&mut conn)?;
             }
             Ok(())
         };
+        // A private server may already be gone with everything on it.
         if let Err(e) = cleanup() {
-            eprintln!("warning: could not delete test keys {pattern}: {e}");
+            if self.url == redis_url() {
+                eprintln!("warning: could not delete test keys {pattern}: {e}");
+            }
         }
     }
 }

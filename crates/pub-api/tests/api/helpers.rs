@@ -23,10 +23,18 @@ impl Drop for TestApp {
 }
 
 pub async fn spawn_app() -> TestApp {
+    spawn_app_on(TestRedis::new(), |_| {}).await
+}
+
+/// An app on a given Redis (a private server for outage tests), config adjusted first.
+pub async fn spawn_app_on(
+    redis: TestRedis,
+    adjust: impl FnOnce(&mut test_support::shared::config::ApiConfig),
+) -> TestApp {
     test_support::shared::telemetry::init_for_tests();
     let db = TestDatabase::new().await;
-    let redis = TestRedis::new();
-    let config = test_support::api_config(&db, &redis, 4);
+    let mut config = test_support::api_config(&db, &redis, 4);
+    adjust(&mut config);
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
     let app = Application::build_with_listener(config, listener)
         .await

@@ -8,4 +8,5 @@ mod bad_input;
 mod bookings;
 mod goods;
 mod health;
+mod outage;
 mod startup;

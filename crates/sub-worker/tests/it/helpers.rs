@@ -66,9 +66,17 @@ pub async fn spawn_stack_configured(
     shards: u32,
     adjust: impl FnOnce(&mut test_support::shared::config::ApiConfig),
 ) -> Stack {
+    spawn_stack_on(TestDatabase::new().await, TestRedis::new(), shards, adjust).await
+}
+
+/// A stack on a given database and Redis (private servers for outage tests).
+pub async fn spawn_stack_on(
+    db: TestDatabase,
+    redis: TestRedis,
+    shards: u32,
+    adjust: impl FnOnce(&mut test_support::shared::config::ApiConfig),
+) -> Stack {
     test_support::shared::telemetry::init_for_tests();
-    let db = TestDatabase::new().await;
-    let redis = TestRedis::new();
     let mut config = test_support::api_config(&db, &redis, shards);
     adjust(&mut config);
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -103,7 +111,7 @@ impl Stack {
         let mut command = Command::new(env!("CARGO_BIN_EXE_sub-worker"));
         command
             .env("TICKETNEST_DATABASE_URL", self.db.url())
-            .env("TICKETNEST_REDIS_URL", test_support::redis_url())
+            .env("TICKETNEST_REDIS_URL", self.redis.url())
             .env("TICKETNEST_REDIS_PREFIX", self.redis.prefix())
             .env("TICKETNEST_SHARDS", self.shards.to_string())
             .env("TICKETNEST_LEASE_TTL_MS", LEASE_TTL_MS.to_string())
@@ -315,21 +323,30 @@ pub struct Booker {
 }
 
 impl Booker {
-    /// Books once; panics unless the API answers 202.
+    /// Books once, as a well-behaved client: a 503 (outage, backpressure) is retried
+    /// after a short pause, for up to a minute. Panics on any other answer but 202.
     pub async fn book(&self, goods_id: i64, user_id: i64, token: &str, quantity: i64) -> Accepted {
-        let response = self
-            .http
-            .post(format!("{}/api/goods/{goods_id}/bookings", self.address))
-            .bearer_auth(token)
-            .json(&json!({ "quantity": quantity }))
-            .send()
-            .await
-            .expect("send");
-        assert_eq!(response.status(), StatusCode::ACCEPTED);
-        let body: Value = response.json().await.expect("json");
-        Accepted {
-            user_id,
-            request_id: body["requestId"].as_str().expect("requestId").to_owned(),
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let response = self
+                .http
+                .post(format!("{}/api/goods/{goods_id}/bookings", self.address))
+                .bearer_auth(token)
+                .json(&json!({ "quantity": quantity }))
+                .send()
+                .await
+                .expect("send");
+            let status = response.status();
+            if status == StatusCode::SERVICE_UNAVAILABLE && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            assert_eq!(status, StatusCode::ACCEPTED);
+            let body: Value = response.json().await.expect("json");
+            return Accepted {
+                user_id,
+                request_id: body["requestId"].as_str().expect("requestId").to_owned(),
+            };
         }
     }
 

@@ -6,6 +6,7 @@ mod helpers;
 mod backpressure;
 mod dead_letter;
 mod fifo;
+mod outages;
 mod redelivery;
 mod resilience;
 mod sell_out;

@@ -1,0 +1,70 @@
+//! PostgreSQL and Redis going away mid-sale, on private servers so that restarting
+//! them disturbs no other test. Run one at a time (nextest group `resilience`).
+
+use std::collections::HashSet;
+
+use test_support::{
+    servers::{PgServer, RedisServer},
+    wait_until, TestDatabase, TestRedis,
+};
+
+use crate::helpers::{
+    assert_fifo_invariants, spawn_stack_on, wait_until_nothing_pending, Accepted, Stack,
+    DRAIN_DEADLINE,
+};
+
+/// Every accepted request decided exactly once, the sale exact.
+async fn assert_all_decided(stack: &Stack, goods: i64, accepted: &[Accepted], seats: usize) {
+    stack.wait_for_decisions(accepted.len() as i64).await;
+    let rows = assert_fifo_invariants(stack, goods).await;
+    let decided: HashSet<&str> = rows.iter().map(|r| r.request_id.as_str()).collect();
+    let asked: HashSet<&str> = accepted.iter().map(|a| a.request_id.as_str()).collect();
+    assert_eq!(decided, asked, "exactly the accepted requests were decided");
+    let confirmed = rows.iter().filter(|r| r.decision == "confirmed").count();
+    assert_eq!(confirmed, seats.min(accepted.len()));
+    wait_until_nothing_pending(stack).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_restart_mid_sale_loses_nothing_and_decides_nothing_twice() {
+    let pg = PgServer::start().await;
+    let db = TestDatabase::on_server(&pg).await;
+    let stack = spawn_stack_on(db, TestRedis::new(), 4, |_| {}).await;
+    let goods = stack.create_goods(400, 1).await;
+    let users = stack.customers("pgr", 2_000).await;
+    let _worker = stack.worker(&[]);
+    let sale = stack
+        .booker()
+        .spawn_sale(goods, users, 8, std::time::Duration::from_millis(1));
+    wait_until("the sale is under way", DRAIN_DEADLINE, || async {
+        stack.decided_count().await >= 300
+    })
+    .await;
+    assert!(!sale.is_finished(), "the restart happens mid-sale");
+    pg.restart().await;
+    let accepted = sale.await.expect("sale");
+    assert_eq!(accepted.len(), 2_000);
+    assert_all_decided(&stack, goods, &accepted, 400).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_crash_and_restart_with_aof_always_loses_no_accepted_request() {
+    let mut server = RedisServer::start(true).await;
+    let redis = TestRedis::on(server.url());
+    let stack = spawn_stack_on(TestDatabase::new().await, redis, 4, |_| {}).await;
+    let goods = stack.create_goods(400, 1).await;
+    let users = stack.customers("rdr", 2_000).await;
+    let _worker = stack.worker(&[]);
+    let sale = stack
+        .booker()
+        .spawn_sale(goods, users, 8, std::time::Duration::from_millis(1));
+    wait_until("the sale is under way", DRAIN_DEADLINE, || async {
+        stack.decided_count().await >= 300
+    })
+    .await;
+    assert!(!sale.is_finished(), "the restart happens mid-sale");
+    server.restart().await;
+    let accepted = sale.await.expect("sale");
+    assert_eq!(accepted.len(), 2_000, "every user got a 202 in the end");
+    assert_all_decided(&stack, goods, &accepted, 400).await;
+}
