@@ -15,8 +15,9 @@ use std::{
     time::Duration,
 };
 
-use redis::{aio::ConnectionManager, streams::StreamInfoGroupsReply};
+use redis::streams::StreamInfoGroupsReply;
 use shared::keys::{Keys, CONSUMER_GROUP};
+use shared::queue::QueueConnection;
 use tokio_util::sync::CancellationToken;
 
 pub const REFRESH_INTERVAL: Duration = Duration::from_millis(200);
@@ -44,7 +45,7 @@ impl Backlog {
             .is_some_and(|n| n.load(Ordering::Relaxed) >= self.limit)
     }
 
-    async fn sample(conn: &mut ConnectionManager, stream: &str) -> redis::RedisResult<u64> {
+    async fn sample(conn: &mut QueueConnection, stream: &str) -> redis::RedisResult<u64> {
         let groups: redis::RedisResult<StreamInfoGroupsReply> = redis::cmd("XINFO")
             .arg("GROUPS")
             .arg(stream)
@@ -69,7 +70,7 @@ impl Backlog {
     }
 
     /// Samples every shard once. Shards that cannot be sampled keep their last value.
-    pub async fn refresh(&self, conn: &ConnectionManager, keys: &Keys) {
+    pub async fn refresh(&self, conn: &QueueConnection, keys: &Keys) {
         let samples = futures_util::future::join_all((0..keys.shard_count()).map(|shard| {
             let mut conn = conn.clone();
             let stream = keys.stream(shard);
@@ -89,7 +90,7 @@ impl Backlog {
     }
 
     /// Samples until `shutdown`.
-    pub async fn run(self, conn: ConnectionManager, keys: Keys, shutdown: CancellationToken) {
+    pub async fn run(self, conn: QueueConnection, keys: Keys, shutdown: CancellationToken) {
         let mut interval = tokio::time::interval(REFRESH_INTERVAL);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

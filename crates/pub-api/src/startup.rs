@@ -115,7 +115,7 @@ impl Application {
     ) -> Result<Self, StartupError> {
         shared::db::migrate(&config.database).await?;
         let pool = shared::db::build_pool(&config.database)?;
-        let mut redis = shared::queue::connect_manager(&config.redis).await?;
+        let mut redis = shared::queue::connect_shared(&config.redis).await?;
         shared::queue::warn_if_eviction_possible(&mut redis).await;
         let passwords = PasswordHashing::new(config.auth.argon2)?;
         let dummy_hash: Arc<str> = passwords.hash(&uuid::Uuid::new_v4().to_string())?.into();

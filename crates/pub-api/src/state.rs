@@ -11,7 +11,7 @@ use std::{
 
 use deadpool_postgres::Pool;
 use moka::future::Cache;
-use redis::aio::ConnectionManager;
+use shared::queue::QueueConnection;
 use shared::{
     auth::{PasswordHashing, TokenKeys},
     keys::Keys,
@@ -26,7 +26,7 @@ const GOODS_CACHE_CAPACITY: u64 = 100_000;
 pub struct AppState {
     pub pool: Pool,
     /// Shared multiplexed connection; cloning it is cheap and shares the socket.
-    pub redis: ConnectionManager,
+    pub redis: QueueConnection,
     pub keys: Keys,
     pub tokens: TokenKeys,
     pub passwords: PasswordHashing,

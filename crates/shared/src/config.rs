@@ -181,11 +181,23 @@ impl DatabaseConfig {
     }
 }
 
+/// How TicketNest talks to Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisMode {
+    /// One Redis server (with replicas or not).
+    Single,
+    /// A Redis Cluster: `TICKETNEST_REDIS_URL` lists one or more seed nodes.
+    Cluster,
+}
+
 /// Redis connection and key-space settings.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// `TICKETNEST_REDIS_URL`.
+    /// `TICKETNEST_REDIS_URL`: one URL, or comma-separated seed nodes of a cluster.
     pub url: SecretString,
+    /// `TICKETNEST_REDIS_MODE`: `single` or `cluster`; by default `cluster` when the URL
+    /// lists more than one node.
+    pub mode: RedisMode,
     /// `TICKETNEST_REDIS_PREFIX`: the first segment of every key, so several deployments
     /// (or tests) can share one Redis.
     pub prefix: String,
@@ -203,10 +215,28 @@ impl RedisConfig {
     pub fn from_vars(vars: Lookup<'_>) -> Result<Self, ConfigError> {
         let url =
             var(vars, "TICKETNEST_REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379".into());
-        redis::Client::open(url.as_str()).map_err(|e| ConfigError::Invalid {
-            name: "TICKETNEST_REDIS_URL",
-            reason: e.to_string(),
-        })?;
+        let nodes: Vec<&str> = url.split(',').map(str::trim).collect();
+        for node in &nodes {
+            redis::Client::open(*node).map_err(|e| ConfigError::Invalid {
+                name: "TICKETNEST_REDIS_URL",
+                reason: e.to_string(),
+            })?;
+        }
+        let mode = match var(vars, "TICKETNEST_REDIS_MODE").as_deref().map(str::trim) {
+            None if nodes.len() > 1 => RedisMode::Cluster,
+            None => RedisMode::Single,
+            Some("single") if nodes.len() == 1 => RedisMode::Single,
+            Some("cluster") => RedisMode::Cluster,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    name: "TICKETNEST_REDIS_MODE",
+                    reason: format!(
+                        "`{other}` with {} node(s): use `single` with one URL, or `cluster`",
+                        nodes.len()
+                    ),
+                })
+            }
+        };
         let prefix = var(vars, "TICKETNEST_REDIS_PREFIX").unwrap_or_else(|| "tn".into());
         let prefix_ok = !prefix.is_empty()
             && prefix.len() <= 64
@@ -221,6 +251,7 @@ impl RedisConfig {
         }
         Ok(Self {
             url: url.into(),
+            mode,
             prefix,
             timeout: var_millis(vars, "TICKETNEST_REDIS_TIMEOUT_MS", 2_000, 10, 60_000)?,
             status_ttl: Duration::from_secs(var_in_range(
@@ -575,6 +606,7 @@ mod tests {
     fn invalid_values_are_errors_naming_their_variable() {
         let cases: &[(&str, &str)] = &[
             ("TICKETNEST_ENV", "staging"),
+            ("TICKETNEST_REDIS_MODE", "sharded"),
             ("TICKETNEST_SHARDS", "0"),
             ("TICKETNEST_SHARDS", "many"),
             ("TICKETNEST_HTTP_ADDR", "localhost"),
@@ -603,6 +635,26 @@ mod tests {
                 "{name}={value}: {error}"
             );
         }
+    }
+
+    #[test]
+    fn several_redis_urls_mean_a_cluster() {
+        let mode = |pairs: &[(&str, &str)]| api(pairs).map(|c| c.redis.mode).ok();
+        assert_eq!(mode(&[]), Some(RedisMode::Single));
+        let nodes = "redis://127.0.0.1:7000,redis://127.0.0.1:7001";
+        assert_eq!(
+            mode(&[("TICKETNEST_REDIS_URL", nodes)]),
+            Some(RedisMode::Cluster)
+        );
+        assert_eq!(
+            mode(&[("TICKETNEST_REDIS_MODE", "cluster")]),
+            Some(RedisMode::Cluster)
+        );
+        assert!(api(&[
+            ("TICKETNEST_REDIS_URL", nodes),
+            ("TICKETNEST_REDIS_MODE", "single")
+        ])
+        .is_err());
     }
 
     #[test]

@@ -6,6 +6,9 @@
 
 use uuid::Uuid;
 
+/// Namespace of idempotent request ids (a fixed random UUID; never change it).
+const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x5c1e_7a3e_0b8d_4f6a_9d21_8e0f_3c47_b2a1);
+
 /// Name of the consumer group every worker joins on every shard stream.
 pub const CONSUMER_GROUP: &str = "workers";
 
@@ -57,11 +60,43 @@ impl Keys {
         format!("{}:{{s{shard}}}:dead", self.prefix)
     }
 
-    /// `tn:req:{<uuid>}` — status hash of one booking request, for polling. Written
-    /// `queued` by pub-api just before the XADD, overwritten with the decision by the
-    /// worker after commit; expires after `TICKETNEST_STATUS_TTL_SECS`.
-    pub fn request_status(&self, request_id: Uuid) -> String {
-        format!("{}:req:{{{}}}", self.prefix, request_id.simple())
+    /// `tn:{s3}:req:<uuid>` — status hash of one booking request of shard 3, for
+    /// polling. Written `queued` by pub-api in the same pipeline as the XADD, overwritten
+    /// with the decision by the worker after commit; expires after
+    /// `TICKETNEST_STATUS_TTL_SECS`. It shares the shard's hash tag so both pipelines
+    /// stay in one cluster slot.
+    pub fn request_status(&self, shard: u32, request_id: Uuid) -> String {
+        format!("{}:{{s{shard}}}:req:{}", self.prefix, request_id.simple())
+    }
+
+    /// A new request id for a booking on `shard`: a time-ordered UUIDv7 whose last two
+    /// bytes carry the shard, so a status poll, which has only the id, finds the status
+    /// hash (`request_status`) without asking anyone.
+    pub fn new_request_id(shard: u32) -> Uuid {
+        let mut bytes = *Uuid::now_v7().as_bytes();
+        let [_, _, hi, lo] = shard.to_be_bytes();
+        bytes[14] = hi;
+        bytes[15] = lo;
+        Uuid::from_bytes(bytes)
+    }
+
+    /// The request id of a booking sent with an idempotency key: the same user, goods
+    /// and key always give the same id (a UUIDv5 carrying the shard like
+    /// `new_request_id`), so a client that retries after a lost answer cannot book
+    /// twice: the worker finds the id decided and skips the copy.
+    pub fn idempotent_request_id(shard: u32, user_id: i64, goods_id: i64, key: &str) -> Uuid {
+        let name = format!("{user_id}:{goods_id}:{key}");
+        let mut bytes = *Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, name.as_bytes()).as_bytes();
+        let [_, _, hi, lo] = shard.to_be_bytes();
+        bytes[14] = hi;
+        bytes[15] = lo;
+        Uuid::from_bytes(bytes)
+    }
+
+    /// The shard a request id made by `new_request_id` carries.
+    pub fn shard_in_request_id(request_id: Uuid) -> u32 {
+        let bytes = request_id.as_bytes();
+        u32::from(u16::from_be_bytes([bytes[14], bytes[15]]))
     }
 
     /// `tn:workers` — live workers: a sorted set of worker instances scored by when
@@ -100,12 +135,34 @@ mod tests {
     }
 
     #[test]
-    fn status_key_is_tagged_by_request_id() {
+    fn idempotent_ids_depend_on_user_goods_and_key_only() {
+        let id = Keys::idempotent_request_id(3, 7, 42, "retry-1");
+        assert_eq!(id, Keys::idempotent_request_id(3, 7, 42, "retry-1"));
+        assert_ne!(id, Keys::idempotent_request_id(3, 8, 42, "retry-1"));
+        assert_ne!(id, Keys::idempotent_request_id(3, 7, 43, "retry-1"));
+        assert_ne!(id, Keys::idempotent_request_id(3, 7, 42, "retry-2"));
+        assert_eq!(Keys::shard_in_request_id(id), 3);
+    }
+
+    #[test]
+    fn status_keys_share_their_shards_hash_tag() {
         let keys = Keys::new("p", 4);
-        let id = Uuid::nil();
         assert_eq!(
-            keys.request_status(id),
-            "p:req:{00000000000000000000000000000000}"
+            keys.request_status(3, Uuid::nil()),
+            "p:{s3}:req:00000000000000000000000000000000"
         );
+    }
+
+    #[test]
+    fn request_ids_carry_their_shard_and_stay_valid_time_ordered_uuids() {
+        for shard in [0, 3, 15, 1023] {
+            let id = Keys::new_request_id(shard);
+            assert_eq!(Keys::shard_in_request_id(id), shard);
+            assert_eq!(id.get_version_num(), 7);
+            assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
+        }
+        let first = Keys::new_request_id(1);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert!(Keys::new_request_id(0) > first, "later ids sort later");
     }
 }

@@ -1,21 +1,94 @@
 //! Redis connections shared by both sides, and the startup check on eviction.
 //!
-//! The multiplexed `ConnectionManager` carries every short command (the API's enqueue
-//! pipeline, status writes, lease renewals) and reconnects by itself. A blocking
-//! XREADGROUP gets its own connection (see `connect_dedicated`): on the shared one it
-//! would hold up every other command behind it.
+//! [`QueueConnection`] hides whether TicketNest talks to one Redis server or to a Redis
+//! Cluster: every command and pipeline is written once against it. Pipelines and
+//! scripts only ever touch keys of one shard, which share a hash tag, so they run
+//! unchanged on a cluster.
+//!
+//! The shared connection (`connect_shared`) carries every short command and reconnects
+//! by itself. A blocking XREADGROUP gets its own connection (`connect_dedicated`): on
+//! the shared one it would hold up every other command behind it.
 
 use std::time::Duration;
 
 use redis::{
-    aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection},
-    AsyncConnectionConfig, Client,
+    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection},
+    cluster::ClusterClientBuilder,
+    cluster_async::ClusterConnection,
+    AsyncConnectionConfig, Client, Cmd, Pipeline, RedisFuture, Value,
 };
 use secrecy::ExposeSecret;
 
-use crate::{config::RedisConfig, error::SharedError};
+use crate::{
+    config::{RedisConfig, RedisMode},
+    error::SharedError,
+};
 
-fn client(config: &RedisConfig) -> Result<Client, SharedError> {
+/// A connection to a single Redis or to a Redis Cluster. Cheap to clone; clones share
+/// the underlying sockets.
+#[derive(Clone)]
+pub enum QueueConnection {
+    /// Single server, reconnecting by itself.
+    Managed(ConnectionManager),
+    /// Single server, a connection of its own (blocking reads).
+    Dedicated(MultiplexedConnection),
+    /// Redis Cluster; routes every command by its key's slot and follows redirects.
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for QueueConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Managed(c) => c.req_packed_command(cmd),
+            Self::Dedicated(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Managed(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Dedicated(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Managed(c) => c.get_db(),
+            Self::Dedicated(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+fn nodes(config: &RedisConfig) -> Vec<String> {
+    config
+        .url
+        .expose_secret()
+        .split(',')
+        .map(|n| n.trim().to_owned())
+        .collect()
+}
+
+async fn cluster(config: &RedisConfig, response: Duration) -> Result<QueueConnection, SharedError> {
+    ClusterClientBuilder::new(nodes(config))
+        .connection_timeout(config.timeout)
+        .response_timeout(response)
+        .build()
+        .map_err(SharedError::QueueUnavailable)?
+        .get_async_connection()
+        .await
+        .map(QueueConnection::Cluster)
+        .map_err(SharedError::QueueUnavailable)
+}
+
+fn single(config: &RedisConfig) -> Result<Client, SharedError> {
     Client::open(config.url.expose_secret()).map_err(SharedError::QueueUnavailable)
 }
 
@@ -24,15 +97,21 @@ fn client(config: &RedisConfig) -> Result<Client, SharedError> {
 ///
 /// # Errors
 /// Redis is unreachable within the timeout.
-pub async fn connect_manager(config: &RedisConfig) -> Result<ConnectionManager, SharedError> {
-    let manager_config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(config.timeout))
-        .set_response_timeout(Some(config.timeout))
-        .set_number_of_retries(2)
-        .set_max_delay(Duration::from_millis(500));
-    ConnectionManager::new_with_config(client(config)?, manager_config)
-        .await
-        .map_err(SharedError::QueueUnavailable)
+pub async fn connect_shared(config: &RedisConfig) -> Result<QueueConnection, SharedError> {
+    match config.mode {
+        RedisMode::Cluster => cluster(config, config.timeout).await,
+        RedisMode::Single => {
+            let manager_config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(config.timeout))
+                .set_response_timeout(Some(config.timeout))
+                .set_number_of_retries(2)
+                .set_max_delay(Duration::from_millis(500));
+            ConnectionManager::new_with_config(single(config)?, manager_config)
+                .await
+                .map(QueueConnection::Managed)
+                .map_err(SharedError::QueueUnavailable)
+        }
+    }
 }
 
 /// Opens a connection of its own for blocking reads. `block` is the longest BLOCK the
@@ -43,19 +122,26 @@ pub async fn connect_manager(config: &RedisConfig) -> Result<ConnectionManager, 
 pub async fn connect_dedicated(
     config: &RedisConfig,
     block: Duration,
-) -> Result<MultiplexedConnection, SharedError> {
-    let connection_config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(config.timeout))
-        .set_response_timeout(Some(config.timeout + block));
-    client(config)?
-        .get_multiplexed_async_connection_with_config(&connection_config)
-        .await
-        .map_err(SharedError::QueueUnavailable)
+) -> Result<QueueConnection, SharedError> {
+    match config.mode {
+        RedisMode::Cluster => cluster(config, config.timeout + block).await,
+        RedisMode::Single => {
+            let connection_config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(config.timeout))
+                .set_response_timeout(Some(config.timeout + block));
+            single(config)?
+                .get_multiplexed_async_connection_with_config(&connection_config)
+                .await
+                .map(QueueConnection::Dedicated)
+                .map_err(SharedError::QueueUnavailable)
+        }
+    }
 }
 
 /// Logs a warning when Redis may evict keys: an evicted stream entry is an accepted
-/// booking lost. TicketNest needs `maxmemory-policy noeviction`.
-pub async fn warn_if_eviction_possible(conn: &mut ConnectionManager) {
+/// booking lost. TicketNest needs `maxmemory-policy noeviction`. (On a cluster this
+/// asks one node; configure every node alike.)
+pub async fn warn_if_eviction_possible(conn: &mut QueueConnection) {
     let reply: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
         .arg("GET")
         .arg("maxmemory-policy")

@@ -9,7 +9,6 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use redis::{
-    aio::MultiplexedConnection,
     streams::{
         StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamInfoConsumersReply,
         StreamPendingReply, StreamReadOptions, StreamReadReply,
@@ -20,6 +19,7 @@ use shared::{
     config::CrashPoint,
     keys::CONSUMER_GROUP,
     message::{BookingRequestV1, DecodeError, StreamMessage},
+    queue::QueueConnection,
     status_fields as f, RequestStatus,
 };
 use tokio_util::sync::CancellationToken;
@@ -223,10 +223,7 @@ impl ShardTask {
 
     /// Claims every pending entry of the group (any consumer, any idle time) in stream
     /// order and decides them a batch at a time, until the cursor wraps.
-    async fn reclaim(
-        &self,
-        conn: &mut MultiplexedConnection,
-    ) -> Result<Option<ShardExit>, WorkerError> {
+    async fn reclaim(&self, conn: &mut QueueConnection) -> Result<Option<ShardExit>, WorkerError> {
         let mut cursor = "0-0".to_owned();
         loop {
             if self.cancel.is_cancelled() {
@@ -262,10 +259,7 @@ impl ShardTask {
     }
 
     /// Whether a consumer other than this worker has unacknowledged entries.
-    async fn others_hold_pending(
-        &self,
-        conn: &mut MultiplexedConnection,
-    ) -> Result<bool, WorkerError> {
+    async fn others_hold_pending(&self, conn: &mut QueueConnection) -> Result<bool, WorkerError> {
         let reply: StreamPendingReply = conn.xpending(&self.stream, CONSUMER_GROUP).await?;
         Ok(match reply {
             StreamPendingReply::Data(data) => data
@@ -278,7 +272,7 @@ impl ShardTask {
 
     /// Removes consumers of earlier owners that hold nothing, so the group does not
     /// collect one dead consumer per worker restart. Best effort.
-    async fn forget_idle_consumers(&self, conn: &mut MultiplexedConnection) {
+    async fn forget_idle_consumers(&self, conn: &mut QueueConnection) {
         let reply: redis::RedisResult<StreamInfoConsumersReply> =
             conn.xinfo_consumers(&self.stream, CONSUMER_GROUP).await;
         let Ok(reply) = reply else { return };
@@ -294,7 +288,7 @@ impl ShardTask {
         }
     }
 
-    async fn ensure_group(&self, conn: &mut MultiplexedConnection) -> Result<(), WorkerError> {
+    async fn ensure_group(&self, conn: &mut QueueConnection) -> Result<(), WorkerError> {
         let created: redis::RedisResult<()> = conn
             .xgroup_create_mkstream(&self.stream, CONSUMER_GROUP, "0")
             .await;
@@ -456,7 +450,7 @@ impl ShardTask {
         let ttl = i64::try_from(self.ctx.status_ttl.as_secs()).unwrap_or(i64::MAX);
         let mut pipe = redis::pipe();
         for d in decided {
-            let key = keys.request_status(d.request_id);
+            let key = keys.request_status(self.shard, d.request_id);
             pipe.hset_multiple(
                 &key,
                 &[
@@ -477,7 +471,7 @@ impl ShardTask {
         }
         let dead_key = keys.dead_letter(self.shard);
         for request in dead.iter().filter_map(|d| d.request.as_ref()) {
-            let key = keys.request_status(request.request_id);
+            let key = keys.request_status(self.shard, request.request_id);
             pipe.hset_multiple(
                 &key,
                 &[

@@ -3,7 +3,7 @@
 use std::{sync::Arc, time::Duration};
 
 use deadpool_postgres::Pool;
-use redis::aio::ConnectionManager;
+use shared::queue::QueueConnection;
 use shared::{
     config::{RedisConfig, SubWorkerConfig, WorkerConfig},
     error::SharedError,
@@ -17,7 +17,7 @@ use crate::lease::LeaseManager;
 pub struct Context {
     pub pool: Pool,
     /// Shared connection for short commands (statuses, XACK, leases).
-    pub redis: ConnectionManager,
+    pub redis: QueueConnection,
     pub redis_config: RedisConfig,
     pub keys: Keys,
     pub worker: WorkerConfig,
@@ -37,7 +37,7 @@ impl Worker {
     pub async fn build(config: SubWorkerConfig) -> Result<Self, SharedError> {
         shared::db::migrate(&config.database).await?;
         let pool = shared::db::build_pool(&config.database)?;
-        let mut redis = shared::queue::connect_manager(&config.redis).await?;
+        let mut redis = shared::queue::connect_shared(&config.redis).await?;
         shared::queue::warn_if_eviction_possible(&mut redis).await;
         Ok(Self {
             ctx: Arc::new(Context {

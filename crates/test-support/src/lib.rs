@@ -15,7 +15,7 @@ use shared::{
     auth::{PasswordHashing, Role, TokenKeys},
     config::{
         ApiConfig, Argon2Config, AuthConfig, DatabaseConfig, Environment, HttpConfig, RedisConfig,
-        ShardConfig,
+        RedisMode, ShardConfig,
     },
 };
 use tokio_postgres::NoTls;
@@ -246,6 +246,11 @@ impl TestRedis {
     pub fn config(&self) -> RedisConfig {
         RedisConfig {
             url: SecretString::from(self.url.clone()),
+            mode: if self.url.contains(',') {
+                RedisMode::Cluster
+            } else {
+                RedisMode::Single
+            },
             prefix: self.prefix.clone(),
             timeout: Duration::from_secs(2),
             status_ttl: Duration::from_secs(3_600),

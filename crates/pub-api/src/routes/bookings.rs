@@ -11,6 +11,7 @@ use std::{collections::HashMap, time::SystemTime};
 use actix_web::{http::header, web, HttpMessage, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use shared::{
+    keys::Keys,
     message::{BookingRequestV1, StreamMessage},
     status_fields as f, RequestStatus,
 };
@@ -50,6 +51,31 @@ async fn goods_limits(state: &AppState, goods_id: i64) -> Result<GoodsLimits, Ap
         .map_err(ApiError::from)
 }
 
+/// Header a client may send so that retrying a booking whose answer it never got
+/// cannot book twice (see `Keys::idempotent_request_id`).
+const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+const MAX_IDEMPOTENCY_KEY_LEN: usize = 64;
+
+fn idempotency_key(req: &HttpRequest) -> Result<Option<&str>, ApiError> {
+    let Some(value) = req.headers().get(IDEMPOTENCY_HEADER) else {
+        return Ok(None);
+    };
+    let key = value.to_str().ok().filter(|k| {
+        !k.is_empty()
+            && k.len() <= MAX_IDEMPOTENCY_KEY_LEN
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+    });
+    key.map(Some).ok_or_else(|| {
+        ApiError::validation(
+            "Idempotency-Key",
+            format!(
+                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} characters from [A-Za-z0-9-_.:]"
+            ),
+        )
+    })
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -83,7 +109,10 @@ pub async fn create(
         return Err(ApiError::QueueFull);
     }
 
-    let request_id = Uuid::now_v7();
+    let request_id = match idempotency_key(&req)? {
+        Some(key) => Keys::idempotent_request_id(shard, user.id, goods_id, key),
+        None => Keys::new_request_id(shard),
+    };
     tracing::Span::current().record("request_id", tracing::field::display(request_id));
     let trace_id = req
         .extensions()
@@ -98,7 +127,7 @@ pub async fn create(
         accepted_at_ms: now_ms(),
         trace_id,
     });
-    let status_key = state.keys.request_status(request_id);
+    let status_key = state.keys.request_status(shard, request_id);
     let ttl = i64::try_from(state.status_ttl.as_secs()).unwrap_or(i64::MAX);
 
     let mut pipe = redis::pipe();
@@ -172,7 +201,11 @@ pub async fn status(
     })?;
     let mut conn = state.redis.clone();
     let hash: HashMap<String, String> = redis::cmd("HGETALL")
-        .arg(state.keys.request_status(request_id))
+        .arg(
+            state
+                .keys
+                .request_status(Keys::shard_in_request_id(request_id), request_id),
+        )
         .query_async(&mut conn)
         .await?;
     // Someone else's request is "not found": its existence is none of the caller's business.

@@ -48,7 +48,7 @@ async fn a_poison_entry_is_dead_lettered_after_its_attempts_and_the_shard_moves_
     let stream = format!("{}:{{s{shard}}}:stream", stack.redis.prefix());
 
     let before = stack.book(goods, users[0].0, &users[0].1, 1).await;
-    let poison_id = uuid::Uuid::now_v7();
+    let poison_id = test_support::shared::keys::Keys::new_request_id(shard);
     let poison = StreamMessage::BookingRequestV1(BookingRequestV1 {
         request_id: poison_id,
         goods_id: goods,

@@ -136,3 +136,45 @@ async fn entries_a_stale_consumer_read_after_the_takeover_are_decided_first() {
     assert_eq!(order, expected, "decided in stream order");
     assert_eq!(rows[5].decision, "waitlisted");
 }
+
+#[tokio::test]
+async fn a_retried_booking_with_the_same_idempotency_key_is_decided_once() {
+    let stack = spawn_stack().await;
+    let goods = stack.create_goods(10, 1).await;
+    let (_, token) = stack.customers("idem", 1).await.remove(0);
+    let url = format!("{}/api/goods/{goods}/bookings", stack.address);
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let response = stack
+            .http
+            .post(&url)
+            .bearer_auth(&token)
+            .header("idempotency-key", "order-42")
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED);
+        let body: serde_json::Value = response.json().await.expect("json");
+        ids.push(body["requestId"].as_str().expect("id").to_owned());
+    }
+    assert_eq!(ids[0], ids[1], "the same key gives the same request id");
+    let bad = stack
+        .http
+        .post(&url)
+        .bearer_auth(&token)
+        .header("idempotency-key", "has spaces")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(bad.status(), reqwest::StatusCode::BAD_REQUEST);
+    let body: serde_json::Value = bad.json().await.expect("json");
+    assert_eq!(body["error"]["field"], "Idempotency-Key");
+
+    let _worker = stack.worker(&[]);
+    stack.wait_for_decisions(1).await;
+    crate::helpers::wait_until_nothing_pending(&stack).await;
+    assert_eq!(stack.decided_count().await, 1, "two entries, one decision");
+    let status = stack.status(&ids[0], &token).await;
+    assert_eq!(status["status"], "confirmed");
+    assert_eq!(stack.seats(goods).await, (1, 10));
+}

@@ -324,14 +324,18 @@ pub struct Booker {
 
 impl Booker {
     /// Books once, as a well-behaved client: a 503 (outage, backpressure) is retried
-    /// after a short pause, for up to a minute. Panics on any other answer but 202.
+    /// after a short pause, for up to a minute, with the same idempotency key, so a
+    /// request Redis took before the answer was lost is not booked twice. Panics on any
+    /// other answer but 202.
     pub async fn book(&self, goods_id: i64, user_id: i64, token: &str, quantity: i64) -> Accepted {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let key = uuid::Uuid::new_v4().to_string();
         loop {
             let response = self
                 .http
                 .post(format!("{}/api/goods/{goods_id}/bookings", self.address))
                 .bearer_auth(token)
+                .header("idempotency-key", &key)
                 .json(&json!({ "quantity": quantity }))
                 .send()
                 .await
