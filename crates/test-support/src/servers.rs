@@ -374,6 +374,8 @@ pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     aof: bool,
+    /// Extra `redis-server` arguments (cluster mode).
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
@@ -389,6 +391,7 @@ impl RedisServer {
             port: 0,
             dir,
             aof,
+            extra: Vec::new(),
             child: None,
         };
         for attempt in 1..=PORT_ATTEMPTS {
@@ -491,6 +494,7 @@ impl RedisServer {
         } else {
             command.args(["--appendonly", "no"]);
         }
+        command.args(&self.extra);
         let child = command
             .current_dir(&self.dir)
             .stdin(Stdio::null())
@@ -561,6 +565,262 @@ async fn redis_ping(url: &str) -> Result<(), String> {
 
 impl Drop for RedisServer {
     /// Kills the server if it is running and removes its directory, ignoring errors.
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Redis Cluster
+// ---------------------------------------------------------------------------------------
+
+/// A free port whose cluster bus port (`port + 10000`) is free too.
+fn free_cluster_port() -> u16 {
+    use rand_port::next;
+    for _ in 0..200 {
+        let port = next();
+        let both = TcpListener::bind((Ipv4Addr::LOCALHOST, port))
+            .and_then(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, port + 10_000)));
+        if both.is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port pair (port, port + 10000) found for a cluster node");
+}
+
+/// Ports for cluster nodes, spread over 20000..45000 so parallel tests rarely collide.
+mod rand_port {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+    pub fn next() -> u16 {
+        let seed = u32::from_le_bytes(
+            uuid::Uuid::new_v4().as_bytes()[..4]
+                .try_into()
+                .unwrap_or([0; 4]),
+        );
+        let n = seed.wrapping_add(COUNTER.fetch_add(7919, Ordering::Relaxed));
+        20_000 + u16::try_from(n % 25_000).unwrap_or(0)
+    }
+}
+
+/// A private Redis Cluster of `masters` nodes (no replicas), each a [`RedisServer`] in
+/// cluster mode, created with `redis-cli --cluster create`. Killed and deleted on drop.
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts the nodes, creates the cluster and waits until every node reports
+    /// `cluster_state:ok`.
+    pub async fn start(masters: usize) -> Self {
+        let mut nodes = Vec::with_capacity(masters);
+        for _ in 0..masters {
+            let mut node = RedisServer {
+                port: free_cluster_port(),
+                dir: unique_dir("redis-cluster"),
+                aof: false,
+                extra: vec![
+                    "--cluster-enabled".into(),
+                    "yes".into(),
+                    "--cluster-config-file".into(),
+                    "nodes.conf".into(),
+                    "--cluster-node-timeout".into(),
+                    "5000".into(),
+                ],
+                child: None,
+            };
+            if let Err(message) = node.spawn_and_wait().await {
+                panic!("{message}");
+            }
+            nodes.push(node);
+        }
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let create = tokio::process::Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output();
+        let output = tokio::time::timeout(Duration::from_secs(60), create)
+            .await
+            .expect("redis-cli --cluster create finished")
+            .expect("running redis-cli --cluster create");
+        assert!(
+            output.status.success(),
+            "cluster create failed: {}",
+            output_text(&output)
+        );
+        let cluster = Self { nodes };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for node in &cluster.nodes {
+            loop {
+                if cluster_state_ok(&node.url()).await {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "cluster node {} never reached cluster_state:ok",
+                    node.port
+                );
+                tokio::time::sleep(POLL_INTERVAL).await;
+            }
+        }
+        cluster
+    }
+
+    /// The seed URLs, comma-separated, as `TICKETNEST_REDIS_URL` takes them.
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(RedisServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+async fn cluster_state_ok(url: &str) -> bool {
+    let attempt = async {
+        let client = redis::Client::open(url).ok()?;
+        let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+        let info: String = redis::cmd("CLUSTER")
+            .arg("INFO")
+            .query_async(&mut conn)
+            .await
+            .ok()?;
+        Some(info.contains("cluster_state:ok"))
+    };
+    matches!(
+        tokio::time::timeout(ATTEMPT_TIMEOUT, attempt).await,
+        Ok(Some(true))
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// HAProxy
+// ---------------------------------------------------------------------------------------
+
+/// A private HAProxy (from Debian's `haproxy` package) balancing HTTP round-robin over
+/// local backends, with `/readyz` health checks. Killed and deleted on drop.
+pub struct HaProxy {
+    port: u16,
+    stats: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl HaProxy {
+    /// Starts HAProxy in front of `backends` (ports on 127.0.0.1) and waits until it
+    /// accepts connections and sees every backend up.
+    pub async fn start(backends: &[u16]) -> Self {
+        let dir = unique_dir("haproxy");
+        let port = free_port();
+        let stats = free_port();
+        let servers: String = backends
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                format!("    server api{i} 127.0.0.1:{p} check inter 200ms fall 2 rise 1\n")
+            })
+            .collect();
+        let config = format!(
+            "global\n    maxconn 4096\n\n\
+             defaults\n    mode http\n    timeout connect 2s\n    timeout client 30s\n    timeout server 30s\n\n\
+             frontend ticketnest\n    bind 127.0.0.1:{port}\n    default_backend pub_api\n\n\
+             backend pub_api\n    balance roundrobin\n    option httpchk GET /readyz\n{servers}\n\
+             listen stats\n    bind 127.0.0.1:{stats}\n    stats enable\n    stats uri /stats\n"
+        );
+        let path = dir.join("haproxy.cfg");
+        std::fs::write(&path, config).expect("writing haproxy.cfg");
+        let child = Command::new("haproxy")
+            .arg("-f")
+            .arg(&path)
+            .arg("-db")
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning haproxy (scripts/services.sh installs it)");
+        let proxy = Self {
+            port,
+            stats,
+            dir,
+            child: Some(child),
+        };
+        // Up when the stats page lists every backend server as UP.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let csv = http_get(stats, "/stats;csv").await.unwrap_or_default();
+            let up = csv
+                .lines()
+                .filter(|l| l.starts_with("pub_api,api") && l.contains(",UP,"))
+                .count();
+            if up == backends.len() {
+                return proxy;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "haproxy never saw its backends up: {csv}"
+            );
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn address(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Requests each backend has served so far (HAProxy's `stot`), in backend order.
+    pub async fn served(&self) -> Vec<u64> {
+        let csv = http_get(self.stats, "/stats;csv").await.unwrap_or_default();
+        let mut rows: Vec<(String, u64)> = csv
+            .lines()
+            .filter(|l| l.starts_with("pub_api,api"))
+            .filter_map(|l| {
+                let cols: Vec<&str> = l.split(',').collect();
+                Some((cols.get(1)?.to_string(), cols.get(7)?.parse().ok()?))
+            })
+            .collect();
+        rows.sort();
+        rows.into_iter().map(|(_, n)| n).collect()
+    }
+}
+
+/// A minimal HTTP/1.0 GET on 127.0.0.1 returning the body, for polling HAProxy's stats
+/// without an HTTP client dependency.
+async fn http_get(port: u16, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let attempt = async {
+        let mut stream = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+            .await
+            .ok()?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.ok()?;
+        response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+    };
+    tokio::time::timeout(ATTEMPT_TIMEOUT, attempt)
+        .await
+        .ok()
+        .flatten()
+}
+
+impl Drop for HaProxy {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();

@@ -5,6 +5,7 @@ mod helpers;
 
 mod backpressure;
 mod dead_letter;
+mod distributed;
 mod fifo;
 mod outages;
 mod redelivery;

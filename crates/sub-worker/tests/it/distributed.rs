@@ -1,0 +1,140 @@
+//! The same binaries past one machine: two pub-api copies behind a real HAProxy, a
+//! three-master Redis Cluster, two workers. Runs in the `resilience` group.
+
+use std::{collections::HashSet, net::TcpListener, time::Duration};
+
+use futures_util::future::join_all;
+use pub_api::startup::Application;
+use redis::AsyncCommands;
+use test_support::{
+    servers::{HaProxy, RedisCluster},
+    TestDatabase, TestRedis,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{assert_fifo_invariants, spawn_stack_on, DRAIN_DEADLINE};
+
+const SHARDS: u32 = 8;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sale_through_haproxy_two_apis_a_redis_cluster_and_two_workers_keeps_every_invariant() {
+    let cluster = RedisCluster::start(3).await;
+    let mut stack = spawn_stack_on(
+        TestDatabase::new().await,
+        TestRedis::on(cluster.urls()),
+        SHARDS,
+        |_| {},
+    )
+    .await;
+    let first_port: u16 = stack
+        .address
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    let second = Application::build_with_listener(
+        test_support::api_config(&stack.db, &stack.redis, SHARDS),
+        TcpListener::bind("127.0.0.1:0").expect("bind"),
+    )
+    .await
+    .expect("second api");
+    let second_port = second.port();
+    let second_stop = CancellationToken::new();
+    tokio::spawn(second.run_until_stopped(second_stop.clone()));
+    let proxy = HaProxy::start(&[first_port, second_port]).await;
+    stack.address = proxy.address();
+
+    let mut goods = Vec::new();
+    for _ in 0..4 {
+        goods.push(stack.create_goods(300, 1).await);
+    }
+    let users = stack.customers("dist", 5_000).await;
+    let _workers = [
+        stack.named_worker("w1", None, &[]),
+        stack.named_worker("w2", None, &[]),
+    ];
+    let sales: Vec<_> = goods
+        .iter()
+        .zip(users.chunks(1_250))
+        .map(|(g, chunk)| {
+            stack
+                .booker()
+                .spawn_sale(*g, chunk.to_vec(), 8, Duration::ZERO)
+        })
+        .collect();
+    let accepted: Vec<_> = join_all(sales)
+        .await
+        .into_iter()
+        .flat_map(|s| s.expect("sale"))
+        .collect();
+    assert_eq!(accepted.len(), 5_000);
+    stack.wait_for_decisions(5_000).await;
+
+    // 1, 2, 6: per goods, no oversell, exact FIFO, one live place per user.
+    let mut decided = HashSet::new();
+    for g in &goods {
+        let rows = assert_fifo_invariants(&stack, *g).await;
+        assert_eq!(
+            rows.iter().filter(|r| r.decision == "confirmed").count(),
+            300
+        );
+        decided.extend(rows.into_iter().map(|r| r.request_id));
+    }
+    // 3, 4: every accepted request decided, exactly once.
+    let asked: HashSet<String> = accepted.into_iter().map(|a| a.request_id).collect();
+    assert_eq!(decided, asked);
+    assert_eq!(stack.decided_count().await, 5_000);
+
+    // Nothing left pending on any shard stream of the cluster.
+    let client = redis::cluster::ClusterClient::new(cluster.urls().split(',').collect::<Vec<_>>())
+        .expect("cluster client");
+    let conn = client
+        .get_async_connection()
+        .await
+        .expect("cluster connection");
+    test_support::wait_until("nothing pending on the cluster", DRAIN_DEADLINE, || {
+        let mut conn = conn.clone();
+        let prefix = stack.redis.prefix().to_owned();
+        async move {
+            let mut total = 0;
+            for shard in 0..SHARDS {
+                let reply: redis::RedisResult<redis::streams::StreamPendingReply> = conn
+                    .xpending(format!("{prefix}:{{s{shard}}}:stream"), "workers")
+                    .await;
+                total += reply.map(|r| r.count()).unwrap_or(0);
+            }
+            total == 0
+        }
+    })
+    .await;
+
+    // 5: every shard was taken under a fencing token, and both workers took some.
+    let owners: Vec<String> = stack
+        .db
+        .client()
+        .await
+        .query("SELECT owner FROM shard_fences", &[])
+        .await
+        .expect("fences")
+        .iter()
+        .map(|r| {
+            r.get::<_, String>(0)
+                .split('/')
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(owners.len(), SHARDS as usize);
+    let distinct: HashSet<&String> = owners.iter().collect();
+    assert_eq!(distinct.len(), 2, "both workers own shards: {owners:?}");
+
+    // Both API copies served bookings.
+    let served = proxy.served().await;
+    assert_eq!(served.len(), 2);
+    assert!(
+        served.iter().all(|n| *n > 100),
+        "HAProxy spread the load: {served:?}"
+    );
+    second_stop.cancel();
+}
