@@ -1,7 +1,7 @@
 //! pub-api binary: telemetry, config, build, run until SIGINT/SIGTERM.
 
 use anyhow::Context;
-use pub_api::startup::Application;
+use pub_api::startup::{Application, StartupError};
 use shared::config::ApiConfig;
 use tokio_util::sync::CancellationToken;
 
@@ -9,12 +9,17 @@ use tokio_util::sync::CancellationToken;
 async fn main() -> anyhow::Result<()> {
     shared::telemetry::init("info");
     let config = ApiConfig::from_env().context("invalid configuration")?;
-    let app = Application::build(config.clone())
-        .await
-        .context("pub-api failed to start")?;
-    tracing::info!(addr = %config.http.addr, port = app.port(), "pub-api listening");
     let shutdown = CancellationToken::new();
     tokio::spawn(shared::telemetry::cancel_on_signal(shutdown.clone()));
+    let app = shared::retry::until_available(
+        "pub-api startup",
+        &shutdown,
+        |e: &StartupError| e.is_unavailable(),
+        || Application::build(config.clone()),
+    )
+    .await
+    .context("pub-api failed to start")?;
+    tracing::info!(addr = %config.http.addr, port = app.port(), "pub-api listening");
     app.run_until_stopped(shutdown)
         .await
         .context("pub-api failed")?;

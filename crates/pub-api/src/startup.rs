@@ -46,6 +46,20 @@ pub enum StartupError {
     Revocation(#[source] ApiError),
 }
 
+impl StartupError {
+    /// Whether a dependency was unavailable (worth waiting for) rather than misconfigured.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Dependency(e) => e.is_unavailable(),
+            Self::Revocation(e) => matches!(
+                e,
+                ApiError::DatabaseUnavailable(_) | ApiError::QueueUnavailable(_)
+            ),
+            Self::Bind { .. } => false,
+        }
+    }
+}
+
 /// A built server, bound and ready to run.
 pub struct Application {
     port: u16,

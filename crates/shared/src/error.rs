@@ -26,3 +26,13 @@ pub enum SharedError {
     #[error("token signing failed")]
     TokenSigning(#[source] jsonwebtoken::errors::Error),
 }
+
+impl SharedError {
+    /// Whether waiting and trying again can help (a dependency is down or restarting).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            Self::DatabaseUnavailable(_) | Self::QueueUnavailable(_)
+        )
+    }
+}

@@ -11,6 +11,7 @@ pub mod error;
 pub mod keys;
 pub mod message;
 pub mod queue;
+pub mod retry;
 pub mod telemetry;
 
 /// Status of one booking request, as clients see it.

@@ -1,7 +1,7 @@
 //! sub-worker binary: telemetry, config, build, run until SIGINT/SIGTERM.
 
 use anyhow::Context;
-use shared::config::SubWorkerConfig;
+use shared::{config::SubWorkerConfig, error::SharedError};
 use sub_worker::startup::Worker;
 use tokio_util::sync::CancellationToken;
 
@@ -9,12 +9,17 @@ use tokio_util::sync::CancellationToken;
 async fn main() -> anyhow::Result<()> {
     shared::telemetry::init("info");
     let config = SubWorkerConfig::from_env().context("invalid configuration")?;
-    let worker = Worker::build(config)
-        .await
-        .context("sub-worker failed to start")?;
-    tracing::info!(worker_id = worker.worker_id(), "sub-worker running");
     let shutdown = CancellationToken::new();
     tokio::spawn(shared::telemetry::cancel_on_signal(shutdown.clone()));
+    let worker = shared::retry::until_available(
+        "sub-worker startup",
+        &shutdown,
+        SharedError::is_unavailable,
+        || Worker::build(config.clone()),
+    )
+    .await
+    .context("sub-worker failed to start")?;
+    tracing::info!(worker_id = worker.worker_id(), "sub-worker running");
     worker.run_until_stopped(shutdown).await;
     tracing::info!("sub-worker stopped");
     Ok(())

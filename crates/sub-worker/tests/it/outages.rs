@@ -68,3 +68,26 @@ async fn a_redis_crash_and_restart_with_aof_always_loses_no_accepted_request() {
     assert_eq!(accepted.len(), 2_000, "every user got a 202 in the end");
     assert_all_decided(&stack, goods, &accepted, 400).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_started_while_postgres_is_down_waits_and_catches_up() {
+    let pg = PgServer::start().await;
+    let db = TestDatabase::on_server(&pg).await;
+    let stack = spawn_stack_on(db, TestRedis::new(), 4, |_| {}).await;
+    let goods = stack.create_goods(5, 1).await;
+    let users = stack.customers("late", 12).await;
+    let mut accepted = Vec::new();
+    for (id, token) in &users {
+        accepted.push(stack.book(goods, *id, token, 1).await);
+    }
+    pg.stop().await;
+    let mut worker = stack.worker(&[]);
+    // It keeps waiting for PostgreSQL instead of exiting.
+    let waited = tokio::time::timeout(std::time::Duration::from_secs(2), worker.wait()).await;
+    assert!(
+        waited.is_err(),
+        "the worker exited while PostgreSQL was down: {waited:?}"
+    );
+    pg.start_again().await;
+    assert_all_decided(&stack, goods, &accepted, 5).await;
+}
