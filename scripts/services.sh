@@ -31,6 +31,8 @@ command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 # HAProxy: the distributed test puts two pub-api copies behind a real one.
 command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+# A TrueType font for ticketnest-load's PNG/SVG plots.
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)
 if [ "${#missing[@]}" -gt 0 ]; then
   log "installing ${missing[*]}"
   as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq

@@ -5,7 +5,10 @@
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use shared::{auth::Role, config::DatabaseConfig};
+use shared::{
+    auth::{PasswordHashing, Role, TokenKeys},
+    config::{AuthConfig, DatabaseConfig, Environment},
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -45,6 +48,23 @@ enum UserCommand {
         /// The user's email address.
         email: String,
     },
+    /// Create many users at once for a load test or rehearsal (emails
+    /// `<TAG><k>@load.invalid`), and write `user_id,access_token` lines to a file.
+    /// Needs TICKETNEST_JWT_SECRET (the API's) to mint the tokens.
+    BulkCreate {
+        /// How many users.
+        #[arg(long, value_parser = clap::value_parser!(i64).range(1..=10_000_000))]
+        count: i64,
+        /// Email prefix; must not have been used before.
+        #[arg(long)]
+        tag: String,
+        /// Make them organizers.
+        #[arg(long)]
+        organizer: bool,
+        /// Where to write `user_id,access_token` lines.
+        #[arg(long)]
+        tokens: std::path::PathBuf,
+    },
 }
 
 #[tokio::main]
@@ -77,6 +97,15 @@ async fn main() -> anyhow::Result<()> {
                     let done = shared::db::delete_user(&pool, &email).await?;
                     (email, done, "deleted")
                 }
+                UserCommand::BulkCreate {
+                    count,
+                    tag,
+                    organizer,
+                    tokens,
+                } => {
+                    bulk_create(&pool, count, &tag, organizer, &tokens).await?;
+                    return Ok(());
+                }
             };
             if !done {
                 bail!("no user with email {email}");
@@ -84,6 +113,39 @@ async fn main() -> anyhow::Result<()> {
             println!("{email} {verb}");
         }
     }
+    Ok(())
+}
+
+async fn bulk_create(
+    pool: &deadpool_postgres::Pool,
+    count: i64,
+    tag: &str,
+    organizer: bool,
+    path: &std::path::Path,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+
+    let environment = Environment::from_vars(&shared::config::process_env)?;
+    let auth = AuthConfig::from_vars(&shared::config::process_env, environment)?;
+    let keys = TokenKeys::from_config(&auth);
+    // A random password nobody is told: bulk users act only through minted tokens.
+    let hash = PasswordHashing::new(auth.argon2)?.hash(&uuid::Uuid::new_v4().to_string())?;
+    let role = if organizer {
+        Role::Organizer
+    } else {
+        Role::Customer
+    };
+    let ids = shared::db::bulk_create_users(pool, tag, count, role, &hash)
+        .await
+        .context("creating users")?;
+    let mut out = std::io::BufWriter::new(
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+    );
+    for id in &ids {
+        writeln!(out, "{id},{}", keys.mint(*id, role)?)?;
+    }
+    out.flush()?;
+    println!("created {} users; tokens in {}", ids.len(), path.display());
     Ok(())
 }
 

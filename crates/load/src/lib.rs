@@ -1,0 +1,21 @@
+//! ticketnest-load: a sale simulator made for TicketNest.
+//!
+//! Takes from wrk2 the open-loop mode with coordinated-omission correction, from oha
+//! and goose the hdrhistogram percentiles and a live progress line, and from k6 the
+//! idea of a verdict at the end: besides speed, every run checks the sale itself
+//! (no oversell, no user twice, exact FIFO, every accepted request decided) against
+//! the decision log, and a breach fails the run.
+//!
+//! `sale` prepares users in bulk (one INSERT and minted tokens, the operator path
+//! behind `ticketnest-admin user bulk-create`) and a goods through the API, fires one
+//! booking per user, waits for every accepted request to be decided and reports.
+//! `ramp` raises an open-loop rate until p99 latency passes an SLO: the knee.
+
+pub mod check;
+pub mod db;
+pub mod driver;
+pub mod guard;
+pub mod plot;
+pub mod ramp;
+pub mod report;
+pub mod sale;

@@ -1,0 +1,241 @@
+//! ticketnest-load binary: parse the command, guard the target, run, report.
+//! Exit codes: 0 run completed and correct; 1 correctness breach; 2 refused
+//! (target not loopback, bad arguments); 3 the run could not be carried out.
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{ArgGroup, Parser, Subcommand};
+use load::{
+    driver::Mode,
+    guard, plot, ramp,
+    sale::{self, Deployment},
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ticketnest-load",
+    version,
+    about = "Sale simulator and knee finder for TicketNest",
+    long_about = "Needs the deployment's TICKETNEST_DATABASE_URL and TICKETNEST_JWT_SECRET: users are \
+                  created in bulk in the database and their tokens minted, and the decision log is read \
+                  back to check the sale. Targets must be loopback unless --allow-remote."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// One sale: N users, S seats, one booking per user; report and correctness check.
+    #[command(group(ArgGroup::new("mode").args(["concurrency", "rate"])))]
+    Sale {
+        /// Base URL of pub-api (or of the load balancer in front of it).
+        #[arg(long)]
+        url: String,
+        /// Users, one booking each.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+        users: u64,
+        /// Seats of the goods on sale.
+        #[arg(long, value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
+        seats: i64,
+        /// Closed loop: requests in flight at once (default 64).
+        #[arg(long)]
+        concurrency: Option<usize>,
+        /// Open loop: requests per second, latency counted from the intended send time.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Seats per booking.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=100))]
+        quantity: i32,
+        /// Write the report as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Draw rates, backlog and latency to this .png or .svg.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+        /// Longest send phase, seconds.
+        #[arg(long, default_value_t = 600)]
+        duration: u64,
+        /// Per-request timeout, milliseconds.
+        #[arg(long, default_value_t = 10_000)]
+        timeout_ms: u64,
+        /// Longest wait for the workers to decide everything, seconds.
+        #[arg(long, default_value_t = 600)]
+        drain_timeout: u64,
+        /// Allow a target outside loopback.
+        #[arg(long)]
+        allow_remote: bool,
+        /// No progress bar (it is off anyway when stdout is not a terminal).
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Raise an open-loop rate step by step until p99 accept latency passes the SLO or
+    /// errors appear; report the highest rate held (the knee).
+    Ramp {
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value_t = 1_000.0)]
+        start_rate: f64,
+        /// Each step offers this many times the previous rate.
+        #[arg(long, default_value_t = 1.5)]
+        factor: f64,
+        #[arg(long, default_value_t = 200_000.0)]
+        max_rate: f64,
+        /// Seconds per step.
+        #[arg(long, default_value_t = 5)]
+        step_secs: u64,
+        #[arg(long, default_value_t = 50.0)]
+        slo_p99_ms: f64,
+        /// Seats of each step's goods.
+        #[arg(long, default_value_t = 1_000)]
+        seats: i64,
+        #[arg(long)]
+        json: Option<PathBuf>,
+        #[arg(long, default_value_t = 10_000)]
+        timeout_ms: u64,
+        #[arg(long, default_value_t = 300)]
+        drain_timeout: u64,
+        #[arg(long)]
+        allow_remote: bool,
+    },
+}
+
+fn write_json(path: &Option<PathBuf>, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    if let Some(path) = path {
+        std::fs::write(path, serde_json::to_vec_pretty(value)?)?;
+    }
+    Ok(())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Sale {
+            url,
+            users,
+            seats,
+            concurrency,
+            rate,
+            quantity,
+            json,
+            plot: plot_path,
+            duration,
+            timeout_ms,
+            drain_timeout,
+            allow_remote,
+            no_progress,
+        } => {
+            let url = match guard::check_target(&url, allow_remote) {
+                Ok(url) => url,
+                Err(e) => {
+                    eprintln!("ticketnest-load: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            let mode = match rate {
+                Some(rate) if rate > 0.0 => Mode::Open { rate },
+                Some(_) => {
+                    eprintln!("ticketnest-load: --rate must be positive");
+                    return Ok(ExitCode::from(2));
+                }
+                None => Mode::Closed {
+                    concurrency: concurrency.unwrap_or(64).max(1),
+                },
+            };
+            let deployment = Deployment::from_env()?;
+            let report = sale::run(
+                &deployment,
+                &sale::SaleOptions {
+                    url,
+                    users,
+                    seats,
+                    quantity,
+                    mode,
+                    timeout: Duration::from_millis(timeout_ms),
+                    max_duration: Duration::from_secs(duration),
+                    drain_timeout: Duration::from_secs(drain_timeout),
+                    progress: !no_progress,
+                },
+            )
+            .await?;
+            print!("{}", report.human());
+            write_json(&json, &report)?;
+            if let Some(path) = plot_path {
+                let title = format!("TicketNest sale: {users} users, {seats} seats");
+                plot::write(&path, &title, &report.timeline, &report.latency_us)?;
+            }
+            Ok(if report.correct {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Ramp {
+            url,
+            start_rate,
+            factor,
+            max_rate,
+            step_secs,
+            slo_p99_ms,
+            seats,
+            json,
+            timeout_ms,
+            drain_timeout,
+            allow_remote,
+        } => {
+            let url = match guard::check_target(&url, allow_remote) {
+                Ok(url) => url,
+                Err(e) => {
+                    eprintln!("ticketnest-load: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            if start_rate <= 0.0 || factor <= 1.0 {
+                eprintln!("ticketnest-load: --start-rate must be positive and --factor above 1");
+                return Ok(ExitCode::from(2));
+            }
+            let deployment = Deployment::from_env()?;
+            let report = ramp::run(
+                &deployment,
+                &ramp::RampOptions {
+                    url,
+                    start_rate,
+                    factor,
+                    max_rate,
+                    step: Duration::from_secs(step_secs.max(1)),
+                    slo_p99_ms,
+                    seats,
+                    timeout: Duration::from_millis(timeout_ms),
+                    drain_timeout: Duration::from_secs(drain_timeout),
+                },
+            )
+            .await?;
+            print!("{}", report.human());
+            write_json(&json, &report)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    shared::telemetry::init("warn");
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ticketnest-load: {e:#}");
+            ExitCode::from(3)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_tree_is_valid() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,212 @@
+//! What a run reports: the figures, the correctness verdict, and the timeline, as
+//! human text or JSON (`--json`).
+
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::check::Breach;
+
+/// Percentiles of a latency distribution, in milliseconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+impl Percentiles {
+    /// From a histogram recorded in microseconds.
+    pub fn from_micros(h: &Histogram<u64>) -> Self {
+        let ms = |v: u64| v as f64 / 1_000.0;
+        if h.is_empty() {
+            return Self::default();
+        }
+        Self {
+            p50: ms(h.value_at_quantile(0.50)),
+            p90: ms(h.value_at_quantile(0.90)),
+            p99: ms(h.value_at_quantile(0.99)),
+            p999: ms(h.value_at_quantile(0.999)),
+            max: ms(h.max()),
+        }
+    }
+}
+
+/// Responses by kind.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StatusCounts {
+    pub accepted_202: u64,
+    pub client_4xx: u64,
+    pub unavailable_503: u64,
+    pub server_5xx: u64,
+    pub timeouts: u64,
+    pub transport_errors: u64,
+}
+
+impl StatusCounts {
+    pub fn errors(&self) -> u64 {
+        self.client_4xx
+            + self.unavailable_503
+            + self.server_5xx
+            + self.timeouts
+            + self.transport_errors
+    }
+}
+
+/// One sample of the run, every `SAMPLE_INTERVAL`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    pub t_s: f64,
+    pub accepted: u64,
+    pub decided: u64,
+    pub errors: u64,
+    pub backlog: u64,
+}
+
+/// Decisions as the decision log records them.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Outcomes {
+    pub decided: u64,
+    pub confirmed: u64,
+    pub confirmed_seats: i64,
+    pub waitlisted: u64,
+    pub rejected: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SaleReport {
+    pub target: String,
+    pub goods_id: i64,
+    pub mode: String,
+    pub users: u64,
+    pub seats: i64,
+    pub quantity: i32,
+    pub send_duration_s: f64,
+    pub offered_per_s: f64,
+    pub accept_per_s: f64,
+    pub accept_latency_ms: Percentiles,
+    pub statuses: StatusCounts,
+    pub decide_latency_ms: Percentiles,
+    pub decide_per_s: f64,
+    pub drain_s: f64,
+    pub peak_backlog: u64,
+    pub outcomes: Outcomes,
+    pub correct: bool,
+    pub breaches: Vec<Breach>,
+    pub timeline: Vec<Sample>,
+    /// The accept latencies themselves (µs), for the plot; not in the JSON.
+    #[serde(skip)]
+    pub latency_us: Histogram<u64>,
+}
+
+impl SaleReport {
+    pub fn human(&self) -> String {
+        let mut out = String::new();
+        let l = |p: &Percentiles| {
+            format!(
+                "p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms",
+                p.p50, p.p90, p.p99, p.p999, p.max
+            )
+        };
+        let s = &self.statuses;
+        let o = &self.outcomes;
+        let _ = writeln!(
+            out,
+            "TicketNest sale: {} users, {} seats, goods {} at {}",
+            self.users, self.seats, self.goods_id, self.target
+        );
+        let _ = writeln!(out, "mode            {}", self.mode);
+        let _ = writeln!(
+            out,
+            "offered         {:.0} req/s over {:.2} s",
+            self.offered_per_s, self.send_duration_s
+        );
+        let _ = writeln!(out, "accepted        {:.0} req/s", self.accept_per_s);
+        let _ = writeln!(out, "accept latency  {}", l(&self.accept_latency_ms));
+        let _ = writeln!(
+            out,
+            "responses       202: {}  4xx: {}  503: {}  5xx: {}  timeouts: {}  transport errors: {}",
+            s.accepted_202, s.client_4xx, s.unavailable_503, s.server_5xx, s.timeouts, s.transport_errors
+        );
+        let _ = writeln!(out, "accept→decide   {}", l(&self.decide_latency_ms));
+        let _ = writeln!(out, "decided         {:.0} decisions/s; drained {:.2} s after the last send; peak backlog {}", self.decide_per_s, self.drain_s, self.peak_backlog);
+        let _ = writeln!(
+            out,
+            "outcomes        {} decided: {} confirmed ({} seats), {} waitlisted, {} rejected",
+            o.decided, o.confirmed, o.confirmed_seats, o.waitlisted, o.rejected
+        );
+        if self.correct {
+            let _ = writeln!(out, "correctness     OK: no oversell, no user twice, FIFO exact, every accepted request decided");
+        } else {
+            let _ = writeln!(out, "correctness     BREACHED:");
+            for breach in &self.breaches {
+                let _ = writeln!(out, "  - {breach}");
+            }
+        }
+        out
+    }
+}
+
+/// One step of a ramp.
+#[derive(Debug, Clone, Serialize)]
+pub struct RampStep {
+    pub offered_per_s: f64,
+    pub accept_per_s: f64,
+    pub accept_latency_ms: Percentiles,
+    pub statuses: StatusCounts,
+    pub held: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RampReport {
+    pub target: String,
+    pub slo_p99_ms: f64,
+    pub step_s: f64,
+    pub steps: Vec<RampStep>,
+    /// The highest offered rate that held the SLO with no errors.
+    pub knee_per_s: Option<f64>,
+    pub knee_accept_p99_ms: Option<f64>,
+}
+
+impl RampReport {
+    pub fn human(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "TicketNest ramp at {} (SLO: p99 accept latency <= {} ms, no errors)",
+            self.target, self.slo_p99_ms
+        );
+        let _ = writeln!(
+            out,
+            "{:>10} {:>10} {:>9} {:>9} {:>7}  held",
+            "offered/s", "accept/s", "p50 ms", "p99 ms", "errors"
+        );
+        for step in &self.steps {
+            let _ = writeln!(
+                out,
+                "{:>10.0} {:>10.0} {:>9.2} {:>9.2} {:>7}  {}",
+                step.offered_per_s,
+                step.accept_per_s,
+                step.accept_latency_ms.p50,
+                step.accept_latency_ms.p99,
+                step.statuses.errors(),
+                if step.held { "yes" } else { "no" }
+            );
+        }
+        match (self.knee_per_s, self.knee_accept_p99_ms) {
+            (Some(rate), Some(p99)) => {
+                let _ = writeln!(out, "knee: {rate:.0} req/s held (p99 {p99:.2} ms)");
+            }
+            _ => {
+                let _ = writeln!(
+                    out,
+                    "knee: not found (the first step already broke the SLO)"
+                );
+            }
+        }
+        out
+    }
+}

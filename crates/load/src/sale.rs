@@ -1,0 +1,350 @@
+//! Preparing and running a sale: users and a goods made fast through the operator
+//! path, bookings fired, the backlog watched until every accepted request is decided,
+//! then the report and the correctness check.
+
+use std::{
+    collections::HashSet,
+    io::IsTerminal,
+    sync::{atomic::Ordering, Arc},
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use deadpool_postgres::Pool;
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use reqwest::{header::HeaderValue, Url};
+use shared::{
+    auth::{PasswordHashing, Role, TokenKeys},
+    config::{process_env, AuthConfig, DatabaseConfig, Environment},
+};
+use tokio::sync::watch;
+
+use crate::{
+    check, db,
+    driver::{Fire, Fired, Live, Mode},
+    report::{Outcomes, Percentiles, SaleReport, Sample},
+};
+
+/// How often the monitor samples progress and the backlog.
+pub const SAMPLE_INTERVAL: Duration = Duration::from_millis(250);
+
+/// What the tool needs from the TicketNest deployment it tests: the database (to make
+/// users in bulk and read the decision log) and the JWT secret (to mint their tokens).
+pub struct Deployment {
+    pub pool: Pool,
+    pub tokens: TokenKeys,
+    pub passwords: PasswordHashing,
+}
+
+impl Deployment {
+    /// From the same `TICKETNEST_*` variables the services read.
+    ///
+    /// # Errors
+    /// Invalid configuration.
+    pub fn from_env() -> anyhow::Result<Self> {
+        let environment = Environment::from_vars(&process_env)?;
+        let database = DatabaseConfig::from_env()?;
+        let auth = AuthConfig::from_vars(&process_env, environment)?;
+        Ok(Self {
+            pool: shared::db::build_pool(&database)?,
+            tokens: TokenKeys::from_config(&auth),
+            passwords: PasswordHashing::new(auth.argon2)?,
+        })
+    }
+
+    /// `count` users made in one statement (the operator path behind
+    /// `ticketnest-admin user bulk-create`), with their tokens.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn users(
+        &self,
+        tag: &str,
+        count: u64,
+        role: Role,
+    ) -> anyhow::Result<Vec<(i64, String)>> {
+        let hash = self.passwords.hash(&uuid::Uuid::new_v4().to_string())?;
+        let count = i64::try_from(count).context("user count")?;
+        let ids = shared::db::bulk_create_users(&self.pool, tag, count, role, &hash).await?;
+        ids.into_iter()
+            .map(|id| Ok((id, self.tokens.mint(id, role)?)))
+            .collect()
+    }
+
+    /// A goods made through the API by a fresh organizer.
+    ///
+    /// # Errors
+    /// The API refused it.
+    pub async fn goods(
+        &self,
+        client: &reqwest::Client,
+        base: &Url,
+        seats: i64,
+        max_per_booking: i32,
+    ) -> anyhow::Result<i64> {
+        let tag = format!("lo{}x", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+        let (_, token) = self
+            .users(&tag, 1, Role::Organizer)
+            .await?
+            .pop()
+            .context("organizer")?;
+        let response = client
+            .post(base.join("/api/goods")?)
+            .bearer_auth(token)
+            .json(&serde_json::json!({
+                "title": "ticketnest-load sale",
+                "content": "",
+                "price": 0,
+                "imgUrl": "",
+                "showDate": "2030-01-01",
+                "bookingLimit": seats,
+                "maxPerBooking": max_per_booking,
+            }))
+            .send()
+            .await
+            .context("creating the goods")?;
+        let status = response.status();
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        if status.as_u16() != 201 {
+            bail!("creating the goods answered {status}: {body}");
+        }
+        body["id"].as_i64().context("goods id in the answer")
+    }
+}
+
+/// Everything a sale run needs.
+pub struct SaleOptions {
+    pub url: Url,
+    pub users: u64,
+    pub seats: i64,
+    pub quantity: i32,
+    pub mode: Mode,
+    pub timeout: Duration,
+    pub max_duration: Duration,
+    pub drain_timeout: Duration,
+    pub progress: bool,
+}
+
+/// A client tuned for many small requests to one host.
+pub fn client(pool_size: usize) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .pool_max_idle_per_host(pool_size.max(1))
+        .tcp_nodelay(true)
+        .build()?)
+}
+
+fn progress_bar(len: u64, enabled: bool) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    if !enabled || !std::io::stdout().is_terminal() {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} sent  {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Samples progress until told to stop; returns the timeline.
+async fn monitor(
+    pool: Pool,
+    goods_id: i64,
+    live: Arc<Live>,
+    bar: ProgressBar,
+    mut stop: watch::Receiver<bool>,
+) -> Vec<Sample> {
+    let started = Instant::now();
+    let mut timeline = Vec::new();
+    let mut last = (0_u64, 0_u64, Instant::now());
+    loop {
+        let accepted = live.accepted.load(Ordering::Relaxed);
+        let decided = db::decided_count(&pool, goods_id).await.unwrap_or(last.1);
+        let errors = live.errors();
+        let dt = last.2.elapsed().as_secs_f64().max(0.001);
+        bar.set_position(live.sent.load(Ordering::Relaxed));
+        bar.set_message(format!(
+            "{:.0} acc/s  accepted {accepted}  decided {decided}  errors {errors}",
+            (accepted.saturating_sub(last.0)) as f64 / dt
+        ));
+        timeline.push(Sample {
+            t_s: started.elapsed().as_secs_f64(),
+            accepted,
+            decided,
+            errors,
+            backlog: accepted.saturating_sub(decided),
+        });
+        last = (accepted, decided, Instant::now());
+        tokio::select! {
+            _ = stop.changed() => break,
+            () = tokio::time::sleep(SAMPLE_INTERVAL) => {}
+        }
+    }
+    timeline
+}
+
+/// Waits until `expected` requests of the goods are decided, or the deadline.
+async fn drain(
+    pool: &Pool,
+    goods_id: i64,
+    expected: u64,
+    deadline: Duration,
+) -> anyhow::Result<bool> {
+    let until = Instant::now() + deadline;
+    loop {
+        if db::decided_count(pool, goods_id).await? >= expected {
+            return Ok(true);
+        }
+        if Instant::now() >= until {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The booking URL and body, and the headers, for one goods.
+pub fn fire_for(
+    client: &reqwest::Client,
+    base: &Url,
+    goods_id: i64,
+    quantity: i32,
+    users: &[(i64, String)],
+    timeout: Duration,
+    max_duration: Duration,
+) -> anyhow::Result<Fire> {
+    let auth = users
+        .iter()
+        .map(|(_, token)| HeaderValue::from_str(&format!("Bearer {token}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Fire {
+        client: client.clone(),
+        url: base
+            .join(&format!("/api/goods/{goods_id}/bookings"))?
+            .to_string(),
+        body: Bytes::from(format!("{{\"quantity\":{quantity}}}")),
+        auth,
+        timeout,
+        max_duration,
+        live: Arc::new(Live::default()),
+    })
+}
+
+/// Runs a whole sale and builds its report.
+///
+/// # Errors
+/// Preparation failed (database, API), or the decision log could not be read.
+pub async fn run(deployment: &Deployment, options: &SaleOptions) -> anyhow::Result<SaleReport> {
+    let in_flight = match options.mode {
+        Mode::Closed { concurrency } => concurrency,
+        Mode::Open { .. } => 1_024,
+    };
+    let client = client(in_flight)?;
+    let goods_id = deployment
+        .goods(&client, &options.url, options.seats, options.quantity)
+        .await?;
+    let tag = format!("lu{}x", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let users = deployment
+        .users(&tag, options.users, Role::Customer)
+        .await?;
+    let fire = fire_for(
+        &client,
+        &options.url,
+        goods_id,
+        options.quantity,
+        &users,
+        options.timeout,
+        options.max_duration,
+    )?;
+    let live = fire.live.clone();
+
+    let bar = progress_bar(options.users, options.progress);
+    let (stop, stopped) = watch::channel(false);
+    let sampler = tokio::spawn(monitor(
+        deployment.pool.clone(),
+        goods_id,
+        live.clone(),
+        bar.clone(),
+        stopped,
+    ));
+    let Fired {
+        latency_us,
+        accepted_ids,
+        send_duration,
+        sent,
+    } = fire.run(options.mode).await;
+    let send_end = unix_now();
+    let drained = drain(
+        &deployment.pool,
+        goods_id,
+        accepted_ids.len() as u64,
+        options.drain_timeout,
+    )
+    .await?;
+    let _ = stop.send(true);
+    let timeline = sampler.await.unwrap_or_default();
+    bar.finish_and_clear();
+    if !drained {
+        tracing::warn!("not every accepted request was decided within the drain timeout");
+    }
+
+    let log = db::decision_log(&deployment.pool, goods_id).await?;
+    let accepted: HashSet<String> = accepted_ids.into_iter().collect();
+    let breaches = check::check(&log.rows, options.seats, &accepted);
+    let mut decide = Histogram::<u64>::new(3)?;
+    for us in &log.decide_latency_us {
+        decide.record(*us)?;
+    }
+    let mut outcomes = Outcomes {
+        decided: log.rows.len() as u64,
+        ..Outcomes::default()
+    };
+    for row in &log.rows {
+        match row.decision.as_str() {
+            "confirmed" => {
+                outcomes.confirmed += 1;
+                outcomes.confirmed_seats += i64::from(row.quantity);
+            }
+            "waitlisted" => outcomes.waitlisted += 1,
+            _ => outcomes.rejected += 1,
+        }
+    }
+    let send_s = send_duration.as_secs_f64().max(0.001);
+    let decide_span = (log.last_decided_s - log.first_decided_s).max(0.001);
+    Ok(SaleReport {
+        target: options.url.to_string(),
+        goods_id,
+        mode: options.mode.describe(),
+        users: options.users,
+        seats: options.seats,
+        quantity: options.quantity,
+        send_duration_s: send_s,
+        offered_per_s: sent as f64 / send_s,
+        accept_per_s: accepted.len() as f64 / send_s,
+        accept_latency_ms: Percentiles::from_micros(&latency_us),
+        statuses: live.counts(),
+        decide_latency_ms: Percentiles::from_micros(&decide),
+        decide_per_s: if log.rows.is_empty() {
+            0.0
+        } else {
+            log.rows.len() as f64 / decide_span
+        },
+        drain_s: if log.rows.is_empty() {
+            0.0
+        } else {
+            (log.last_decided_s - send_end).max(0.0)
+        },
+        peak_backlog: timeline.iter().map(|s| s.backlog).max().unwrap_or(0),
+        outcomes,
+        correct: breaches.is_empty(),
+        breaches,
+        timeline,
+        latency_us,
+    })
+}

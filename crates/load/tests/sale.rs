@@ -1,0 +1,218 @@
+//! ticketnest-load against a real stack: the API and a worker in-process, the tool as
+//! its real binary.
+
+use std::{net::TcpListener, process::Stdio, time::Duration};
+
+use serde_json::Value;
+use test_support::{TestDatabase, TestRedis};
+use tokio_util::sync::CancellationToken;
+
+struct Stack {
+    address: String,
+    db: TestDatabase,
+    _redis: TestRedis,
+    stop: CancellationToken,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn stack() -> Stack {
+    let db = TestDatabase::new().await;
+    let redis = TestRedis::new();
+    let stop = CancellationToken::new();
+    let api = pub_api::startup::Application::build_with_listener(
+        test_support::api_config(&db, &redis, 4),
+        TcpListener::bind("127.0.0.1:0").expect("bind"),
+    )
+    .await
+    .expect("api");
+    let address = format!("http://127.0.0.1:{}", api.port());
+    tokio::spawn(api.run_until_stopped(stop.clone()));
+    let mut worker_config =
+        test_support::shared::config::SubWorkerConfig::from_vars(&|name| match name {
+            "TICKETNEST_SHARDS" => Some("4".into()),
+            "TICKETNEST_LEASE_TTL_MS" => Some("1500".into()),
+            "TICKETNEST_BLOCK_MS" => Some("100".into()),
+            _ => None,
+        })
+        .expect("worker config");
+    worker_config.database = db.config();
+    worker_config.redis = redis.config();
+    let worker = sub_worker::startup::Worker::build(worker_config)
+        .await
+        .expect("worker");
+    tokio::spawn(worker.run_until_stopped(stop.clone()));
+    Stack {
+        address,
+        db,
+        _redis: redis,
+        stop,
+    }
+}
+
+async fn load(db: &TestDatabase, args: &[&str]) -> std::process::Output {
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_ticketnest-load"))
+        .args(args)
+        .env("TICKETNEST_DATABASE_URL", db.url())
+        .env("TICKETNEST_JWT_SECRET", test_support::TEST_JWT_SECRET)
+        .env("TICKETNEST_ARGON2_MEMORY_KIB", "8")
+        .env("TICKETNEST_ARGON2_ITERATIONS", "1")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(Duration::from_secs(300), run)
+        .await
+        .expect("ticketnest-load finished")
+        .expect("run ticketnest-load")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_sale_reports_counts_that_match_postgres_and_a_complete_json_report() {
+    let stack = stack().await;
+    let dir = std::env::temp_dir().join(format!("tn-load-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let json = dir.join("report.json");
+    let plot = dir.join("report.svg");
+    let output = load(
+        &stack.db,
+        &[
+            "sale",
+            "--url",
+            &stack.address,
+            "--users",
+            "2000",
+            "--seats",
+            "100",
+            "--concurrency",
+            "32",
+            "--json",
+            json.to_str().expect("utf8"),
+            "--plot",
+            plot.to_str().expect("utf8"),
+        ],
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("correctness     OK"), "{stdout}");
+
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("json file")).expect("json");
+    for field in [
+        "offered_per_s",
+        "accept_per_s",
+        "accept_latency_ms",
+        "statuses",
+        "decide_latency_ms",
+        "decide_per_s",
+        "drain_s",
+        "peak_backlog",
+        "outcomes",
+        "correct",
+        "breaches",
+        "timeline",
+    ] {
+        assert!(
+            report.get(field).is_some(),
+            "report lacks {field}: {report}"
+        );
+    }
+    for p in ["p50", "p90", "p99", "p999", "max"] {
+        assert!(
+            report["accept_latency_ms"][p]
+                .as_f64()
+                .is_some_and(|v| v > 0.0),
+            "{p}"
+        );
+    }
+    for p in ["p50", "p99", "max"] {
+        assert!(
+            report["decide_latency_ms"][p]
+                .as_f64()
+                .is_some_and(|v| v >= 0.0),
+            "{p}"
+        );
+    }
+    for status in [
+        "accepted_202",
+        "client_4xx",
+        "unavailable_503",
+        "server_5xx",
+        "timeouts",
+        "transport_errors",
+    ] {
+        assert!(report["statuses"][status].is_u64(), "{status}");
+    }
+    assert_eq!(report["statuses"]["accepted_202"], 2000);
+    assert_eq!(report["correct"], true);
+
+    // The report's counts are PostgreSQL's.
+    let goods = report["goods_id"].as_i64().expect("goods");
+    let client = stack.db.client().await;
+    let count = |decision: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .query_one(
+                    "SELECT count(*) FROM booking_requests WHERE goods_id = $1 AND decision = $2",
+                    &[&goods, &decision],
+                )
+                .await
+                .expect("count")
+                .get::<_, i64>(0)
+        }
+    };
+    assert_eq!(report["outcomes"]["confirmed"], count("confirmed").await);
+    assert_eq!(report["outcomes"]["waitlisted"], count("waitlisted").await);
+    assert_eq!(
+        report["outcomes"]["decided"],
+        count("confirmed").await + count("waitlisted").await + count("rejected").await
+    );
+    assert_eq!(report["outcomes"]["confirmed"], 100);
+    assert_eq!(report["outcomes"]["waitlisted"], 1900);
+    let svg = std::fs::read_to_string(&plot).expect("plot written");
+    assert!(svg.contains("<svg") && svg.contains("accepted/s"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_remote_target_is_refused_without_allow_remote() {
+    // No stack at all: the guard must refuse before touching anything.
+    let db = TestDatabase::new().await;
+    let output = load(
+        &db,
+        &[
+            "sale",
+            "--url",
+            "http://10.20.30.40:8080",
+            "--users",
+            "1",
+            "--seats",
+            "1",
+        ],
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("not a loopback address") && stderr.contains("--allow-remote"),
+        "{stderr}"
+    );
+    let users: i64 = db
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM users", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(users, 0, "nothing was prepared");
+}
