@@ -25,24 +25,21 @@ use crate::report::StatusCounts;
 pub enum Mode {
     /// `n` requests in flight at all times.
     Closed { concurrency: usize },
-    /// Requests due at a fixed rate, whatever the server does.
-    Open { rate: f64 },
+    /// Requests due at a fixed rate, whatever the server does, sent over `connections`
+    /// connections (as wrk2 does).
+    Open { rate: f64, connections: usize },
 }
 
 impl Mode {
     pub fn describe(self) -> String {
         match self {
             Self::Closed { concurrency } => format!("closed loop, {concurrency} in flight"),
-            Self::Open { rate } => {
-                format!("open loop at {rate:.0} req/s (latency from intended send time)")
-            }
+            Self::Open { rate, connections } => format!(
+                "open loop at {rate:.0} req/s over {connections} connections (latency from intended send time)"
+            ),
         }
     }
 }
-
-/// Most open-loop requests in flight at once; beyond it, later requests wait (and
-/// their wait is counted in their latency).
-const MAX_IN_FLIGHT: usize = 8_192;
 
 /// Counters shared by every request task; read by the progress monitor while running.
 #[derive(Default)]
@@ -201,25 +198,33 @@ impl Fire {
                     let _ = task.await;
                 }
             }
-            Mode::Open { rate } => {
-                let permits = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
-                let mut tasks = tokio::task::JoinSet::new();
+            Mode::Open { rate, connections } => {
+                // Connection k sends users k, k + n, k + 2n, ... each at its intended
+                // time `start + user / rate`. A connection that falls behind sends at
+                // once, and the delay counts in the latency: a slow server cannot slow
+                // the schedule down and hide its own stalls.
+                let connections = connections.max(1);
                 let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
-                for user in 0..fire.auth.len() {
-                    let intended = started + interval.mul_f64(user as f64);
-                    if intended >= deadline {
-                        break;
-                    }
-                    tokio::time::sleep_until(intended.into()).await;
-                    let (fire, sink, permits) = (fire.clone(), sink.clone(), permits.clone());
-                    tasks.spawn(async move {
-                        let _permit = permits.acquire_owned().await;
-                        one(&fire, &sink, user, intended).await;
-                    });
-                    // Reap finished tasks as we go so the set stays small.
-                    while tasks.try_join_next().is_some() {}
+                let tasks: Vec<_> = (0..connections)
+                    .map(|k| {
+                        let (fire, sink) = (fire.clone(), sink.clone());
+                        tokio::spawn(async move {
+                            let mut user = k;
+                            while user < fire.auth.len() {
+                                let intended = started + interval.mul_f64(user as f64);
+                                if intended >= deadline {
+                                    return;
+                                }
+                                tokio::time::sleep_until(intended.into()).await;
+                                one(&fire, &sink, user, intended).await;
+                                user += connections;
+                            }
+                        })
+                    })
+                    .collect();
+                for task in tasks {
+                    let _ = task.await;
                 }
-                while tasks.join_next().await.is_some() {}
             }
         }
         let send_duration = started.elapsed();

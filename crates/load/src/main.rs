@@ -45,6 +45,9 @@ enum Command {
         /// Open loop: requests per second, latency counted from the intended send time.
         #[arg(long)]
         rate: Option<f64>,
+        /// Open loop: connections the rate is spread over.
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
         /// Seats per booking.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=100))]
         quantity: i32,
@@ -90,6 +93,9 @@ enum Command {
         /// Seats of each step's goods.
         #[arg(long, default_value_t = 1_000)]
         seats: i64,
+        /// Connections the rate is spread over.
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
         #[arg(long)]
         json: Option<PathBuf>,
         #[arg(long, default_value_t = 10_000)]
@@ -116,6 +122,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             seats,
             concurrency,
             rate,
+            connections,
             quantity,
             json,
             plot: plot_path,
@@ -133,7 +140,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             };
             let mode = match rate {
-                Some(rate) if rate > 0.0 => Mode::Open { rate },
+                Some(rate) if rate > 0.0 => Mode::Open {
+                    rate,
+                    connections: connections.max(1),
+                },
                 Some(_) => {
                     eprintln!("ticketnest-load: --rate must be positive");
                     return Ok(ExitCode::from(2));
@@ -178,6 +188,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             step_secs,
             slo_p99_ms,
             seats,
+            connections,
             json,
             timeout_ms,
             drain_timeout,
@@ -205,6 +216,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     step: Duration::from_secs(step_secs.max(1)),
                     slo_p99_ms,
                     seats,
+                    connections: connections.max(1),
                     timeout: Duration::from_millis(timeout_ms),
                     drain_timeout: Duration::from_secs(drain_timeout),
                 },

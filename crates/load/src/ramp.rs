@@ -22,6 +22,7 @@ pub struct RampOptions {
     pub step: Duration,
     pub slo_p99_ms: f64,
     pub seats: i64,
+    pub connections: usize,
     pub timeout: Duration,
     pub drain_timeout: Duration,
 }
@@ -31,7 +32,7 @@ pub struct RampOptions {
 /// # Errors
 /// Preparation failed (database, API).
 pub async fn run(deployment: &Deployment, options: &RampOptions) -> anyhow::Result<RampReport> {
-    let client = client(1_024)?;
+    let client = client(options.connections)?;
     let mut steps = Vec::new();
     let mut knee: Option<(f64, f64)> = None;
     let mut rate = options.start_rate;
@@ -52,7 +53,12 @@ pub async fn run(deployment: &Deployment, options: &RampOptions) -> anyhow::Resu
             options.step + Duration::from_secs(1),
         )?;
         let live = fire.live.clone();
-        let fired = fire.run(Mode::Open { rate }).await;
+        let fired = fire
+            .run(Mode::Open {
+                rate,
+                connections: options.connections,
+            })
+            .await;
         let send_s = fired.send_duration.as_secs_f64().max(0.001);
         let statuses = live.counts();
         let latency = Percentiles::from_micros(&fired.latency_us);

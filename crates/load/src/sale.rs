@@ -243,7 +243,7 @@ pub fn fire_for(
 pub async fn run(deployment: &Deployment, options: &SaleOptions) -> anyhow::Result<SaleReport> {
     let in_flight = match options.mode {
         Mode::Closed { concurrency } => concurrency,
-        Mode::Open { .. } => 1_024,
+        Mode::Open { connections, .. } => connections,
     };
     let client = client(in_flight)?;
     let goods_id = deployment
