@@ -10,6 +10,7 @@ mod db;
 mod domain;
 pub mod error;
 mod extract;
+mod redis_local;
 mod request_id;
 mod revocation;
 mod routes;

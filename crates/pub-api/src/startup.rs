@@ -24,6 +24,7 @@ use crate::{
     backlog::Backlog,
     error::ApiError,
     extract::{payload_config, query_config},
+    redis_local::LocalRedis,
     request_id, revocation,
     routes::{auth, bookings, goods, health},
     state::AppState,
@@ -87,6 +88,9 @@ fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/readyz").route(web::get().to(health::readyz)))
         .service(
             web::scope("/api")
+                // The booking route first: actix tries resources in order, and dynamic
+                // segments cost a regex match each (seen in the profile).
+                .service(resource("/goods/{id}/bookings").route(web::post().to(bookings::create)))
                 .service(resource("/auth/signup").route(web::post().to(auth::signup)))
                 .service(resource("/auth/login").route(web::post().to(auth::login)))
                 .service(
@@ -95,7 +99,6 @@ fn routes(cfg: &mut web::ServiceConfig) {
                         .route(web::post().to(goods::create)),
                 )
                 .service(resource("/goods/{id}").route(web::get().to(goods::detail)))
-                .service(resource("/goods/{id}/bookings").route(web::post().to(bookings::create)))
                 // The original TicketNest's route, kept for its clients.
                 .service(resource("/booking/{id}").route(web::post().to(bookings::create)))
                 .service(
@@ -135,7 +138,7 @@ impl Application {
         let dummy_hash: Arc<str> = passwords.hash(&uuid::Uuid::new_v4().to_string())?.into();
         let state = AppState {
             pool,
-            redis,
+            redis: LocalRedis::new(config.redis.clone(), redis),
             keys: Keys::new(config.redis.prefix.clone(), config.shards.shards),
             tokens: TokenKeys::from_config(&config.auth),
             passwords,
@@ -198,7 +201,7 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let handle = self.server.handle();
         let sampler = tokio::spawn(self.state.backlog.clone().run(
-            self.state.redis.clone(),
+            self.state.redis.shared(),
             self.state.keys.clone(),
             shutdown.child_token(),
         ));

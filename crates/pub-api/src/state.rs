@@ -11,13 +11,12 @@ use std::{
 
 use deadpool_postgres::Pool;
 use moka::future::Cache;
-use shared::queue::QueueConnection;
 use shared::{
     auth::{PasswordHashing, TokenKeys},
     keys::Keys,
 };
 
-use crate::{backlog::Backlog, db::GoodsLimits};
+use crate::{backlog::Backlog, db::GoodsLimits, redis_local::LocalRedis};
 
 /// Most goods kept in the in-process cache.
 const GOODS_CACHE_CAPACITY: u64 = 100_000;
@@ -25,8 +24,8 @@ const GOODS_CACHE_CAPACITY: u64 = 100_000;
 #[derive(Clone)]
 pub struct AppState {
     pub pool: Pool,
-    /// Shared multiplexed connection; cloning it is cheap and shares the socket.
-    pub redis: QueueConnection,
+    /// Redis, one connection per worker thread (see `redis_local`).
+    pub redis: LocalRedis,
     pub keys: Keys,
     pub tokens: TokenKeys,
     pub passwords: PasswordHashing,

@@ -60,6 +60,9 @@ const MIN_TICK: Duration = Duration::from_millis(50);
 /// shard is picked up within about this long.
 const MAX_TICK: Duration = Duration::from_millis(500);
 
+/// A shard whose lease and fencing token were taken: (shard, (fence, lease set at)).
+type Acquired = (u32, (i64, Instant));
+
 struct Held {
     fence: i64,
     /// When the lease was last set or extended, by this process's clock. Past
@@ -80,6 +83,8 @@ pub struct LeaseManager {
     /// ours), and the shard is not taken again meanwhile, so one process never runs two
     /// tasks for a shard.
     draining: HashMap<u32, JoinHandle<ShardExit>>,
+    /// The scan for free shards in flight, if any (see `start_acquiring`).
+    acquiring: Option<JoinHandle<Vec<Acquired>>>,
     renew: Script,
     release: Script,
     heartbeat: Script,
@@ -93,6 +98,7 @@ impl LeaseManager {
             instance,
             held: HashMap::new(),
             draining: HashMap::new(),
+            acquiring: None,
             renew: Script::new(RENEW_SCRIPT),
             release: Script::new(RELEASE_SCRIPT),
             heartbeat: Script::new(HEARTBEAT_SCRIPT),
@@ -110,6 +116,7 @@ impl LeaseManager {
         tracing::info!(instance = %self.instance, shards = self.ctx.keys.shard_count(), "worker started");
         loop {
             self.reap().await;
+            self.collect_acquired(&shutdown).await;
             self.renew_all().await;
             match self.live_workers().await {
                 Ok(live) => {
@@ -117,11 +124,7 @@ impl LeaseManager {
                     if self.held.len() > share {
                         self.hand_over(self.held.len() - share);
                     } else if self.held.len() < share {
-                        // Acquiring waits on PostgreSQL for the fencing token; bound it
-                        // so a slow database never delays the next renewal.
-                        let want = share - self.held.len();
-                        let _ =
-                            tokio::time::timeout(tick, self.acquire_free(want, &shutdown)).await;
+                        self.start_acquiring(share - self.held.len());
                     }
                 }
                 Err(e) => {
@@ -241,85 +244,86 @@ impl LeaseManager {
         }
     }
 
-    /// Tries free shards, starting at a random one so workers spread out, until `want`
-    /// were taken or every shard was tried.
-    async fn acquire_free(&mut self, want: usize, shutdown: &CancellationToken) {
-        let shards = self.ctx.keys.shard_count();
-        let start = rand::rng().random_range(0..shards);
-        let mut taken = 0;
-        for i in 0..shards {
-            if taken >= want || shutdown.is_cancelled() {
-                return;
-            }
-            let shard = (start + i) % shards;
-            if self.held.contains_key(&shard) || self.draining.contains_key(&shard) {
-                continue;
-            }
-            match self.acquire(shard, shutdown).await {
-                Ok(true) => taken += 1,
-                Ok(false) => {}
-                Err(e) => tracing::warn!(shard, error = %e, "could not acquire shard"),
-            }
+    /// Starts a scan for up to `want` free shards in a task of its own, unless one is
+    /// already running. Acquiring waits on PostgreSQL for each fencing token; in its own
+    /// task it can neither delay renewals nor be cut in half (a lease taken but never
+    /// used would leave its shard idle until it expired).
+    fn start_acquiring(&mut self, want: usize) {
+        if self.acquiring.is_some() || want == 0 {
+            return;
         }
+        let skip: Vec<u32> = self
+            .held
+            .keys()
+            .chain(self.draining.keys())
+            .copied()
+            .collect();
+        let ctx = self.ctx.clone();
+        let instance = self.instance.clone();
+        let release = self.release.clone();
+        self.acquiring = Some(tokio::spawn(async move {
+            let shards = ctx.keys.shard_count();
+            let start = rand::rng().random_range(0..shards);
+            let mut taken = Vec::new();
+            for i in 0..shards {
+                let shard = (start + i) % shards;
+                if taken.len() >= want || skip.contains(&shard) {
+                    continue;
+                }
+                match try_lease(&ctx, &instance, shard).await {
+                    Ok(Some(acquired)) => taken.push((shard, acquired)),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(shard, error = %e, "could not acquire shard");
+                        release_lease(&ctx, &release, &instance, shard).await;
+                    }
+                }
+            }
+            taken
+        }));
     }
 
-    /// Tries to take one shard: Redis lease, then a fencing token, then a task.
-    async fn acquire(
-        &mut self,
-        shard: u32,
-        shutdown: &CancellationToken,
-    ) -> Result<bool, WorkerError> {
-        let mut conn = self.ctx.redis.clone();
-        let set: Option<String> = redis::cmd("SET")
-            .arg(self.ctx.keys.lease(shard))
-            .arg(&self.instance)
-            .arg("NX")
-            .arg("PX")
-            .arg(self.ttl_ms())
-            .query_async(&mut conn)
-            .await?;
-        if set.is_none() {
-            return Ok(false);
+    /// Starts a shard task for every shard the finished scan acquired.
+    async fn collect_acquired(&mut self, shutdown: &CancellationToken) {
+        let finished = self.acquiring.as_ref().is_some_and(JoinHandle::is_finished);
+        if !finished {
+            return;
         }
-        let renewed = Instant::now();
-        let fence = match db::acquire_fence(&self.ctx.pool, shard, &self.instance).await {
-            Ok(fence) => fence,
-            Err(e) => {
-                self.release(shard).await;
-                return Err(e);
-            }
+        let Some(scan) = self.acquiring.take() else {
+            return;
         };
-        let cancel = shutdown.child_token();
-        let task =
-            tokio::spawn(ShardTask::new(self.ctx.clone(), shard, fence, cancel.clone()).run());
-        self.held.insert(
-            shard,
-            Held {
-                fence,
-                renewed,
-                cancel,
-                task,
-            },
-        );
-        Ok(true)
+        for (shard, (fence, renewed)) in scan.await.unwrap_or_default() {
+            if shutdown.is_cancelled() {
+                self.release(shard).await;
+                continue;
+            }
+            let cancel = shutdown.child_token();
+            let task =
+                tokio::spawn(ShardTask::new(self.ctx.clone(), shard, fence, cancel.clone()).run());
+            self.held.insert(
+                shard,
+                Held {
+                    fence,
+                    renewed,
+                    cancel,
+                    task,
+                },
+            );
+        }
     }
 
     async fn release(&self, shard: u32) {
-        let mut conn = self.ctx.redis.clone();
-        let released: redis::RedisResult<i64> = self
-            .release
-            .key(self.ctx.keys.lease(shard))
-            .arg(&self.instance)
-            .invoke_async(&mut conn)
-            .await;
-        if let Err(e) = released {
-            tracing::warn!(shard, error = %e, "could not release lease; it will expire");
-        }
+        release_lease(&self.ctx, &self.release, &self.instance, shard).await;
     }
 
     /// Graceful stop: let every shard task finish its batch, then release its lease so
     /// another worker can take over at once instead of after the TTL.
     async fn release_all(&mut self) {
+        if let Some(scan) = self.acquiring.take() {
+            for (shard, _) in scan.await.unwrap_or_default() {
+                self.release(shard).await;
+            }
+        }
         for held in self.held.values() {
             held.cancel.cancel();
         }
@@ -335,6 +339,44 @@ impl LeaseManager {
             self.release(shard).await;
         }
         tracing::info!("all leases released");
+    }
+}
+
+/// Takes one shard's lease (`SET NX PX`) and then a fencing token for it. `None` when
+/// another worker holds the lease.
+async fn try_lease(
+    ctx: &Context,
+    instance: &str,
+    shard: u32,
+) -> Result<Option<(i64, Instant)>, WorkerError> {
+    let mut conn = ctx.redis.clone();
+    let ttl_ms = u64::try_from(ctx.worker.lease_ttl.as_millis()).unwrap_or(u64::MAX);
+    let set: Option<String> = redis::cmd("SET")
+        .arg(ctx.keys.lease(shard))
+        .arg(instance)
+        .arg("NX")
+        .arg("PX")
+        .arg(ttl_ms)
+        .query_async(&mut conn)
+        .await?;
+    if set.is_none() {
+        return Ok(None);
+    }
+    let renewed = Instant::now();
+    let fence = db::acquire_fence(&ctx.pool, shard, instance).await?;
+    Ok(Some((fence, renewed)))
+}
+
+/// Deletes a shard's lease if `instance` still holds it.
+async fn release_lease(ctx: &Context, script: &Script, instance: &str, shard: u32) {
+    let mut conn = ctx.redis.clone();
+    let released: redis::RedisResult<i64> = script
+        .key(ctx.keys.lease(shard))
+        .arg(instance)
+        .invoke_async(&mut conn)
+        .await;
+    if let Err(e) = released {
+        tracing::warn!(shard, error = %e, "could not release lease; it will expire");
     }
 }
 

@@ -257,21 +257,31 @@ impl TestRedis {
         }
     }
 
-    /// Every key under this prefix.
+    /// Every key under this prefix (SCAN, never KEYS: KEYS blocks the Redis every
+    /// other test shares).
     ///
     /// # Panics
     /// If Redis is unreachable.
     pub async fn keys(&self) -> Vec<String> {
-        let client = redis::Client::open(self.url.as_str()).expect("redis url");
-        let mut conn = client
-            .get_multiplexed_async_connection()
-            .await
-            .expect("connect to redis");
-        let mut keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}:*", self.prefix))
-            .query_async(&mut conn)
-            .await
-            .expect("KEYS");
+        let mut conn = self.connection().await;
+        let mut keys: Vec<String> = Vec::new();
+        let mut cursor = 0_u64;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{}:*", self.prefix))
+                .arg("COUNT")
+                .arg(10_000)
+                .query_async(&mut conn)
+                .await
+                .expect("SCAN");
+            keys.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
         keys.sort();
         keys
     }
@@ -281,9 +291,12 @@ impl TestRedis {
     /// # Panics
     /// If Redis is unreachable.
     pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(Duration::from_secs(10)));
         redis::Client::open(self.url.as_str())
             .expect("redis url")
-            .get_multiplexed_async_connection()
+            .get_multiplexed_async_connection_with_config(&config)
             .await
             .expect("connect to redis")
     }
@@ -301,9 +314,11 @@ impl Drop for TestRedis {
         let cleanup = || -> redis::RedisResult<()> {
             let client = redis::Client::open(self.url.as_str())?;
             let mut conn = client.get_connection_with_timeout(Duration::from_secs(2))?;
-            let keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query(&mut conn)?;
-            if !keys.is_empty() {
-                redis::cmd("DEL").arg(&keys).query::<()>(&mut conn)?;
+            conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+            let keys: Vec<String> = redis::Commands::scan_match::<_, String>(&mut conn, &pattern)?
+                .collect::<Result<_, _>>()?;
+            for chunk in keys.chunks(1_000) {
+                redis::cmd("UNLINK").arg(chunk).query::<()>(&mut conn)?;
             }
             Ok(())
         };

@@ -145,7 +145,7 @@ pub async fn create(
     .ignore()
     .xadd(state.keys.stream(shard), "*", &message.to_fields())
     .ignore();
-    let mut conn = state.redis.clone();
+    let mut conn = state.redis.get().await;
     pipe.query_async::<()>(&mut conn).await?;
 
     let status_url = format!("/api/bookings/requests/{request_id}");
@@ -199,7 +199,7 @@ pub async fn status(
             "request id must be a UUID as returned by the booking endpoint".into(),
         )
     })?;
-    let mut conn = state.redis.clone();
+    let mut conn = state.redis.get().await;
     let hash: HashMap<String, String> = redis::cmd("HGETALL")
         .arg(
             state

@@ -23,7 +23,7 @@ async fn check_postgres(state: &AppState) -> Result<(), &'static str> {
 }
 
 async fn check_redis(state: &AppState) -> Result<(), &'static str> {
-    let mut conn = state.redis.clone();
+    let mut conn = state.redis.get().await;
     redis::cmd("PING")
         .query_async::<String>(&mut conn)
         .await

@@ -89,21 +89,19 @@ async fn entries_a_stale_consumer_read_after_the_takeover_are_decided_first() {
 
     let stack = spawn_stack().await;
     let goods = stack.create_goods(3, 1).await;
-    let users = stack.customers("stale", 6).await;
+    let users = stack.customers("stale", 7).await;
     let _worker = stack.worker(&[]);
-    test_support::wait_until(
-        "the worker holds every shard",
-        std::time::Duration::from_secs(30),
-        || async { stack.lease_keys().await.len() == crate::helpers::SHARDS as usize },
-    )
-    .await;
     let shard = goods % i64::from(crate::helpers::SHARDS);
     let stream = format!("{}:{{s{shard}}}:stream", stack.redis.prefix());
+    // A first booking, decided, shows the worker is reading the goods' shard.
+    let (first, first_token) = &users[0];
+    stack.book(goods, *first, first_token, 1).await;
+    stack.wait_for_decisions(1).await;
     // Five requests appended and read by "zombie" in one transaction, so the running
     // worker never sees them as new.
     let mut pipe = redis::pipe();
     pipe.atomic();
-    for (user, _) in &users[..5] {
+    for (user, _) in &users[1..6] {
         let message = StreamMessage::BookingRequestV1(BookingRequestV1 {
             request_id: uuid::Uuid::now_v7(),
             goods_id: goods,
@@ -125,16 +123,16 @@ async fn entries_a_stale_consumer_read_after_the_takeover_are_decided_first() {
         conn.xpending(&stream, "workers").await.expect("xpending");
     assert_eq!(zombie_pending.count(), 5);
 
-    // The sixth request arrives through the API and reaches the live worker.
-    let (user, token) = &users[5];
+    // The last request arrives through the API and reaches the live worker.
+    let (user, token) = &users[6];
     stack.book(goods, *user, token, 1).await;
-    stack.wait_for_decisions(6).await;
+    stack.wait_for_decisions(7).await;
     crate::helpers::wait_until_nothing_pending(&stack).await;
     let rows = assert_fifo_invariants(&stack, goods).await;
     let order: Vec<i64> = rows.iter().map(|r| r.user_id).collect();
     let expected: Vec<i64> = users.iter().map(|(id, _)| *id).collect();
     assert_eq!(order, expected, "decided in stream order");
-    assert_eq!(rows[5].decision, "waitlisted");
+    assert_eq!(rows[6].decision, "waitlisted");
 }
 
 #[tokio::test]

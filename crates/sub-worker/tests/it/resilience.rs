@@ -166,10 +166,11 @@ async fn a_paused_worker_that_lost_its_lease_cannot_commit_when_it_wakes() {
             let mut conn = conn.clone();
             let stream = stream.clone();
             async move {
-                let reply: redis::streams::StreamPendingReply =
-                    conn.xpending(&stream, "workers").await.expect("xpending");
+                // No group yet (the worker is still starting) means not yet.
+                let reply: redis::RedisResult<redis::streams::StreamPendingReply> =
+                    conn.xpending(&stream, "workers").await;
                 match reply {
-                    redis::streams::StreamPendingReply::Data(d) => d
+                    Ok(redis::streams::StreamPendingReply::Data(d)) => d
                         .consumers
                         .iter()
                         .any(|c| c.name == "zombie" && c.pending > 0),
