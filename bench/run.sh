@@ -40,6 +40,11 @@ api_pid=""; worker_pid=""; sampler_pid=""
 cleanup() {
   for pid in $sampler_pid $api_pid $worker_pid; do kill -TERM "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  # Leave nothing behind in the shared PostgreSQL and Redis.
+  if [ -n "${TICKETNEST_REDIS_PREFIX:-}" ]; then
+    redis-cli --scan --pattern "$TICKETNEST_REDIS_PREFIX:*" | xargs -r -n 5000 redis-cli unlink >/dev/null
+  fi
+  psql -h 127.0.0.1 -U postgres -d postgres -Atq -c "DROP DATABASE IF EXISTS ticketnest_bench_e2e WITH (FORCE)" || true
   rm -rf "$work"
 }
 trap cleanup EXIT
