@@ -380,9 +380,11 @@ pub async fn create_users(db: &TestDatabase, tag: &str, n: usize) -> Vec<i64> {
     let n = i64::try_from(n).expect("n");
     let rows = client
         .query(
-            "INSERT INTO users (email, nickname, password_hash) \
-             SELECT $1 || k || '@test.invalid', substr(md5($1 || k), 1, 10), $2 \
-             FROM generate_series(1, $3::int8) AS k ORDER BY k RETURNING id",
+            "INSERT INTO users (id, email, nickname, password_hash) \
+             SELECT id, $1 || k || '@test.invalid', '#' || to_hex(id), $2 \
+             FROM (SELECT nextval(pg_get_serial_sequence('users', 'id')) AS id, k \
+                   FROM generate_series(1, $3::int8) AS k) AS n \
+             ORDER BY k RETURNING id",
             &[&tag, &hash, &n],
         )
         .await
