@@ -13,7 +13,10 @@ use crate::check::LoggedDecision;
 pub async fn decided_count(pool: &Pool, goods_id: i64) -> anyhow::Result<u64> {
     let client = pool.get().await?;
     let row = client
-        .query_opt("SELECT decided_count FROM goods WHERE id = $1", &[&goods_id])
+        .query_opt(
+            "SELECT decided_count FROM goods WHERE id = $1",
+            &[&goods_id],
+        )
         .await?;
     Ok(row.map_or(0, |r| u64::try_from(r.get::<_, i64>(0)).unwrap_or(0)))
 }
