@@ -107,6 +107,14 @@ enum Command {
     },
 }
 
+/// The target URL if the loopback guard lets it through; else exit code 2.
+fn guarded(url: &str, allow_remote: bool) -> Result<reqwest::Url, ExitCode> {
+    guard::check_target(url, allow_remote).map_err(|e| {
+        eprintln!("ticketnest-load: {e}");
+        ExitCode::from(2)
+    })
+}
+
 fn write_json(path: &Option<PathBuf>, value: &impl serde::Serialize) -> anyhow::Result<()> {
     if let Some(path) = path {
         std::fs::write(path, serde_json::to_vec_pretty(value)?)?;
@@ -132,12 +140,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             allow_remote,
             no_progress,
         } => {
-            let url = match guard::check_target(&url, allow_remote) {
+            let url = match guarded(&url, allow_remote) {
                 Ok(url) => url,
-                Err(e) => {
-                    eprintln!("ticketnest-load: {e}");
-                    return Ok(ExitCode::from(2));
-                }
+                Err(code) => return Ok(code),
             };
             let mode = match rate {
                 Some(rate) if rate > 0.0 => Mode::Open {
@@ -194,12 +199,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             drain_timeout,
             allow_remote,
         } => {
-            let url = match guard::check_target(&url, allow_remote) {
+            let url = match guarded(&url, allow_remote) {
                 Ok(url) => url,
-                Err(e) => {
-                    eprintln!("ticketnest-load: {e}");
-                    return Ok(ExitCode::from(2));
-                }
+                Err(code) => return Ok(code),
             };
             if start_rate <= 0.0 || factor <= 1.0 {
                 eprintln!("ticketnest-load: --start-rate must be positive and --factor above 1");

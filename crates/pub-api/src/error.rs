@@ -11,6 +11,7 @@ use actix_web::{
     HttpResponse, ResponseError,
 };
 use serde::Serialize;
+use shared::error::display_chain as chain;
 
 /// Everything that can go wrong while answering a request.
 #[derive(Debug, thiserror::Error)]
@@ -153,18 +154,6 @@ struct ErrorDetail<'a> {
     message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
-}
-
-/// Writes the cause chain as one string for the log line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
 }
 
 impl ResponseError for ApiError {

@@ -36,3 +36,16 @@ impl SharedError {
         )
     }
 }
+
+/// An error and its causes on one line (`outer: cause: root cause`), for log lines and
+/// dead-letter reasons.
+pub fn display_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}

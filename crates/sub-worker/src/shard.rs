@@ -15,6 +15,7 @@ use redis::{
     },
     AsyncCommands,
 };
+use shared::error::display_chain as chain;
 use shared::{
     config::CrashPoint,
     keys::CONSUMER_GROUP,
@@ -77,18 +78,6 @@ impl DeadLetter {
 
 /// Reason stored in the status of a request whose entry was dead-lettered.
 pub const UNPROCESSABLE: &str = "unprocessable";
-
-/// The error and its causes on one line, for a dead letter's reason.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
-}
 
 fn decode(entry: &StreamId) -> Result<Entry, DeadLetter> {
     let mut fields = HashMap::with_capacity(entry.map.len());
