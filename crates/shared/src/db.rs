@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
 use crate::{config::DatabaseConfig, error::SharedError};
@@ -43,8 +43,20 @@ pub fn build_pool(config: &DatabaseConfig) -> Result<Pool, SharedError> {
             recycling_method: RecyclingMethod::Fast,
         },
     );
+    let max_age = config.max_connection_age;
     Pool::builder(manager)
         .max_size(config.pool_size)
+        // Connections past their age are closed when next taken from the pool, and a
+        // fresh one is opened in their place (see `DatabaseConfig::max_connection_age`).
+        .pre_recycle(Hook::sync_fn(move |_, metrics| {
+            if metrics.created.elapsed() >= max_age {
+                Err(HookError::Message(
+                    "connection reached its maximum age".into(),
+                ))
+            } else {
+                Ok(())
+            }
+        }))
         .runtime(Runtime::Tokio1)
         .wait_timeout(Some(POOL_WAIT))
         .create_timeout(Some(CONNECT_TIMEOUT))

@@ -101,6 +101,7 @@ impl TestDatabase {
             let config = DatabaseConfig {
                 url: SecretString::from(with_database(&admin, &building)),
                 pool_size: 2,
+                max_connection_age: Duration::from_secs(10),
             };
             shared::db::migrate(&config).await?;
             client
@@ -133,6 +134,7 @@ impl TestDatabase {
         let config = DatabaseConfig {
             url: SecretString::from(url.clone()),
             pool_size: 2,
+            max_connection_age: Duration::from_secs(10),
         };
         shared::db::migrate(&config).await.expect("migrate");
         Self {
@@ -174,6 +176,7 @@ impl TestDatabase {
         DatabaseConfig {
             url: SecretString::from(self.url.clone()),
             pool_size: 8,
+            max_connection_age: Duration::from_secs(10),
         }
     }
 
