@@ -90,14 +90,14 @@ pub struct Fire {
 /// What firing produced.
 pub struct Fired {
     pub latency_us: Histogram<u64>,
-    pub accepted_ids: Vec<String>,
+    pub accepted_ids: Vec<uuid::Uuid>,
     pub send_duration: Duration,
     pub sent: u64,
 }
 
 struct Sink {
     latency_us: Mutex<Histogram<u64>>,
-    ids: Mutex<Vec<String>>,
+    ids: Mutex<Vec<uuid::Uuid>>,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -108,7 +108,7 @@ fn histogram() -> Histogram<u64> {
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct AcceptedBody {
-    request_id: String,
+    request_id: uuid::Uuid,
 }
 
 async fn one(fire: &Fire, sink: &Sink, user: usize, intended: Instant) {

@@ -10,8 +10,12 @@
 //! behind `ticketnest-admin user bulk-create`) and a goods through the API, fires one
 //! booking per user, waits for every accepted request to be decided and reports.
 //! `ramp` raises an open-loop rate until p99 latency passes an SLO: the knee.
+//!
+//! Module map: `sale` (prepare, fire, drain, report one sale), `ramp` (the knee),
+//! `driver` (closed- and open-loop request firing), `db` (progress and the decision
+//! log), `report` (text and JSON), `plot`, `guard` (loopback-only targets). The
+//! correctness verdict is `shared::audit`, the checker every test suite uses too.
 
-pub mod check;
 pub mod db;
 pub mod driver;
 pub mod guard;

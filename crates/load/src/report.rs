@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::check::Breach;
+use shared::audit::Breach;
 
 /// Percentiles of a latency distribution, in milliseconds.
 #[derive(Debug, Clone, Default, Serialize)]

@@ -21,8 +21,10 @@ use shared::{
 };
 use tokio::sync::watch;
 
+use shared::decision::Decision;
+
 use crate::{
-    check, db,
+    db,
     driver::{Fire, Fired, Live, Mode},
     report::{Outcomes, Percentiles, SaleReport, Sample},
 };
@@ -294,29 +296,38 @@ pub async fn run(deployment: &Deployment, options: &SaleOptions) -> anyhow::Resu
         tracing::warn!("not every accepted request was decided within the drain timeout");
     }
 
-    let log = db::decision_log(&deployment.pool, goods_id).await?;
-    let accepted: HashSet<String> = accepted_ids.into_iter().collect();
-    let breaches = check::check(&log.rows, options.seats, &accepted);
+    let facts = db::sale_facts(&deployment.pool, goods_id).await?;
+    let accepted: HashSet<uuid::Uuid> = accepted_ids.into_iter().collect();
+    let breaches = shared::audit::check(&facts, Some(&accepted));
+    let rows = &facts.decisions;
     let mut decide = Histogram::<u64>::new(3)?;
-    for us in &log.decide_latency_us {
-        decide.record(*us)?;
+    for row in rows {
+        decide.record(db::decide_latency_us(row))?;
     }
     let mut outcomes = Outcomes {
-        decided: log.rows.len() as u64,
+        decided: rows.len() as u64,
         ..Outcomes::default()
     };
-    for row in &log.rows {
-        match row.decision.as_str() {
-            "confirmed" => {
+    for row in rows {
+        match row.decision {
+            Decision::Confirmed => {
                 outcomes.confirmed += 1;
                 outcomes.confirmed_seats += i64::from(row.quantity);
             }
-            "waitlisted" => outcomes.waitlisted += 1,
-            _ => outcomes.rejected += 1,
+            Decision::Waitlisted => outcomes.waitlisted += 1,
+            Decision::Rejected(_) => outcomes.rejected += 1,
         }
     }
+    let first_decided_s = rows
+        .iter()
+        .map(|r| db::unix_s(r.decided_at))
+        .fold(f64::MAX, f64::min);
+    let last_decided_s = rows
+        .iter()
+        .map(|r| db::unix_s(r.decided_at))
+        .fold(0.0, f64::max);
     let send_s = send_duration.as_secs_f64().max(0.001);
-    let decide_span = (log.last_decided_s - log.first_decided_s).max(0.001);
+    let decide_span = (last_decided_s - first_decided_s).max(0.001);
     Ok(SaleReport {
         target: options.url.to_string(),
         goods_id,
@@ -330,15 +341,15 @@ pub async fn run(deployment: &Deployment, options: &SaleOptions) -> anyhow::Resu
         accept_latency_ms: Percentiles::from_micros(&latency_us),
         statuses: live.counts(),
         decide_latency_ms: Percentiles::from_micros(&decide),
-        decide_per_s: if log.rows.is_empty() {
+        decide_per_s: if rows.is_empty() {
             0.0
         } else {
-            log.rows.len() as f64 / decide_span
+            rows.len() as f64 / decide_span
         },
-        drain_s: if log.rows.is_empty() {
+        drain_s: if rows.is_empty() {
             0.0
         } else {
-            (log.last_decided_s - send_end).max(0.0)
+            (last_decided_s - send_end).max(0.0)
         },
         peak_backlog: timeline.iter().map(|s| s.backlog).max().unwrap_or(0),
         outcomes,

@@ -1,57 +1,16 @@
 //! ticketnest-load against a real stack: the API and a worker in-process, the tool as
 //! its real binary.
 
-use std::{net::TcpListener, process::Stdio, time::Duration};
+use std::{process::Stdio, time::Duration};
 
 use serde_json::Value;
-use test_support::{TestDatabase, TestRedis};
-use tokio_util::sync::CancellationToken;
+use test_support::{stack::Stack, TestDatabase};
 
-struct Stack {
-    address: String,
-    db: TestDatabase,
-    _redis: TestRedis,
-    stop: CancellationToken,
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
+/// The API and a worker in-process (this crate has no worker binary to start).
 async fn stack() -> Stack {
-    let db = TestDatabase::new().await;
-    let redis = TestRedis::new();
-    let stop = CancellationToken::new();
-    let api = pub_api::startup::Application::build_with_listener(
-        test_support::api_config(&db, &redis, 4),
-        TcpListener::bind("127.0.0.1:0").expect("bind"),
-    )
-    .await
-    .expect("api");
-    let address = format!("http://127.0.0.1:{}", api.port());
-    tokio::spawn(api.run_until_stopped(stop.clone()));
-    let mut worker_config =
-        test_support::shared::config::SubWorkerConfig::from_vars(&|name| match name {
-            "TICKETNEST_SHARDS" => Some("4".into()),
-            "TICKETNEST_LEASE_TTL_MS" => Some("1500".into()),
-            "TICKETNEST_BLOCK_MS" => Some("100".into()),
-            _ => None,
-        })
-        .expect("worker config");
-    worker_config.database = db.config();
-    worker_config.redis = redis.config();
-    let worker = sub_worker::startup::Worker::build(worker_config)
-        .await
-        .expect("worker");
-    tokio::spawn(worker.run_until_stopped(stop.clone()));
-    Stack {
-        address,
-        db,
-        _redis: redis,
-        stop,
-    }
+    let stack = Stack::builder().spawn().await;
+    stack.in_process_worker().await;
+    stack
 }
 
 async fn load(db: &TestDatabase, args: &[&str]) -> std::process::Output {

@@ -16,8 +16,7 @@ use std::{
 };
 
 use redis::streams::StreamInfoGroupsReply;
-use shared::keys::{Keys, CONSUMER_GROUP};
-use shared::queue::QueueConnection;
+use shared::{keys::Keys, queue::QueueConnection, shard::Shard, stream::CONSUMER_GROUP};
 use tokio_util::sync::CancellationToken;
 
 pub const REFRESH_INTERVAL: Duration = Duration::from_millis(200);
@@ -38,10 +37,9 @@ impl Backlog {
     }
 
     /// Whether bookings for `shard` should be turned away for now.
-    pub fn is_full(&self, shard: u32) -> bool {
-        usize::try_from(shard)
-            .ok()
-            .and_then(|i| self.per_shard.get(i))
+    pub fn is_full(&self, shard: Shard) -> bool {
+        self.per_shard
+            .get(shard.index())
             .is_some_and(|n| n.load(Ordering::Relaxed) >= self.limit)
     }
 
@@ -71,19 +69,19 @@ impl Backlog {
 
     /// Samples every shard once. Shards that cannot be sampled keep their last value.
     pub async fn refresh(&self, conn: &QueueConnection, keys: &Keys) {
-        let samples = futures_util::future::join_all((0..keys.shard_count()).map(|shard| {
+        let samples = futures_util::future::join_all(keys.shards().map(|shard| {
             let mut conn = conn.clone();
             let stream = keys.stream(shard);
             async move { (shard, Self::sample(&mut conn, &stream).await) }
         }))
         .await;
         for (shard, sample) in samples {
-            let slot = usize::try_from(shard)
-                .ok()
-                .and_then(|i| self.per_shard.get(i));
+            let slot = self.per_shard.get(shard.index());
             match (sample, slot) {
                 (Ok(n), Some(slot)) => slot.store(n, Ordering::Relaxed),
-                (Err(e), _) => tracing::debug!(shard, error = %e, "could not sample backlog"),
+                (Err(e), _) => {
+                    tracing::debug!(shard = shard.get(), error = %e, "could not sample backlog")
+                }
                 (Ok(_), None) => {}
             }
         }

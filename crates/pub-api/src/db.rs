@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
-use shared::auth::Role;
+use shared::{auth::Role, decision::DecisionRow};
 use tokio_postgres::{error::SqlState, Row};
 use uuid::Uuid;
 
@@ -73,17 +73,6 @@ pub struct User {
     pub email: String,
     pub nickname: String,
     pub role: Role,
-}
-
-/// A decided (or logged) booking request, for the status fallback.
-#[derive(Debug)]
-pub struct RequestRecord {
-    pub user_id: i64,
-    pub goods_id: i64,
-    pub quantity: i32,
-    pub decision: String,
-    pub reason: Option<String>,
-    pub booking_id: Option<i64>,
 }
 
 fn role_of(raw: &str) -> Result<Role, ApiError> {
@@ -248,30 +237,21 @@ pub async fn goods_limits(pool: &Pool, id: i64) -> Result<Option<GoodsLimits>, A
         }))
 }
 
-/// The decision log entry of a request, for the status fallback.
+/// The decision-log row of a request, for the status fallback.
 ///
 /// # Errors
 /// A database failure.
-pub async fn request_record(
-    pool: &Pool,
-    request_id: Uuid,
-) -> Result<Option<RequestRecord>, ApiError> {
+pub async fn decision(pool: &Pool, request_id: Uuid) -> Result<Option<DecisionRow>, ApiError> {
     let client = pool.get().await?;
-    let stmt = client
-        .prepare_cached(
-            "SELECT user_id, goods_id, quantity, decision, reason, booking_id \
-             FROM booking_requests WHERE request_id = $1",
-        )
-        .await?;
-    Ok(client
+    let sql = format!(
+        "SELECT {} FROM booking_requests WHERE request_id = $1",
+        DecisionRow::COLUMNS
+    );
+    let stmt = client.prepare_cached(&sql).await?;
+    client
         .query_opt(&stmt, &[&request_id])
         .await?
-        .map(|row| RequestRecord {
-            user_id: row.get(0),
-            goods_id: row.get(1),
-            quantity: row.get(2),
-            decision: row.get(3),
-            reason: row.get(4),
-            booking_id: row.get(5),
-        }))
+        .map(|row| DecisionRow::from_row(&row))
+        .transpose()
+        .map_err(|e| ApiError::Internal(Box::new(e)))
 }

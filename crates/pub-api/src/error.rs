@@ -95,10 +95,6 @@ impl ApiError {
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
-
-    pub fn code(&self) -> &'static str {
-        self.status_and_code().1
-    }
 }
 
 /// Classifies a database error: lost connections are "unavailable" (503, retry),

@@ -15,7 +15,7 @@ use actix_web::{
     FromRequest, HttpMessage, HttpRequest,
 };
 use serde::de::DeserializeOwned;
-use shared::auth::{Role, TokenError};
+use shared::auth::TokenError;
 
 use crate::{error::ApiError, state::AppState};
 
@@ -124,9 +124,6 @@ impl<T: DeserializeOwned + 'static> FromRequest for ApiJson<T> {
 #[derive(Debug, Clone, Copy)]
 pub struct AuthUser {
     pub id: i64,
-    /// The role at login time; endpoints that grant power re-check it in PostgreSQL.
-    #[allow(dead_code)] // carried for handlers and logs; role checks read the database
-    pub role: Role,
 }
 
 /// Name of the cookie set at login, as the original TicketNest clients expect.
@@ -155,14 +152,16 @@ impl AuthUser {
             .app_data::<web::Data<AppState>>()
             .ok_or_else(|| ApiError::Internal("application state missing".into()))?;
         let token = bearer_token(req).ok_or(ApiError::Unauthorized("missing access token"))?;
-        let (id, role) = state.tokens.verify(&token).map_err(|e| match e {
+        // The token's role is not trusted for anything: endpoints that need a role
+        // read the current one from PostgreSQL, so a demotion takes effect at once.
+        let (id, _role) = state.tokens.verify(&token).map_err(|e| match e {
             TokenError::Expired => ApiError::Unauthorized("access token expired"),
             TokenError::Invalid => ApiError::Unauthorized("access token invalid"),
         })?;
         if state.is_revoked(id) {
             return Err(ApiError::Unauthorized("account no longer exists"));
         }
-        Ok(Self { id, role })
+        Ok(Self { id })
     }
 }
 

@@ -15,7 +15,7 @@ async fn main() -> anyhow::Result<()> {
     shared::telemetry::init("info");
     let config = ApiConfig::from_env().context("invalid configuration")?;
     let shutdown = CancellationToken::new();
-    tokio::spawn(shared::telemetry::cancel_on_signal(shutdown.clone()));
+    tokio::spawn(shared::shutdown::cancel_on_signal(shutdown.clone()));
     let app = shared::retry::until_available(
         "pub-api startup",
         &shutdown,

@@ -45,6 +45,8 @@ pub enum StartupError {
     },
     #[error("could not load revoked users")]
     Revocation(#[source] ApiError),
+    #[error("invalid setting")]
+    InvalidSetting(#[source] shared::shard::OutOfRange),
 }
 
 impl StartupError {
@@ -56,7 +58,7 @@ impl StartupError {
                 e,
                 ApiError::DatabaseUnavailable(_) | ApiError::QueueUnavailable(_)
             ),
-            Self::Bind { .. } => false,
+            Self::Bind { .. } | Self::InvalidSetting(_) => false,
         }
     }
 }
@@ -130,6 +132,8 @@ impl Application {
         config: ApiConfig,
         listener: TcpListener,
     ) -> Result<Self, StartupError> {
+        let keys = Keys::new(config.redis.prefix.clone(), config.shards.shards)
+            .map_err(StartupError::InvalidSetting)?;
         shared::db::migrate(&config.database).await?;
         let pool = shared::db::build_pool(&config.database)?;
         let mut redis = shared::queue::connect_shared(&config.redis).await?;
@@ -139,7 +143,7 @@ impl Application {
         let state = AppState {
             pool,
             redis: LocalRedis::new(config.redis.clone(), redis),
-            keys: Keys::new(config.redis.prefix.clone(), config.shards.shards),
+            keys,
             tokens: TokenKeys::from_config(&config.auth),
             passwords,
             dummy_hash,

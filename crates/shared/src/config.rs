@@ -291,7 +291,7 @@ impl ShardConfig {
     /// Shard count outside 1..=1024.
     pub fn from_vars(vars: Lookup<'_>) -> Result<Self, ConfigError> {
         Ok(Self {
-            shards: var_in_range(vars, "TICKETNEST_SHARDS", 16, 1, 1024)?,
+            shards: var_in_range(vars, "TICKETNEST_SHARDS", 16, 1, crate::shard::MAX_SHARDS)?,
         })
     }
 }

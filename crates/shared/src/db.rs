@@ -1,5 +1,6 @@
 //! PostgreSQL: the pool, the embedded migrations, and the few statements shared by
-//! several binaries (readiness, operator commands on users).
+//! several binaries (readiness, operator commands on users, users in bulk for load
+//! tests and the test suites).
 //!
 //! Migrations are plain SQL in `crates/shared/migrations`, embedded with refinery and
 //! applied under a PostgreSQL advisory lock, so several processes starting at once
@@ -11,6 +12,16 @@ use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, Recycling
 use tokio_postgres::NoTls;
 
 use crate::{config::DatabaseConfig, error::SharedError};
+
+/// The booking statuses that hold a place (seats or a waitlist place), as a SQL list:
+/// `WHERE status IN live_statuses!()`. A macro so statements stay `&'static str` and
+/// match the partial indexes declared with the same list.
+#[macro_export]
+macro_rules! live_statuses {
+    () => {
+        "('confirmed', 'waitlisted')"
+    };
+}
 
 mod embedded {
     refinery::embed_migrations!("migrations");

@@ -25,6 +25,8 @@ pub enum SharedError {
     PasswordHash(String),
     #[error("token signing failed")]
     TokenSigning(#[source] jsonwebtoken::errors::Error),
+    #[error("invalid setting")]
+    InvalidSetting(#[source] crate::shard::OutOfRange),
 }
 
 impl SharedError {

@@ -1,56 +1,33 @@
-//! What pub-api and sub-worker must agree on.
+//! What pub-api, sub-worker and the operator tools must agree on.
 //!
-//! Configuration sections, the Redis key layout, the versioned stream message, the
-//! SQL schema and its migrations, access tokens, and telemetry setup. No HTTP and no
-//! worker loop live here; both binaries depend on this crate and never on each other.
+//! Module map:
+//! * [`stream`]: the booking protocol: stream messages (versioned, with kinds), the
+//!   status hash, enqueue, settling a batch, dead letters, group and special ids.
+//! * [`decision`]: request statuses, rejection reasons, decisions and the decision-log
+//!   row, spelled once for every crate.
+//! * [`audit`]: the invariant checker over the decision log, bookings and goods.
+//! * [`keys`]: every Redis key name; [`shard`]: shard numbers and fencing tokens.
+//! * [`db`]: the PostgreSQL pool, the embedded migrations, and the statements several
+//!   binaries share (readiness, operator commands on users).
+//! * [`queue`]: Redis connections (single server or cluster).
+//! * [`config`]: configuration sections read from `TICKETNEST_*` variables.
+//! * [`auth`]: access tokens and password hashing; [`error`]: the shared errors.
+//! * [`telemetry`]: the tracing subscriber; [`shutdown`]: the stop signal;
+//!   [`retry`]: waiting for dependencies at startup.
+//!
+//! No HTTP and no worker loop live here; every binary depends on this crate and
+//! never on another binary.
 
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod db;
+pub mod decision;
 pub mod error;
 pub mod keys;
-pub mod message;
 pub mod queue;
 pub mod retry;
+pub mod shard;
+pub mod shutdown;
+pub mod stream;
 pub mod telemetry;
-
-/// Status of one booking request, as clients see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RequestStatus {
-    Queued,
-    Confirmed,
-    Waitlisted,
-    Rejected,
-}
-
-impl RequestStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Queued => "queued",
-            Self::Confirmed => "confirmed",
-            Self::Waitlisted => "waitlisted",
-            Self::Rejected => "rejected",
-        }
-    }
-
-    pub fn parse(raw: &str) -> Option<Self> {
-        match raw {
-            "queued" => Some(Self::Queued),
-            "confirmed" => Some(Self::Confirmed),
-            "waitlisted" => Some(Self::Waitlisted),
-            "rejected" => Some(Self::Rejected),
-            _ => None,
-        }
-    }
-}
-
-/// Field names of the request status hash (`Keys::request_status`), written by the API
-/// (`queued`) and the worker (the decision), read by the API.
-pub mod status_fields {
-    pub const USER: &str = "user";
-    pub const GOODS: &str = "goods";
-    pub const QUANTITY: &str = "qty";
-    pub const STATUS: &str = "status";
-    pub const REASON: &str = "reason";
-    pub const BOOKING: &str = "booking";
-}

@@ -1,51 +1,54 @@
 //! Every SQL statement the worker runs.
 //!
 //! A batch is decided in one transaction with a fixed number of set-based statements,
-//! whatever its size: check the shard's fencing token, find requests already decided,
-//! lock the goods rows (in id order, so two transactions can never deadlock), read who
-//! already holds a place, then write bookings and decisions in one statement and the
-//! counters in another.
+//! whatever its size, each in a function named for its step:
+//! [`check_fence`], [`find_decided`], then for the requests not decided yet
+//! [`lock_goods`] (in id order, so two transactions can never deadlock),
+//! [`read_held_places`], [`read_live_users`], the pure decision rule
+//! ([`crate::decide`]), [`write_decisions`] (bookings and the decision log in one
+//! statement) and [`bump_counters`].
 
 use std::collections::{HashMap, HashSet};
 
-use deadpool_postgres::Pool;
-use shared::message::BookingRequestV1;
+use deadpool_postgres::{Pool, Transaction};
+use shared::{
+    decision::DecisionRow,
+    live_statuses,
+    shard::{FenceToken, Shard},
+    stream::{BookingRequestV1, Entry},
+};
+use tokio_postgres::Row;
 use uuid::Uuid;
 
 use crate::{
-    decide::{self, Ask, GoodsState},
+    decide::{self, Ask, GoodsState, Verdict},
     error::WorkerError,
 };
 
-/// One decodable stream entry of a batch.
-#[derive(Debug, Clone)]
-pub struct Entry {
-    pub stream_id: String,
-    pub stream_ms: i64,
-    pub stream_seq: i64,
-    pub request: BookingRequestV1,
-}
-
-/// The decision on one request, new or found already committed.
+/// The decision on one request of a batch, new or found already committed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decided {
-    pub request_id: Uuid,
-    pub user_id: i64,
-    pub goods_id: i64,
-    pub quantity: i32,
-    pub decision: String,
-    pub reason: Option<String>,
-    pub booking_id: Option<i64>,
+pub struct Committed {
+    pub row: DecisionRow,
     /// Whether this transaction made the decision (false: it was committed earlier and
     /// the entry is a redelivery).
     pub new: bool,
+}
+
+/// A request of the batch with the entry it came from.
+struct Fresh<'a> {
+    entry: &'a Entry,
+    request: &'a BookingRequestV1,
 }
 
 /// Takes a new fencing token for a shard. Every later acquisition gets a larger one.
 ///
 /// # Errors
 /// The database is unavailable.
-pub async fn acquire_fence(pool: &Pool, shard: u32, owner: &str) -> Result<i64, WorkerError> {
+pub async fn acquire_fence(
+    pool: &Pool,
+    shard: Shard,
+    owner: &str,
+) -> Result<FenceToken, WorkerError> {
     let client = pool.get().await?;
     let stmt = client
         .prepare_cached(
@@ -55,8 +58,11 @@ pub async fn acquire_fence(pool: &Pool, shard: u32, owner: &str) -> Result<i64, 
              RETURNING fence",
         )
         .await?;
-    let shard = i32::try_from(shard).unwrap_or(i32::MAX);
-    Ok(client.query_one(&stmt, &[&shard, &owner]).await?.get(0))
+    let fence: i64 = client
+        .query_one(&stmt, &[&shard.as_i32(), &owner])
+        .await?
+        .get(0);
+    FenceToken::new(fence).map_err(|e| WorkerError::UnexpectedValue(Box::new(e)))
 }
 
 /// Decides and commits one batch of one shard, in stream order. Returns a decision for
@@ -67,92 +73,136 @@ pub async fn acquire_fence(pool: &Pool, shard: u32, owner: &str) -> Result<i64, 
 /// errors otherwise (nothing is committed then).
 pub async fn commit_batch(
     pool: &Pool,
-    shard: u32,
-    fence: i64,
+    shard: Shard,
+    fence: FenceToken,
     entries: &[Entry],
-) -> Result<Vec<Decided>, WorkerError> {
+) -> Result<Vec<Committed>, WorkerError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let shard_i32 = i32::try_from(shard).unwrap_or(i32::MAX);
+    check_fence(&tx, shard, fence).await?;
 
-    // 1. Fencing: FOR SHARE holds the row until COMMIT, so a new owner's acquire_fence
-    //    waits for this batch, and a batch that starts after it sees the new token.
-    let stmt = tx
-        .prepare_cached("SELECT fence FROM shard_fences WHERE shard = $1 FOR SHARE")
-        .await?;
-    let current: Option<i64> = tx.query_opt(&stmt, &[&shard_i32]).await?.map(|r| r.get(0));
-    if current != Some(fence) {
-        return Err(WorkerError::Fenced { shard, ours: fence });
-    }
-
-    // 2. Requests already decided (redelivery after a crash between COMMIT and XACK).
     let mut seen = HashSet::new();
-    let entries: Vec<&Entry> = entries
+    let requests: Vec<Fresh<'_>> = entries
         .iter()
-        .filter(|e| seen.insert(e.request.request_id))
-        .collect();
-    let ids: Vec<Uuid> = entries.iter().map(|e| e.request.request_id).collect();
-    let stmt = tx
-        .prepare_cached(
-            "SELECT request_id, user_id, goods_id, quantity, decision, reason, booking_id \
-             FROM booking_requests WHERE request_id = ANY($1)",
-        )
-        .await?;
-    let mut earlier: HashMap<Uuid, Decided> = tx
-        .query(&stmt, &[&ids])
-        .await?
-        .iter()
-        .map(|r| {
-            let d = Decided {
-                request_id: r.get(0),
-                user_id: r.get(1),
-                goods_id: r.get(2),
-                quantity: r.get(3),
-                decision: r.get(4),
-                reason: r.get(5),
-                booking_id: r.get(6),
-                new: false,
-            };
-            (d.request_id, d)
+        .map(|entry| Fresh {
+            entry,
+            request: entry.message.request(),
         })
+        .filter(|f| seen.insert(f.request.request_id))
         .collect();
-    let fresh: Vec<&Entry> = entries
+    let ids: Vec<Uuid> = requests.iter().map(|f| f.request.request_id).collect();
+    let mut earlier = find_decided(&tx, &ids).await?;
+    let fresh: Vec<&Fresh<'_>> = requests
         .iter()
-        .copied()
-        .filter(|e| !earlier.contains_key(&e.request.request_id))
+        .filter(|f| !earlier.contains_key(&f.request.request_id))
         .collect();
-
-    let mut fresh_decided: HashMap<Uuid, Decided> = HashMap::new();
-    if !fresh.is_empty() {
-        fresh_decided = decide_fresh(&tx, shard_i32, &fresh).await?;
-    }
+    let mut decided = if fresh.is_empty() {
+        HashMap::new()
+    } else {
+        decide_fresh(&tx, shard, &fresh).await?
+    };
     tx.commit().await?;
 
-    Ok(entries
+    Ok(requests
         .iter()
-        .filter_map(|e| {
-            let id = e.request.request_id;
-            earlier.remove(&id).or_else(|| fresh_decided.remove(&id))
+        .filter_map(|f| {
+            let id = f.request.request_id;
+            match earlier.remove(&id) {
+                Some(row) => Some(Committed { row, new: false }),
+                None => decided.remove(&id).map(|row| Committed { row, new: true }),
+            }
         })
         .collect())
 }
 
-/// Steps 3-6 of a batch: lock goods, read held places and live users, decide, write.
+/// Decides the requests not decided before, in order, and writes everything.
 async fn decide_fresh(
-    tx: &deadpool_postgres::Transaction<'_>,
-    shard: i32,
-    fresh: &[&Entry],
-) -> Result<HashMap<Uuid, Decided>, WorkerError> {
-    let mut goods_ids: Vec<i64> = fresh.iter().map(|e| e.request.goods_id).collect();
+    tx: &Transaction<'_>,
+    shard: Shard,
+    fresh: &[&Fresh<'_>],
+) -> Result<HashMap<Uuid, DecisionRow>, WorkerError> {
+    let mut goods_ids: Vec<i64> = fresh.iter().map(|f| f.request.goods_id).collect();
     goods_ids.sort_unstable();
     goods_ids.dedup();
+    let mut goods = lock_goods(tx, &goods_ids).await?;
+    let before = goods.clone();
+    let mut held = read_held_places(tx, fresh).await?;
+    let user_ids: Vec<i64> = fresh.iter().map(|f| f.request.user_id).collect();
+    let live_users = read_live_users(tx, &user_ids).await?;
+    let asks: Vec<Ask> = fresh
+        .iter()
+        .map(|f| Ask {
+            goods_id: f.request.goods_id,
+            user_id: f.request.user_id,
+            quantity: f.request.quantity,
+        })
+        .collect();
+    let verdicts = decide::decide(&asks, &mut goods, &mut held, &live_users);
+    let rows = write_decisions(tx, shard, fresh, &verdicts).await?;
+    bump_counters(tx, &before, &goods).await?;
+    Ok(rows)
+}
+
+/// Fails with `Fenced` unless `fence` is still the shard's current token. `FOR SHARE`
+/// holds the row until COMMIT, so a new owner's `acquire_fence` waits for this batch,
+/// and a batch that starts after it sees the new token.
+async fn check_fence(
+    tx: &Transaction<'_>,
+    shard: Shard,
+    fence: FenceToken,
+) -> Result<(), WorkerError> {
+    let stmt = tx
+        .prepare_cached("SELECT fence FROM shard_fences WHERE shard = $1 FOR SHARE")
+        .await?;
+    let current: Option<i64> = tx
+        .query_opt(&stmt, &[&shard.as_i32()])
+        .await?
+        .map(|r| r.get(0));
+    if current == Some(fence.get()) {
+        Ok(())
+    } else {
+        Err(WorkerError::Fenced { shard, ours: fence })
+    }
+}
+
+/// Requests of the batch already decided (a redelivery after a crash between COMMIT
+/// and XACK, or an idempotent retry), by request id.
+async fn find_decided(
+    tx: &Transaction<'_>,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, DecisionRow>, WorkerError> {
+    let stmt = tx
+        .prepare_cached(&format!(
+            "SELECT {} FROM booking_requests WHERE request_id = ANY($1)",
+            DecisionRow::COLUMNS
+        ))
+        .await?;
+    by_request_id(&tx.query(&stmt, &[&ids]).await?)
+}
+
+/// Decision-log rows keyed by request id.
+fn by_request_id(rows: &[Row]) -> Result<HashMap<Uuid, DecisionRow>, WorkerError> {
+    rows.iter()
+        .map(|r| {
+            let row = DecisionRow::from_row(r)?;
+            Ok((row.request_id, row))
+        })
+        .collect()
+}
+
+/// Locks the goods rows of the batch (id order) and reads their seats and counters.
+/// A goods that no longer exists is absent.
+async fn lock_goods(
+    tx: &Transaction<'_>,
+    goods_ids: &[i64],
+) -> Result<HashMap<i64, GoodsState>, WorkerError> {
     let stmt = tx
         .prepare_cached(
             "SELECT id, booking_limit, booked_count, max_per_booking, decided_count \
              FROM goods WHERE id = ANY($1) ORDER BY id FOR UPDATE",
         )
         .await?;
-    let mut goods: HashMap<i64, GoodsState> = tx
+    Ok(tx
         .query(&stmt, &[&goods_ids])
         .await?
         .iter()
@@ -167,55 +217,72 @@ async fn decide_fresh(
                 },
             )
         })
-        .collect();
-    let before = goods.clone();
+        .collect())
+}
 
-    let pair_goods: Vec<i64> = fresh.iter().map(|e| e.request.goods_id).collect();
-    let pair_users: Vec<i64> = fresh.iter().map(|e| e.request.user_id).collect();
+/// The `(goods, user)` pairs of the batch that already hold a live place.
+async fn read_held_places(
+    tx: &Transaction<'_>,
+    fresh: &[&Fresh<'_>],
+) -> Result<HashSet<(i64, i64)>, WorkerError> {
+    let goods: Vec<i64> = fresh.iter().map(|f| f.request.goods_id).collect();
+    let users: Vec<i64> = fresh.iter().map(|f| f.request.user_id).collect();
     let stmt = tx
-        .prepare_cached(
+        .prepare_cached(concat!(
             "SELECT b.goods_id, b.user_id FROM bookings b \
              JOIN unnest($1::int8[], $2::int8[]) AS x(goods_id, user_id) \
                ON b.goods_id = x.goods_id AND b.user_id = x.user_id \
-             WHERE b.status IN ('confirmed', 'waitlisted')",
-        )
+             WHERE b.status IN ",
+            live_statuses!()
+        ))
         .await?;
-    let mut held: HashSet<(i64, i64)> = tx
-        .query(&stmt, &[&pair_goods, &pair_users])
+    Ok(tx
+        .query(&stmt, &[&goods, &users])
         .await?
         .iter()
         .map(|r| (r.get(0), r.get(1)))
-        .collect();
+        .collect())
+}
+
+/// The users of the batch that still exist.
+async fn read_live_users(
+    tx: &Transaction<'_>,
+    user_ids: &[i64],
+) -> Result<HashSet<i64>, WorkerError> {
     let stmt = tx
         .prepare_cached("SELECT id FROM users WHERE id = ANY($1) AND deleted_at IS NULL")
         .await?;
-    let live_users: HashSet<i64> = tx
-        .query(&stmt, &[&pair_users])
+    Ok(tx
+        .query(&stmt, &[&user_ids])
         .await?
         .iter()
         .map(|r| r.get(0))
-        .collect();
+        .collect())
+}
 
-    let asks: Vec<Ask> = fresh
+/// Writes a booking for every live verdict and a decision-log row for every request,
+/// in one statement; returns the logged rows by request id.
+async fn write_decisions(
+    tx: &Transaction<'_>,
+    shard: Shard,
+    fresh: &[&Fresh<'_>],
+    verdicts: &[Verdict],
+) -> Result<HashMap<Uuid, DecisionRow>, WorkerError> {
+    let col = |f: fn(&Fresh<'_>) -> i64| fresh.iter().map(|e| f(e)).collect::<Vec<i64>>();
+    let request_ids: Vec<Uuid> = fresh.iter().map(|f| f.request.request_id).collect();
+    let quantities: Vec<i32> = fresh.iter().map(|f| f.request.quantity).collect();
+    let stream_ids: Vec<String> = fresh.iter().map(|f| f.entry.id.to_string()).collect();
+    let decisions: Vec<&str> = verdicts
         .iter()
-        .map(|e| Ask {
-            goods_id: e.request.goods_id,
-            user_id: e.request.user_id,
-            quantity: e.request.quantity,
-        })
+        .map(|v| v.decision.status().as_str())
         .collect();
-    let verdicts = decide::decide(&asks, &mut goods, &mut held, &live_users);
-
-    // 5. Bookings and decision log in one statement, one row per request.
-    let col = |f: fn(&Entry) -> i64| fresh.iter().map(|e| f(e)).collect::<Vec<i64>>();
-    let request_ids: Vec<Uuid> = fresh.iter().map(|e| e.request.request_id).collect();
-    let quantities: Vec<i32> = fresh.iter().map(|e| e.request.quantity).collect();
-    let stream_ids: Vec<String> = fresh.iter().map(|e| e.stream_id.clone()).collect();
-    let decisions: Vec<&str> = verdicts.iter().map(|v| v.outcome.decision()).collect();
-    let reasons: Vec<Option<&str>> = verdicts.iter().map(|v| v.outcome.reason()).collect();
+    let reasons: Vec<Option<&str>> = verdicts
+        .iter()
+        .map(|v| v.decision.reason().map(|r| r.as_str()))
+        .collect();
     let positions: Vec<Option<i64>> = verdicts.iter().map(|v| v.position).collect();
     let stmt = tx
-        .prepare_cached(
+        .prepare_cached(&format!(
             "WITH input AS ( \
                SELECT * FROM unnest($1::uuid[], $2::int8[], $3::int8[], $4::int4[], $5::text[], \
                                     $6::int8[], $7::int8[], $8::text[], $9::text[], $10::int8[], $11::int8[]) \
@@ -224,7 +291,7 @@ async fn decide_fresh(
              ), booked AS ( \
                INSERT INTO bookings (goods_id, user_id, request_id, quantity, status, position) \
                SELECT goods_id, user_id, request_id, quantity, decision, position FROM input \
-               WHERE decision IN ('confirmed', 'waitlisted') \
+               WHERE decision IN {live} \
                RETURNING id, request_id \
              ) \
              INSERT INTO booking_requests (request_id, goods_id, user_id, quantity, shard, stream_id, \
@@ -233,75 +300,62 @@ async fn decide_fresh(
                i.stream_seq, i.position, i.decision, i.reason, b.id, \
                to_timestamp(i.accepted_ms / 1000.0) \
              FROM input i LEFT JOIN booked b USING (request_id) \
-             RETURNING request_id, booking_id",
-        )
+             RETURNING {columns}",
+            live = live_statuses!(),
+            columns = DecisionRow::COLUMNS,
+        ))
         .await?;
     let rows = tx
         .query(
             &stmt,
             &[
                 &request_ids,
-                &col(|e| e.request.goods_id),
-                &col(|e| e.request.user_id),
+                &col(|f| f.request.goods_id),
+                &col(|f| f.request.user_id),
                 &quantities,
                 &stream_ids,
-                &col(|e| e.stream_ms),
-                &col(|e| e.stream_seq),
+                &col(|f| f.entry.id.ms),
+                &col(|f| f.entry.id.seq),
                 &decisions,
                 &reasons,
                 &positions,
-                &col(|e| e.request.accepted_at_ms),
-                &shard,
+                &col(|f| f.request.accepted_at_ms),
+                &shard.as_i32(),
             ],
         )
         .await?;
-    let booking_ids: HashMap<Uuid, Option<i64>> =
-        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    by_request_id(&rows)
+}
 
-    // 6. Counters, one row per goods touched.
-    let mut counter_ids = Vec::new();
-    let mut booked_delta = Vec::new();
-    let mut decided_delta = Vec::new();
-    for (id, after) in &goods {
-        if let Some(before) = before.get(id) {
-            if after.decided != before.decided {
-                counter_ids.push(*id);
-                booked_delta.push(after.booked - before.booked);
-                decided_delta.push(after.decided - before.decided);
+/// Adds what the batch took (seats, decisions) to each goods touched, in one statement.
+async fn bump_counters(
+    tx: &Transaction<'_>,
+    before: &HashMap<i64, GoodsState>,
+    after: &HashMap<i64, GoodsState>,
+) -> Result<(), WorkerError> {
+    let mut ids = Vec::new();
+    let mut booked = Vec::new();
+    let mut decided = Vec::new();
+    for (id, now) in after {
+        if let Some(was) = before.get(id) {
+            if now.decided != was.decided {
+                ids.push(*id);
+                booked.push(now.booked - was.booked);
+                decided.push(now.decided - was.decided);
             }
         }
     }
-    if !counter_ids.is_empty() {
-        let stmt = tx
-            .prepare_cached(
-                "UPDATE goods g SET booked_count = g.booked_count + d.booked, \
-                   decided_count = g.decided_count + d.decided \
-                 FROM unnest($1::int8[], $2::int4[], $3::int8[]) AS d(id, booked, decided) \
-                 WHERE g.id = d.id",
-            )
-            .await?;
-        tx.execute(&stmt, &[&counter_ids, &booked_delta, &decided_delta])
-            .await?;
+    if ids.is_empty() {
+        return Ok(());
     }
-
-    Ok(fresh
-        .iter()
-        .zip(&verdicts)
-        .map(|(e, v)| {
-            let r = &e.request;
-            (
-                r.request_id,
-                Decided {
-                    request_id: r.request_id,
-                    user_id: r.user_id,
-                    goods_id: r.goods_id,
-                    quantity: r.quantity,
-                    decision: v.outcome.decision().to_owned(),
-                    reason: v.outcome.reason().map(str::to_owned),
-                    booking_id: booking_ids.get(&r.request_id).copied().flatten(),
-                    new: true,
-                },
-            )
-        })
-        .collect())
+    let stmt = tx
+        .prepare_cached(
+            "UPDATE goods g SET booked_count = g.booked_count + d.booked, \
+               decided_count = g.decided_count + d.decided \
+             FROM unnest($1::int8[], $2::int4[], $3::int8[]) AS d(id, booked, decided) \
+             WHERE g.id = d.id",
+        )
+        .await?;
+    tx.execute(&stmt, &[&ids, &booked, &decided]).await?;
+    Ok(())
 }

@@ -10,6 +10,8 @@
 
 use std::collections::{HashMap, HashSet};
 
+use shared::decision::{Decision, RejectReason};
+
 /// Seats and order state of one goods, read under its row lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GoodsState {
@@ -28,54 +30,11 @@ pub struct Ask {
     pub quantity: i32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Confirmed,
-    Waitlisted,
-    Rejected(RejectReason),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RejectReason {
-    AlreadyBooked,
-    GoodsNotFound,
-    UserNotFound,
-    InvalidQuantity,
-}
-
-impl RejectReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::AlreadyBooked => "already_booked",
-            Self::GoodsNotFound => "goods_not_found",
-            Self::UserNotFound => "user_not_found",
-            Self::InvalidQuantity => "invalid_quantity",
-        }
-    }
-}
-
-impl Outcome {
-    pub fn decision(self) -> &'static str {
-        match self {
-            Self::Confirmed => "confirmed",
-            Self::Waitlisted => "waitlisted",
-            Self::Rejected(_) => "rejected",
-        }
-    }
-
-    pub fn reason(self) -> Option<&'static str> {
-        match self {
-            Self::Rejected(r) => Some(r.as_str()),
-            _ => None,
-        }
-    }
-}
-
 /// The verdict on one request and its place in its goods' decision order
 /// (`None` when the goods does not exist).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Verdict {
-    pub outcome: Outcome,
+    pub decision: Decision,
     pub position: Option<i64>,
 }
 
@@ -93,25 +52,25 @@ pub fn decide(
         .map(|ask| {
             let Some(state) = goods.get_mut(&ask.goods_id) else {
                 return Verdict {
-                    outcome: Outcome::Rejected(RejectReason::GoodsNotFound),
+                    decision: Decision::Rejected(RejectReason::GoodsNotFound),
                     position: None,
                 };
             };
             state.decided += 1;
             let position = Some(state.decided);
-            let outcome = if !live_users.contains(&ask.user_id) {
-                Outcome::Rejected(RejectReason::UserNotFound)
+            let decision = if !live_users.contains(&ask.user_id) {
+                Decision::Rejected(RejectReason::UserNotFound)
             } else if ask.quantity < 1 || ask.quantity > state.max_per_booking {
-                Outcome::Rejected(RejectReason::InvalidQuantity)
+                Decision::Rejected(RejectReason::InvalidQuantity)
             } else if !held.insert((ask.goods_id, ask.user_id)) {
-                Outcome::Rejected(RejectReason::AlreadyBooked)
+                Decision::Rejected(RejectReason::AlreadyBooked)
             } else if state.booking_limit - state.booked >= ask.quantity {
                 state.booked += ask.quantity;
-                Outcome::Confirmed
+                Decision::Confirmed
             } else {
-                Outcome::Waitlisted
+                Decision::Waitlisted
             };
-            Verdict { outcome, position }
+            Verdict { decision, position }
         })
         .collect()
 }
@@ -144,8 +103,8 @@ mod tests {
         (1..=n).collect()
     }
 
-    fn outcomes(verdicts: &[Verdict]) -> Vec<Outcome> {
-        verdicts.iter().map(|v| v.outcome).collect()
+    fn outcomes(verdicts: &[Verdict]) -> Vec<Decision> {
+        verdicts.iter().map(|v| v.decision).collect()
     }
 
     #[test]
@@ -153,7 +112,7 @@ mod tests {
         let mut g = goods(2, 1);
         let asks: Vec<Ask> = (1..=4).map(|u| ask(u, 1)).collect();
         let v = decide(&asks, &mut g, &mut HashSet::new(), &users(4));
-        use Outcome::*;
+        use Decision::*;
         assert_eq!(outcomes(&v), [Confirmed, Confirmed, Waitlisted, Waitlisted]);
         assert_eq!(
             v.iter().map(|v| v.position).collect::<Vec<_>>(),
@@ -168,7 +127,7 @@ mod tests {
         let mut g = goods(5, 4);
         let asks = [ask(1, 3), ask(2, 3), ask(3, 2), ask(4, 1)];
         let v = decide(&asks, &mut g, &mut HashSet::new(), &users(4));
-        use Outcome::*;
+        use Decision::*;
         assert_eq!(outcomes(&v), [Confirmed, Waitlisted, Confirmed, Waitlisted]);
         assert_eq!(g[&1].booked, 5);
     }
@@ -178,7 +137,7 @@ mod tests {
         let mut g = goods(1, 1);
         let asks = [ask(1, 1), ask(2, 1), ask(1, 1), ask(2, 1)];
         let v = decide(&asks, &mut g, &mut HashSet::new(), &users(2));
-        use Outcome::*;
+        use Decision::*;
         let dup = Rejected(RejectReason::AlreadyBooked);
         assert_eq!(outcomes(&v), [Confirmed, Waitlisted, dup, dup]);
     }
@@ -188,7 +147,10 @@ mod tests {
         let mut g = goods(10, 1);
         let mut held = HashSet::from([(1, 7)]);
         let v = decide(&[ask(7, 1)], &mut g, &mut held, &users(7));
-        assert_eq!(v[0].outcome, Outcome::Rejected(RejectReason::AlreadyBooked));
+        assert_eq!(
+            v[0].decision,
+            Decision::Rejected(RejectReason::AlreadyBooked)
+        );
         assert_eq!(g[&1].booked, 0);
     }
 
@@ -208,9 +170,9 @@ mod tests {
         assert_eq!(
             outcomes(&v),
             [
-                Outcome::Rejected(RejectReason::GoodsNotFound),
-                Outcome::Rejected(RejectReason::UserNotFound),
-                Outcome::Rejected(RejectReason::InvalidQuantity),
+                Decision::Rejected(RejectReason::GoodsNotFound),
+                Decision::Rejected(RejectReason::UserNotFound),
+                Decision::Rejected(RejectReason::InvalidQuantity),
             ]
         );
         assert_eq!(v[0].position, None);

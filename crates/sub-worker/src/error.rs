@@ -1,5 +1,7 @@
 //! Worker errors, classified by what the loop must do about them.
 
+use shared::shard::{FenceToken, Shard};
+
 /// Everything that can interrupt a batch.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -8,16 +10,21 @@ pub enum WorkerError {
     #[error("database unavailable")]
     DatabaseUnavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// PostgreSQL refused the batch itself (a constraint, bad data). Retrying the same
-    /// batch gives the same answer; poison handling comes with the next issue, so for
-    /// now the shard backs off and retries, loudly.
+    /// batch gives the same answer: the shard decides the batch's entries one at a time
+    /// to find the one at fault, and dead-letters it after `TICKETNEST_MAX_ATTEMPTS`
+    /// refusals (`shard::ShardTask::commit_singly`).
     #[error("database refused the batch")]
     DatabaseRejected(#[source] tokio_postgres::Error),
+    /// PostgreSQL answered with a value this build cannot read (an unknown decision
+    /// word, a shard or fencing token out of range).
+    #[error("unexpected value from the database")]
+    UnexpectedValue(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Redis unreachable or a command failed: retry after a backoff.
     #[error("queue unavailable")]
     QueueUnavailable(#[source] redis::RedisError),
     /// Another worker took the shard (its fencing token is newer): stop the shard now.
     #[error("shard {shard} is fenced: fence {ours} is no longer current")]
-    Fenced { shard: u32, ours: i64 },
+    Fenced { shard: Shard, ours: FenceToken },
     #[error(transparent)]
     Startup(#[from] shared::error::SharedError),
 }
@@ -56,6 +63,12 @@ impl From<tokio_postgres::Error> for WorkerError {
 impl From<deadpool_postgres::PoolError> for WorkerError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
         Self::DatabaseUnavailable(Box::new(e))
+    }
+}
+
+impl From<shared::decision::RowError> for WorkerError {
+    fn from(e: shared::decision::RowError) -> Self {
+        Self::UnexpectedValue(Box::new(e))
     }
 }
 

@@ -24,11 +24,13 @@ use redis::Script;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use shared::shard::{FenceToken, Shard};
+
 use crate::{
+    context::Context,
     db,
     error::WorkerError,
     shard::{ShardExit, ShardTask},
-    startup::Context,
 };
 
 /// Extends the lease only if this instance still holds it.
@@ -61,10 +63,10 @@ const MIN_TICK: Duration = Duration::from_millis(50);
 const MAX_TICK: Duration = Duration::from_millis(500);
 
 /// A shard whose lease and fencing token were taken: (shard, (fence, lease set at)).
-type Acquired = (u32, (i64, Instant));
+type Acquired = (Shard, (FenceToken, Instant));
 
 struct Held {
-    fence: i64,
+    fence: FenceToken,
     /// When the lease was last set or extended, by this process's clock. Past
     /// `renewed + ttl` the lease may belong to someone else.
     renewed: Instant,
@@ -77,12 +79,12 @@ pub struct LeaseManager {
     /// Unique per process, so a restarted worker with the same id never mistakes its
     /// predecessor's lease for its own.
     instance: String,
-    held: HashMap<u32, Held>,
+    held: HashMap<Shard, Held>,
     /// Tasks cancelled (shard handed over, or its lease lost) and still finishing the
     /// batch in hand. Their lease is released when they end (a no-op if it is no longer
     /// ours), and the shard is not taken again meanwhile, so one process never runs two
     /// tasks for a shard.
-    draining: HashMap<u32, JoinHandle<ShardExit>>,
+    draining: HashMap<Shard, JoinHandle<ShardExit>>,
     /// The scan for free shards in flight, if any (see `start_acquiring`).
     acquiring: Option<JoinHandle<Vec<Acquired>>>,
     renew: Script,
@@ -168,7 +170,7 @@ impl LeaseManager {
     /// Reaps ended tasks: held ones that stopped by themselves (fenced) and drained
     /// ones; releases their leases.
     async fn reap(&mut self) {
-        let ended: Vec<u32> = self
+        let ended: Vec<Shard> = self
             .held
             .iter()
             .filter(|(_, h)| h.task.is_finished())
@@ -177,11 +179,11 @@ impl LeaseManager {
         for shard in ended {
             if let Some(held) = self.held.remove(&shard) {
                 let exit = held.task.await;
-                tracing::info!(shard, ?exit, "shard task ended");
+                tracing::info!(shard = shard.get(), ?exit, "shard task ended");
                 self.release(shard).await;
             }
         }
-        let drained: Vec<u32> = self
+        let drained: Vec<Shard> = self
             .draining
             .iter()
             .filter(|(_, task)| task.is_finished())
@@ -190,7 +192,7 @@ impl LeaseManager {
         for shard in drained {
             if let Some(task) = self.draining.remove(&shard) {
                 let exit = task.await;
-                tracing::info!(shard, ?exit, "shard handed over");
+                tracing::info!(shard = shard.get(), ?exit, "shard handed over");
                 self.release(shard).await;
             }
         }
@@ -200,11 +202,15 @@ impl LeaseManager {
     /// batch and its lease is released by `reap`. Not awaited here: a task finishing a
     /// batch must not hold up renewals.
     fn hand_over(&mut self, count: usize) {
-        let mut shards: Vec<u32> = self.held.keys().copied().collect();
+        let mut shards: Vec<Shard> = self.held.keys().copied().collect();
         shards.sort_unstable_by(|a, b| b.cmp(a));
         for shard in shards.into_iter().take(count) {
             if let Some(held) = self.held.remove(&shard) {
-                tracing::info!(shard, fence = held.fence, "handing shard over to rebalance");
+                tracing::info!(
+                    shard = shard.get(),
+                    fence = held.fence.get(),
+                    "handing shard over to rebalance"
+                );
                 held.cancel.cancel();
                 self.draining.insert(shard, held.task);
             }
@@ -226,14 +232,16 @@ impl LeaseManager {
             match renewed {
                 Ok(1) => held.renewed = Instant::now(),
                 Ok(_) => {
-                    tracing::warn!(shard, "lease lost: another worker holds it");
+                    tracing::warn!(shard = shard.get(), "lease lost: another worker holds it");
                     lost.push(*shard);
                 }
                 Err(e) if held.renewed.elapsed() >= ttl => {
-                    tracing::warn!(shard, error = %e, "lease expired while Redis was unreachable");
+                    tracing::warn!(shard = shard.get(), error = %e, "lease expired while Redis was unreachable");
                     lost.push(*shard);
                 }
-                Err(e) => tracing::warn!(shard, error = %e, "lease renewal failed; will retry"),
+                Err(e) => {
+                    tracing::warn!(shard = shard.get(), error = %e, "lease renewal failed; will retry")
+                }
             }
         }
         for shard in lost {
@@ -252,7 +260,7 @@ impl LeaseManager {
         if self.acquiring.is_some() || want == 0 {
             return;
         }
-        let skip: Vec<u32> = self
+        let skip: Vec<Shard> = self
             .held
             .keys()
             .chain(self.draining.keys())
@@ -262,11 +270,13 @@ impl LeaseManager {
         let instance = self.instance.clone();
         let release = self.release.clone();
         self.acquiring = Some(tokio::spawn(async move {
-            let shards = ctx.keys.shard_count();
-            let start = rand::rng().random_range(0..shards);
+            // Start the scan at a random shard, so workers starting together do not all
+            // race for the same ones.
+            let mut shards: Vec<Shard> = ctx.keys.shards().collect();
+            let start = rand::rng().random_range(0..shards.len());
+            shards.rotate_left(start);
             let mut taken = Vec::new();
-            for i in 0..shards {
-                let shard = (start + i) % shards;
+            for shard in shards {
                 if taken.len() >= want || skip.contains(&shard) {
                     continue;
                 }
@@ -274,7 +284,7 @@ impl LeaseManager {
                     Ok(Some(acquired)) => taken.push((shard, acquired)),
                     Ok(None) => {}
                     Err(e) => {
-                        tracing::warn!(shard, error = %e, "could not acquire shard");
+                        tracing::warn!(shard = shard.get(), error = %e, "could not acquire shard");
                         release_lease(&ctx, &release, &instance, shard).await;
                     }
                 }
@@ -312,7 +322,7 @@ impl LeaseManager {
         }
     }
 
-    async fn release(&self, shard: u32) {
+    async fn release(&self, shard: Shard) {
         release_lease(&self.ctx, &self.release, &self.instance, shard).await;
     }
 
@@ -327,7 +337,7 @@ impl LeaseManager {
         for held in self.held.values() {
             held.cancel.cancel();
         }
-        let held: Vec<(u32, JoinHandle<ShardExit>)> = self
+        let held: Vec<(Shard, JoinHandle<ShardExit>)> = self
             .held
             .drain()
             .map(|(shard, h)| (shard, h.task))
@@ -335,7 +345,7 @@ impl LeaseManager {
             .collect();
         for (shard, task) in held {
             let exit = task.await;
-            tracing::info!(shard, ?exit, "shard released");
+            tracing::info!(shard = shard.get(), ?exit, "shard released");
             self.release(shard).await;
         }
         tracing::info!("all leases released");
@@ -347,8 +357,8 @@ impl LeaseManager {
 async fn try_lease(
     ctx: &Context,
     instance: &str,
-    shard: u32,
-) -> Result<Option<(i64, Instant)>, WorkerError> {
+    shard: Shard,
+) -> Result<Option<(FenceToken, Instant)>, WorkerError> {
     let mut conn = ctx.redis.clone();
     let ttl_ms = u64::try_from(ctx.worker.lease_ttl.as_millis()).unwrap_or(u64::MAX);
     let set: Option<String> = redis::cmd("SET")
@@ -368,7 +378,7 @@ async fn try_lease(
 }
 
 /// Deletes a shard's lease if `instance` still holds it.
-async fn release_lease(ctx: &Context, script: &Script, instance: &str, shard: u32) {
+async fn release_lease(ctx: &Context, script: &Script, instance: &str, shard: Shard) {
     let mut conn = ctx.redis.clone();
     let released: redis::RedisResult<i64> = script
         .key(ctx.keys.lease(shard))
@@ -376,7 +386,7 @@ async fn release_lease(ctx: &Context, script: &Script, instance: &str, shard: u3
         .invoke_async(&mut conn)
         .await;
     if let Err(e) = released {
-        tracing::warn!(shard, error = %e, "could not release lease; it will expire");
+        tracing::warn!(shard = shard.get(), error = %e, "could not release lease; it will expire");
     }
 }
 

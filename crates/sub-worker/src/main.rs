@@ -15,7 +15,7 @@ async fn main() -> anyhow::Result<()> {
     shared::telemetry::init("info");
     let config = SubWorkerConfig::from_env().context("invalid configuration")?;
     let shutdown = CancellationToken::new();
-    tokio::spawn(shared::telemetry::cancel_on_signal(shutdown.clone()));
+    tokio::spawn(shared::shutdown::cancel_on_signal(shutdown.clone()));
     let worker = shared::retry::until_available(
         "sub-worker startup",
         &shutdown,

@@ -6,7 +6,7 @@
 //! the task when the lease is lost or the worker shuts down; the task then finishes the
 //! batch in hand (or abandons it unacknowledged, to be reclaimed by the next owner).
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use redis::{
     streams::{
@@ -18,18 +18,17 @@ use redis::{
 use shared::error::display_chain as chain;
 use shared::{
     config::CrashPoint,
-    keys::CONSUMER_GROUP,
-    message::{BookingRequestV1, DecodeError, StreamMessage},
     queue::QueueConnection,
-    status_fields as f, RequestStatus,
+    shard::{FenceToken, Shard},
+    stream::{self, DeadLetter, Entry, StatusRecord, CLAIM_START, CONSUMER_GROUP, NEW_ENTRIES},
 };
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     backoff::Backoff,
-    db::{self, Decided, Entry},
+    context::Context,
+    db::{self, Committed},
     error::WorkerError,
-    startup::Context,
 };
 
 /// Exit code used by the `after_commit` crash point, so tests can tell it from a real failure.
@@ -44,103 +43,33 @@ pub enum ShardExit {
     Fenced,
 }
 
-/// Splits an entry id `<ms>-<seq>` into its numbers.
-fn parse_stream_id(id: &str) -> Option<(i64, i64)> {
-    let (ms, seq) = id.split_once('-')?;
-    Some((ms.parse().ok()?, seq.parse().ok()?))
-}
-
-/// An entry that cannot be decided, with the reason it goes to the dead-letter stream.
-struct DeadLetter {
-    stream_id: String,
-    reason: String,
-    fields: Vec<(String, String)>,
-    /// The request, when the entry decoded (its owner is told it was not processed).
-    request: Option<Box<BookingRequestV1>>,
-}
-
-impl DeadLetter {
-    /// A decodable entry that PostgreSQL kept refusing.
-    fn poison(entry: &Entry, reason: String) -> Self {
-        let message = StreamMessage::BookingRequestV1(entry.request.clone());
-        Self {
-            stream_id: entry.stream_id.clone(),
-            reason,
-            fields: message
-                .to_fields()
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v))
-                .collect(),
-            request: Some(Box::new(entry.request.clone())),
-        }
-    }
-}
-
-/// Reason stored in the status of a request whose entry was dead-lettered.
-pub const UNPROCESSABLE: &str = "unprocessable";
-
-fn decode(entry: &StreamId) -> Result<Entry, DeadLetter> {
-    let mut fields = HashMap::with_capacity(entry.map.len());
-    let mut raw = Vec::with_capacity(entry.map.len());
-    let mut bad_value = None;
-    for (name, value) in &entry.map {
-        match redis::from_redis_value_ref::<String>(value) {
-            Ok(s) => {
-                raw.push((name.clone(), s.clone()));
-                fields.insert(name.clone(), s);
-            }
-            Err(_) => bad_value = Some(name.clone()),
-        }
-    }
-    let dead = |reason: String, raw: Vec<(String, String)>| DeadLetter {
-        stream_id: entry.id.clone(),
-        reason,
-        fields: raw,
-        request: None,
-    };
-    if let Some(name) = bad_value {
-        return Err(dead(format!("field `{name}` is not a string"), raw));
-    }
-    let Some((stream_ms, stream_seq)) = parse_stream_id(&entry.id) else {
-        return Err(dead(format!("unparsable entry id `{}`", entry.id), raw));
-    };
-    match StreamMessage::from_fields(&fields) {
-        Ok(StreamMessage::BookingRequestV1(request)) => Ok(Entry {
-            stream_id: entry.id.clone(),
-            stream_ms,
-            stream_seq,
-            request,
-        }),
-        Err(
-            e @ (DecodeError::MissingField(_)
-            | DecodeError::InvalidField { .. }
-            | DecodeError::UnsupportedVersion(_)),
-        ) => Err(dead(e.to_string(), raw)),
-    }
-}
-
 pub struct ShardTask {
     ctx: Arc<Context>,
-    shard: u32,
-    fence: i64,
-    stream: String,
+    shard: Shard,
+    fence: FenceToken,
+    stream_key: String,
     cancel: CancellationToken,
 }
 
 impl ShardTask {
-    pub fn new(ctx: Arc<Context>, shard: u32, fence: i64, cancel: CancellationToken) -> Self {
-        let stream = ctx.keys.stream(shard);
+    pub fn new(
+        ctx: Arc<Context>,
+        shard: Shard,
+        fence: FenceToken,
+        cancel: CancellationToken,
+    ) -> Self {
+        let stream_key = ctx.keys.stream(shard);
         Self {
             ctx,
             shard,
             fence,
-            stream,
+            stream_key,
             cancel,
         }
     }
 
     /// Runs until cancelled or fenced.
-    #[tracing::instrument(name = "shard", skip_all, fields(shard = self.shard, fence = self.fence))]
+    #[tracing::instrument(name = "shard", skip_all, fields(shard = self.shard.get(), fence = self.fence.get()))]
     pub async fn run(self) -> ShardExit {
         tracing::info!("shard acquired");
         let mut backoff = Backoff::default();
@@ -172,7 +101,7 @@ impl ShardTask {
     async fn run_connected(&self) -> Result<ShardExit, WorkerError> {
         let mut conn =
             shared::queue::connect_dedicated(&self.ctx.redis_config, self.ctx.worker.block).await?;
-        self.ensure_group(&mut conn).await?;
+        stream::ensure_group(&mut conn, &self.ctx.keys, self.shard).await?;
         // Whatever earlier owners read but did not acknowledge comes first.
         if let Some(exit) = self.reclaim(&mut conn).await? {
             return Ok(exit);
@@ -187,7 +116,7 @@ impl ShardTask {
                 return Ok(ShardExit::Cancelled);
             }
             let reply: Option<StreamReadReply> = conn
-                .xread_options(&[&self.stream], &[">"], &options)
+                .xread_options(&[&self.stream_key], &[NEW_ENTRIES], &options)
                 .await?;
             let Some(reply) = reply else { continue };
             let batch: Vec<StreamId> = reply.keys.into_iter().flat_map(|k| k.ids).collect();
@@ -213,14 +142,14 @@ impl ShardTask {
     /// Claims every pending entry of the group (any consumer, any idle time) in stream
     /// order and decides them a batch at a time, until the cursor wraps.
     async fn reclaim(&self, conn: &mut QueueConnection) -> Result<Option<ShardExit>, WorkerError> {
-        let mut cursor = "0-0".to_owned();
+        let mut cursor = CLAIM_START.to_owned();
         loop {
             if self.cancel.is_cancelled() {
                 return Ok(Some(ShardExit::Cancelled));
             }
             let reply: StreamAutoClaimReply = conn
                 .xautoclaim_options(
-                    &self.stream,
+                    &self.stream_key,
                     CONSUMER_GROUP,
                     &self.ctx.worker.worker_id,
                     0,
@@ -241,7 +170,7 @@ impl ShardTask {
                 }
             }
             cursor = reply.next_stream_id;
-            if cursor == "0-0" {
+            if cursor == CLAIM_START {
                 return Ok(None);
             }
         }
@@ -249,7 +178,7 @@ impl ShardTask {
 
     /// Whether a consumer other than this worker has unacknowledged entries.
     async fn others_hold_pending(&self, conn: &mut QueueConnection) -> Result<bool, WorkerError> {
-        let reply: StreamPendingReply = conn.xpending(&self.stream, CONSUMER_GROUP).await?;
+        let reply: StreamPendingReply = conn.xpending(&self.stream_key, CONSUMER_GROUP).await?;
         Ok(match reply {
             StreamPendingReply::Data(data) => data
                 .consumers
@@ -263,28 +192,17 @@ impl ShardTask {
     /// collect one dead consumer per worker restart. Best effort.
     async fn forget_idle_consumers(&self, conn: &mut QueueConnection) {
         let reply: redis::RedisResult<StreamInfoConsumersReply> =
-            conn.xinfo_consumers(&self.stream, CONSUMER_GROUP).await;
+            conn.xinfo_consumers(&self.stream_key, CONSUMER_GROUP).await;
         let Ok(reply) = reply else { return };
         for consumer in reply.consumers {
             if consumer.pending == 0 && consumer.name != self.ctx.worker.worker_id {
                 let removed: redis::RedisResult<i64> = conn
-                    .xgroup_delconsumer(&self.stream, CONSUMER_GROUP, &consumer.name)
+                    .xgroup_delconsumer(&self.stream_key, CONSUMER_GROUP, &consumer.name)
                     .await;
                 if let Err(e) = removed {
                     tracing::debug!(error = %e, consumer = %consumer.name, "could not remove idle consumer");
                 }
             }
-        }
-    }
-
-    async fn ensure_group(&self, conn: &mut QueueConnection) -> Result<(), WorkerError> {
-        let created: redis::RedisResult<()> = conn
-            .xgroup_create_mkstream(&self.stream, CONSUMER_GROUP, "0")
-            .await;
-        match created {
-            Ok(()) => Ok(()),
-            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
-            Err(e) => Err(e.into()),
         }
     }
 
@@ -298,47 +216,58 @@ impl ShardTask {
         let mut entries = Vec::with_capacity(batch.len());
         let mut dead = Vec::new();
         for item in batch {
-            match decode(item) {
+            match stream::decode(item) {
                 Ok(entry) => entries.push(entry),
                 Err(letter) => {
-                    tracing::warn!(stream_id = %letter.stream_id, reason = %letter.reason, "dead-lettering undecodable entry");
-                    dead.push(letter);
+                    tracing::warn!(stream_id = %letter.source_id, reason = %letter.reason, "dead-lettering undecodable entry");
+                    dead.push(*letter);
                 }
             }
         }
 
-        let decided = if entries.is_empty() {
+        let committed = if entries.is_empty() {
             Vec::new()
         } else {
             match self.commit_with_retry(&entries).await {
-                Ok((decided, poison)) => {
-                    dead.extend(poison);
-                    decided
+                Ok((committed, refused)) => {
+                    dead.extend(refused);
+                    committed
                 }
                 Err(exit) => return Ok(Some(exit)),
             }
         };
-        if self.ctx.worker.crash_point == Some(CrashPoint::AfterCommit) && !decided.is_empty() {
+        if self.ctx.worker.crash_point == Some(CrashPoint::AfterCommit) && !committed.is_empty() {
             tracing::error!("crash point after_commit reached: exiting before XACK");
             std::process::exit(CRASH_EXIT_CODE);
         }
-        for e in &entries {
-            let r = &e.request;
-            if let Some(d) = decided.iter().find(|d| d.request_id == r.request_id) {
-                tracing::debug!(
-                    request_id = %r.request_id,
-                    stream_id = %e.stream_id,
-                    trace_id = %r.trace_id,
-                    decision = %d.decision,
-                    redelivered = !d.new,
-                    "decided"
-                );
-            }
+        for c in &committed {
+            tracing::debug!(
+                request_id = %c.row.request_id,
+                stream_id = %c.row.entry_id,
+                decision = %c.row.decision.status(),
+                redelivered = !c.new,
+                "decided"
+            );
         }
-        let ids: Vec<&str> = batch.iter().map(|e| e.id.as_str()).collect();
+        let statuses: Vec<StatusRecord> = committed
+            .iter()
+            .map(|c| StatusRecord::decided(&c.row))
+            .collect();
+        let handled: Vec<String> = batch.iter().map(|e| e.id.clone()).collect();
         let mut backoff = Backoff::default();
         loop {
-            match self.finish(&decided, &dead, &ids).await {
+            let mut conn = self.ctx.redis.clone();
+            let settled = stream::settle(
+                &mut conn,
+                &self.ctx.keys,
+                self.shard,
+                &statuses,
+                &dead,
+                &handled,
+                self.ctx.status_ttl,
+            )
+            .await;
+            match settled {
                 Ok(()) => return Ok(None),
                 Err(e) => {
                     let delay = backoff.next_delay();
@@ -359,11 +288,11 @@ impl ShardTask {
     async fn commit_with_retry(
         &self,
         entries: &[Entry],
-    ) -> Result<(Vec<Decided>, Vec<DeadLetter>), ShardExit> {
+    ) -> Result<(Vec<Committed>, Vec<DeadLetter>), ShardExit> {
         let mut backoff = Backoff::default();
         loop {
             match db::commit_batch(&self.ctx.pool, self.shard, self.fence, entries).await {
-                Ok(decided) => return Ok((decided, Vec::new())),
+                Ok(committed) => return Ok((committed, Vec::new())),
                 Err(WorkerError::Fenced { .. }) => {
                     tracing::warn!("fencing token superseded: another worker owns this shard now");
                     return Err(ShardExit::Fenced);
@@ -389,8 +318,8 @@ impl ShardTask {
     async fn commit_singly(
         &self,
         entries: &[Entry],
-    ) -> Result<(Vec<Decided>, Vec<DeadLetter>), ShardExit> {
-        let mut decided = Vec::with_capacity(entries.len());
+    ) -> Result<(Vec<Committed>, Vec<DeadLetter>), ShardExit> {
+        let mut committed = Vec::with_capacity(entries.len());
         let mut dead = Vec::new();
         for entry in entries {
             let mut refusals = 0;
@@ -398,8 +327,8 @@ impl ShardTask {
             loop {
                 let one = std::slice::from_ref(entry);
                 match db::commit_batch(&self.ctx.pool, self.shard, self.fence, one).await {
-                    Ok(d) => {
-                        decided.extend(d);
+                    Ok(c) => {
+                        committed.extend(c);
                         break;
                     }
                     Err(WorkerError::Fenced { .. }) => return Err(ShardExit::Fenced),
@@ -410,12 +339,12 @@ impl ShardTask {
                             let reason =
                                 format!("refused by the database {refusals} times: {}", chain(&e));
                             tracing::warn!(
-                                request_id = %entry.request.request_id,
-                                stream_id = %entry.stream_id,
+                                request_id = %entry.message.request().request_id,
+                                stream_id = %entry.id,
                                 %reason,
                                 "dead-lettering poison entry"
                             );
-                            dead.push(DeadLetter::poison(entry, reason));
+                            dead.push(DeadLetter::refused(entry, reason));
                             break;
                         }
                     }
@@ -425,85 +354,6 @@ impl ShardTask {
                 }
             }
         }
-        Ok((decided, dead))
-    }
-
-    /// After COMMIT: statuses for polling, dead letters, then XACK, in one round trip.
-    async fn finish(
-        &self,
-        decided: &[Decided],
-        dead: &[DeadLetter],
-        ids: &[&str],
-    ) -> Result<(), WorkerError> {
-        let keys = &self.ctx.keys;
-        let ttl = i64::try_from(self.ctx.status_ttl.as_secs()).unwrap_or(i64::MAX);
-        let mut pipe = redis::pipe();
-        for d in decided {
-            let key = keys.request_status(self.shard, d.request_id);
-            pipe.hset_multiple(
-                &key,
-                &[
-                    (f::USER, d.user_id.to_string()),
-                    (f::GOODS, d.goods_id.to_string()),
-                    (f::QUANTITY, d.quantity.to_string()),
-                    (f::STATUS, d.decision.clone()),
-                    (f::REASON, d.reason.clone().unwrap_or_default()),
-                    (
-                        f::BOOKING,
-                        d.booking_id.map(|b| b.to_string()).unwrap_or_default(),
-                    ),
-                ],
-            )
-            .ignore()
-            .expire(&key, ttl)
-            .ignore();
-        }
-        let dead_key = keys.dead_letter(self.shard);
-        for request in dead.iter().filter_map(|d| d.request.as_ref()) {
-            let key = keys.request_status(self.shard, request.request_id);
-            pipe.hset_multiple(
-                &key,
-                &[
-                    (f::USER, request.user_id.to_string()),
-                    (f::GOODS, request.goods_id.to_string()),
-                    (f::QUANTITY, request.quantity.to_string()),
-                    (f::STATUS, RequestStatus::Rejected.as_str().to_owned()),
-                    (f::REASON, UNPROCESSABLE.to_owned()),
-                    (f::BOOKING, String::new()),
-                ],
-            )
-            .ignore()
-            .expire(&key, ttl)
-            .ignore();
-        }
-        for letter in dead {
-            let mut fields = vec![
-                ("dlq_reason".to_owned(), letter.reason.clone()),
-                ("dlq_source_id".to_owned(), letter.stream_id.clone()),
-            ];
-            fields.extend(letter.fields.iter().cloned());
-            pipe.xadd(&dead_key, "*", &fields).ignore();
-        }
-        if !ids.is_empty() {
-            pipe.xack(&self.stream, CONSUMER_GROUP, ids).ignore();
-        }
-        let mut conn = self.ctx.redis.clone();
-        pipe.query_async::<()>(&mut conn).await?;
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stream_ids_split_into_millis_and_sequence() {
-        assert_eq!(
-            parse_stream_id("1700000000000-3"),
-            Some((1_700_000_000_000, 3))
-        );
-        assert_eq!(parse_stream_id("garbage"), None);
-        assert_eq!(parse_stream_id("1-x"), None);
+        Ok((committed, dead))
     }
 }

@@ -1,28 +1,11 @@
 //! Building and running a worker.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
-use deadpool_postgres::Pool;
-use shared::queue::QueueConnection;
-use shared::{
-    config::{RedisConfig, SubWorkerConfig, WorkerConfig},
-    error::SharedError,
-    keys::Keys,
-};
+use shared::{config::SubWorkerConfig, error::SharedError, keys::Keys};
 use tokio_util::sync::CancellationToken;
 
-use crate::lease::LeaseManager;
-
-/// What every shard task shares.
-pub struct Context {
-    pub pool: Pool,
-    /// Shared connection for short commands (statuses, XACK, leases).
-    pub redis: QueueConnection,
-    pub redis_config: RedisConfig,
-    pub keys: Keys,
-    pub worker: WorkerConfig,
-    pub status_ttl: Duration,
-}
+use crate::{context::Context, lease::LeaseManager};
 
 /// A worker connected and ready to run.
 pub struct Worker {
@@ -33,8 +16,10 @@ impl Worker {
     /// Migrates, connects, and warns if Redis may evict queue keys.
     ///
     /// # Errors
-    /// PostgreSQL or Redis unreachable, or migrations failing.
+    /// PostgreSQL or Redis unreachable, migrations failing, or a shard count out of range.
     pub async fn build(config: SubWorkerConfig) -> Result<Self, SharedError> {
+        let keys = Keys::new(config.redis.prefix.clone(), config.shards.shards)
+            .map_err(SharedError::InvalidSetting)?;
         shared::db::migrate(&config.database).await?;
         let pool = shared::db::build_pool(&config.database)?;
         let mut redis = shared::queue::connect_shared(&config.redis).await?;
@@ -43,7 +28,7 @@ impl Worker {
             ctx: Arc::new(Context {
                 pool,
                 redis,
-                keys: Keys::new(config.redis.prefix.clone(), config.shards.shards),
+                keys,
                 status_ttl: config.redis.status_ttl,
                 redis_config: config.redis,
                 worker: config.worker,

@@ -5,7 +5,12 @@
 //!   when the test ends.
 //! * [`TestRedis`]: a unique key prefix per test; every key under it is deleted on drop.
 //! * [`wait_until`]: poll a condition until a deadline, then fail naming what was awaited.
-//! * [`create_users`]: many users in one statement, without paying argon2 per user.
+//! * [`create_users`]: many users in one statement, without paying argon2 per user
+//!   (the operator path, `shared::db::bulk_create_users`).
+//! * [`stack`]: the API in-process, workers as processes, and everything tests do
+//!   with them: make users and goods, book, wait for decisions, check invariants.
+//! * [`servers`]: private PostgreSQL, Redis, Redis Cluster and HAProxy servers for
+//!   tests that restart or kill them.
 
 use std::{future::Future, time::Duration};
 
@@ -22,6 +27,7 @@ use tokio_postgres::NoTls;
 
 pub use shared;
 pub mod servers;
+pub mod stack;
 
 /// Maintenance connection used to create and drop test databases.
 fn admin_url() -> String {
@@ -370,7 +376,7 @@ pub fn api_config(db: &TestDatabase, redis: &TestRedis, shards: u32) -> ApiConfi
     }
 }
 
-/// Creates `n` customers in one statement (`user<k>@test.invalid`, password
+/// Creates `n` customers in one statement (`<tag><k>@load.invalid`, password
 /// `TEST_PASSWORD`) and returns their ids in creation order.
 ///
 /// # Panics
@@ -379,22 +385,11 @@ pub async fn create_users(db: &TestDatabase, tag: &str, n: usize) -> Vec<i64> {
     let hash = PasswordHashing::new(FAST_ARGON2)
         .and_then(|h| h.hash(TEST_PASSWORD))
         .expect("hash");
-    let client = db.client().await;
+    let pool = shared::db::build_pool(&db.config()).expect("pool");
     let n = i64::try_from(n).expect("n");
-    let rows = client
-        .query(
-            "INSERT INTO users (id, email, nickname, password_hash) \
-             SELECT id, $1 || k || '@test.invalid', '#' || to_hex(id), $2 \
-             FROM (SELECT nextval(pg_get_serial_sequence('users', 'id')) AS id, k \
-                   FROM generate_series(1, $3::int8) AS k) AS n \
-             ORDER BY k RETURNING id",
-            &[&tag, &hash, &n],
-        )
+    shared::db::bulk_create_users(&pool, tag, n, Role::Customer, &hash)
         .await
-        .expect("bulk insert users");
-    let mut ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
-    ids.sort_unstable();
-    ids
+        .expect("bulk insert users")
 }
 
 /// Promotes a user to organizer.

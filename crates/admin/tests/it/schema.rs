@@ -86,7 +86,7 @@ async fn a_request_id_is_decided_once_and_emails_are_unique_ignoring_case() {
     let duplicate = client
         .execute(
             "INSERT INTO users (email, nickname, password_hash) VALUES (upper($1), 'other', 'x')",
-            &[&"s1@test.invalid"],
+            &[&"s1@load.invalid"],
         )
         .await
         .expect_err("same email in another case refused");

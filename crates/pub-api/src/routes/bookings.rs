@@ -6,14 +6,14 @@
 //! decision overwritten by a late `queued`. PostgreSQL is touched only when the goods
 //! cache misses. The API never writes booking tables: the worker decides.
 
-use std::{collections::HashMap, time::SystemTime};
+use std::time::SystemTime;
 
 use actix_web::{http::header, web, HttpMessage, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use shared::{
+    decision::{RejectReason, RequestStatus},
     keys::Keys,
-    message::{BookingRequestV1, StreamMessage},
-    status_fields as f, RequestStatus,
+    stream::{self, BookingRequestV1, StatusRecord},
 };
 use uuid::Uuid;
 
@@ -35,7 +35,7 @@ struct BookingBody {
 #[serde(rename_all = "camelCase")]
 struct Accepted {
     request_id: Uuid,
-    status: &'static str,
+    status: RequestStatus,
     status_url: String,
 }
 
@@ -76,10 +76,33 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<&str>, ApiError> {
     })
 }
 
+/// The requested quantity, checked against the goods' `maxPerBooking`.
+fn quantity(body: Option<BookingBody>, limits: GoodsLimits) -> Result<i32, ApiError> {
+    let raw = body.and_then(|b| b.quantity).unwrap_or(1);
+    i32::try_from(raw)
+        .ok()
+        .filter(|q| (1..=limits.max_per_booking).contains(q))
+        .ok_or_else(|| {
+            ApiError::validation(
+                "quantity",
+                format!(
+                    "quantity must be between 1 and {} for this goods",
+                    limits.max_per_booking
+                ),
+            )
+        })
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .ok()
+        .and_then(|d| i64::try_from(d.as_millis()).ok())
+        .unwrap_or_default()
+}
+
+fn status_url(request_id: Uuid) -> String {
+    format!("/api/bookings/requests/{request_id}")
 }
 
 #[tracing::instrument(skip_all, fields(user_id = user.id, goods_id, request_id))]
@@ -92,69 +115,36 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     tracing::Span::current().record("goods_id", goods_id);
     let body: Option<BookingBody> = parse_optional_json(&req, &body)?;
-    let quantity = body.and_then(|b| b.quantity).unwrap_or(1);
-    let limits = goods_limits(&state, goods_id).await?;
-    if quantity < 1 || quantity > i64::from(limits.max_per_booking) {
-        return Err(ApiError::validation(
-            "quantity",
-            format!(
-                "quantity must be between 1 and {} for this goods",
-                limits.max_per_booking
-            ),
-        ));
-    }
-    let quantity = i32::try_from(quantity).unwrap_or(i32::MAX);
+    let quantity = quantity(body, goods_limits(&state, goods_id).await?)?;
     let shard = state.keys.shard_of(goods_id);
     if state.backlog.is_full(shard) {
         return Err(ApiError::QueueFull);
     }
-
     let request_id = match idempotency_key(&req)? {
         Some(key) => Keys::idempotent_request_id(shard, user.id, goods_id, key),
         None => Keys::new_request_id(shard),
     };
     tracing::Span::current().record("request_id", tracing::field::display(request_id));
-    let trace_id = req
-        .extensions()
-        .get::<RequestId>()
-        .map(|r| r.0.clone())
-        .unwrap_or_default();
-    let message = StreamMessage::BookingRequestV1(BookingRequestV1 {
+    let request = BookingRequestV1 {
         request_id,
         goods_id,
         user_id: user.id,
         quantity,
         accepted_at_ms: now_ms(),
-        trace_id,
-    });
-    let status_key = state.keys.request_status(shard, request_id);
-    let ttl = i64::try_from(state.status_ttl.as_secs()).unwrap_or(i64::MAX);
-
-    let mut pipe = redis::pipe();
-    pipe.hset_multiple(
-        &status_key,
-        &[
-            (f::USER, user.id.to_string()),
-            (f::GOODS, goods_id.to_string()),
-            (f::QUANTITY, quantity.to_string()),
-            (f::STATUS, RequestStatus::Queued.as_str().to_owned()),
-        ],
-    )
-    .ignore()
-    .expire(&status_key, ttl)
-    .ignore()
-    .xadd(state.keys.stream(shard), "*", &message.to_fields())
-    .ignore();
+        trace_id: req
+            .extensions()
+            .get::<RequestId>()
+            .map(|r| r.0.clone())
+            .unwrap_or_default(),
+    };
     let mut conn = state.redis.get().await;
-    pipe.query_async::<()>(&mut conn).await?;
-
-    let status_url = format!("/api/bookings/requests/{request_id}");
+    stream::enqueue(&mut conn, &state.keys, request, state.status_ttl).await?;
     Ok(HttpResponse::Accepted()
-        .insert_header((header::LOCATION, status_url.clone()))
+        .insert_header((header::LOCATION, status_url(request_id)))
         .json(Accepted {
             request_id,
-            status: RequestStatus::Queued.as_str(),
-            status_url,
+            status: RequestStatus::Queued,
+            status_url: status_url(request_id),
         }))
 }
 
@@ -164,30 +154,27 @@ struct StatusResponse {
     request_id: Uuid,
     goods_id: i64,
     quantity: i32,
-    status: &'static str,
+    status: RequestStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<String>,
+    reason: Option<RejectReason>,
     #[serde(skip_serializing_if = "Option::is_none")]
     booking_id: Option<i64>,
 }
 
-/// Reads the status hash; `None` when it expired or never existed.
-fn from_hash(request_id: Uuid, hash: &HashMap<String, String>) -> Option<(i64, StatusResponse)> {
-    let num = |field: &str| hash.get(field).and_then(|v| v.parse::<i64>().ok());
-    let status = RequestStatus::parse(hash.get(f::STATUS)?)?;
-    Some((
-        num(f::USER)?,
-        StatusResponse {
-            request_id,
-            goods_id: num(f::GOODS)?,
-            quantity: i32::try_from(num(f::QUANTITY)?).ok()?,
-            status: status.as_str(),
-            reason: hash.get(f::REASON).filter(|r| !r.is_empty()).cloned(),
-            booking_id: num(f::BOOKING),
-        },
-    ))
+impl From<StatusRecord> for StatusResponse {
+    fn from(r: StatusRecord) -> Self {
+        Self {
+            request_id: r.request_id,
+            goods_id: r.goods_id,
+            quantity: r.quantity,
+            status: r.status,
+            reason: r.reason,
+            booking_id: r.booking_id,
+        }
+    }
 }
 
+/// Answered from the status hash in Redis; from the decision log once it has expired.
 #[tracing::instrument(skip_all, fields(user_id = user.id))]
 pub async fn status(
     state: web::Data<AppState>,
@@ -200,39 +187,16 @@ pub async fn status(
         )
     })?;
     let mut conn = state.redis.get().await;
-    let hash: HashMap<String, String> = redis::cmd("HGETALL")
-        .arg(
-            state
-                .keys
-                .request_status(Keys::shard_in_request_id(request_id), request_id),
-        )
-        .query_async(&mut conn)
-        .await?;
-    // Someone else's request is "not found": its existence is none of the caller's business.
-    let (owner, response) = match from_hash(request_id, &hash) {
-        Some(found) => found,
-        None => {
-            let record = db::request_record(&state.pool, request_id)
-                .await?
-                .ok_or(ApiError::RequestNotFound)?;
-            let status = RequestStatus::parse(&record.decision).ok_or_else(|| {
-                ApiError::Internal(format!("unknown decision `{}`", record.decision).into())
-            })?;
-            (
-                record.user_id,
-                StatusResponse {
-                    request_id,
-                    goods_id: record.goods_id,
-                    quantity: record.quantity,
-                    status: status.as_str(),
-                    reason: record.reason,
-                    booking_id: record.booking_id,
-                },
-            )
-        }
+    let record = match stream::read_status(&mut conn, &state.keys, request_id).await? {
+        Some(record) => record,
+        None => db::decision(&state.pool, request_id)
+            .await?
+            .map(|row| StatusRecord::decided(&row))
+            .ok_or(ApiError::RequestNotFound)?,
     };
-    if owner != user.id {
+    // Someone else's request is "not found": its existence is none of the caller's business.
+    if record.user_id != user.id {
         return Err(ApiError::RequestNotFound);
     }
-    Ok(HttpResponse::Ok().json(response))
+    Ok(HttpResponse::Ok().json(StatusResponse::from(record)))
 }

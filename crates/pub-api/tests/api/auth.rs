@@ -182,7 +182,7 @@ async fn wrong_email_and_wrong_password_get_the_same_401() {
 async fn missing_bad_and_expired_tokens_are_401() {
     let app = spawn_app().await;
     let (_, org) = app.organizer().await;
-    let goods = app.create_goods(&org, 10, 1).await;
+    let goods = app.create_goods_as(&org, 10, 1).await;
     let user = app.customers("c", 1).await.remove(0).0;
     let forged = TokenKeys::new(&"another-secret".to_owned().into(), Duration::from_secs(60))
         .mint(user, Role::Customer)
@@ -213,7 +213,7 @@ async fn missing_bad_and_expired_tokens_are_401() {
 async fn the_token_of_a_deleted_user_stops_working() {
     let app = spawn_app().await;
     let (_, org) = app.organizer().await;
-    let goods = app.create_goods(&org, 10, 1).await;
+    let goods = app.create_goods_as(&org, 10, 1).await;
     let (user, token) = app.customers("d", 1).await.remove(0);
     app.db
         .client()
@@ -244,7 +244,7 @@ async fn the_token_of_a_deleted_user_stops_working() {
 async fn the_authorization_cookie_authenticates_like_the_header() {
     let app = spawn_app().await;
     let (_, org) = app.organizer().await;
-    let goods = app.create_goods(&org, 10, 1).await;
+    let goods = app.create_goods_as(&org, 10, 1).await;
     let (_, token) = app.customers("k", 1).await.remove(0);
     for cookie in [
         format!("Authorization={token}"),

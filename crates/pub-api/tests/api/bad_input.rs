@@ -22,7 +22,7 @@ async fn raw_post(
 async fn malformed_booking_requests_are_4xx_and_write_nothing() {
     let app = spawn_app().await;
     let (_, org) = app.organizer().await;
-    let goods = app.create_goods(&org, 10, 2).await;
+    let goods = app.create_goods_as(&org, 10, 2).await;
     let (_, token) = app.customers("x", 1).await.remove(0);
     let path = format!("/api/goods/{goods}/bookings");
     let json = Some("application/json");

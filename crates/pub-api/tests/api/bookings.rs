@@ -1,6 +1,3 @@
-use std::collections::HashMap;
-
-use redis::AsyncCommands;
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -10,13 +7,13 @@ use crate::helpers::{assert_error, parts, spawn_app};
 async fn a_booking_is_accepted_enqueued_once_and_pollable_by_its_owner_only() {
     let app = spawn_app().await;
     let (_, org) = app.organizer().await;
-    let goods = app.create_goods(&org, 10, 2).await;
+    let goods = app.create_goods_as(&org, 10, 2).await;
     let mut users = app.customers("b", 2).await;
     let (other, other_token) = users.pop().expect("user");
     let (user, token) = users.pop().expect("user");
     assert_ne!(user, other);
 
-    let response = app.book(goods, &token, Some(2)).await;
+    let response = app.post_booking(goods, &token, Some(2)).await;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let location = response.headers()["location"]
         .to_str()
@@ -32,16 +29,10 @@ async fn a_booking_is_accepted_enqueued_once_and_pollable_by_its_owner_only() {
     assert_eq!(location, body["statusUrl"]);
 
     // Exactly one entry on the goods' shard stream, carrying the request.
-    let mut conn = app.redis.connection().await;
-    let shard = goods % 4;
-    let stream = format!("{}:{{s{shard}}}:stream", app.redis.prefix());
-    let entries: redis::streams::StreamRangeReply = conn.xrange_all(&stream).await.expect("xrange");
-    assert_eq!(entries.ids.len(), 1);
-    let fields: HashMap<String, String> = entries.ids[0]
-        .map
-        .iter()
-        .map(|(k, v)| (k.clone(), redis::from_redis_value_ref(v).expect("string")))
-        .collect();
+    let stream = app.keys().stream(app.shard_of(goods));
+    let entries = app.stream_entries(&stream).await;
+    assert_eq!(entries.len(), 1);
+    let fields = &entries[0];
     assert_eq!(fields["v"], "1");
     assert_eq!(fields["gid"], goods.to_string());
     assert_eq!(fields["uid"], user.to_string());
@@ -78,7 +69,7 @@ async fn a_booking_is_accepted_enqueued_once_and_pollable_by_its_owner_only() {
 async fn the_original_compatibility_route_books_too() {
     let app = spawn_app().await;
     let (_, org) = app.organizer().await;
-    let goods = app.create_goods(&org, 10, 1).await;
+    let goods = app.create_goods_as(&org, 10, 1).await;
     let (_, token) = app.customers("o", 1).await.remove(0);
     let response = app
         .post_json(&format!("/api/booking/{goods}"), &json!({}), Some(&token))
@@ -90,7 +81,7 @@ async fn the_original_compatibility_route_books_too() {
 async fn status_falls_back_to_postgres_when_the_redis_key_is_gone() {
     let app = spawn_app().await;
     let (_, org) = app.organizer().await;
-    let goods = app.create_goods(&org, 10, 1).await;
+    let goods = app.create_goods_as(&org, 10, 1).await;
     let (user, token) = app.customers("f", 1).await.remove(0);
     let request_id = uuid::Uuid::now_v7();
     // A decision the worker committed long ago, whose Redis status has expired.
@@ -131,12 +122,12 @@ async fn status_falls_back_to_postgres_when_the_redis_key_is_gone() {
 async fn unknown_goods_is_404_and_quantities_outside_the_limit_are_400() {
     let app = spawn_app().await;
     let (_, org) = app.organizer().await;
-    let goods = app.create_goods(&org, 10, 3).await;
+    let goods = app.create_goods_as(&org, 10, 3).await;
     let (_, token) = app.customers("q", 1).await.remove(0);
-    let (status, body) = parts(app.book(goods + 1000, &token, None).await).await;
+    let (status, body) = parts(app.post_booking(goods + 1000, &token, None).await).await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "goods_not_found");
     for quantity in [0, -1, 4, i64::MAX] {
-        let (status, body) = parts(app.book(goods, &token, Some(quantity)).await).await;
+        let (status, body) = parts(app.post_booking(goods, &token, Some(quantity)).await).await;
         assert_error(status, &body, StatusCode::BAD_REQUEST, "validation_failed");
         assert_eq!(body["error"]["field"], "quantity");
     }

@@ -52,7 +52,7 @@ async fn the_goods_list_pages_with_a_stable_cursor() {
     let (_, org) = app.organizer().await;
     let mut ids = Vec::new();
     for _ in 0..5 {
-        ids.push(app.create_goods(&org, 10, 1).await);
+        ids.push(app.create_goods_as(&org, 10, 1).await);
     }
     let mut seen = Vec::new();
     let mut cursor: Option<i64> = None;

@@ -16,16 +16,16 @@ async fn with_redis_unreachable_bookings_and_status_get_503_within_the_timeout_a
     let mut server = RedisServer::start(false).await;
     let app = spawn_app_on(TestRedis::on(server.url()), |c| c.redis.timeout = TIMEOUT).await;
     let (_, org) = app.organizer().await;
-    let goods = app.create_goods(&org, 10, 1).await;
+    let goods = app.create_goods_as(&org, 10, 1).await;
     let (_, token) = app.customers("r", 1).await.remove(0);
     assert_eq!(
-        app.book(goods, &token, None).await.status(),
+        app.post_booking(goods, &token, None).await.status(),
         StatusCode::ACCEPTED
     );
 
     server.kill().await;
     let started = Instant::now();
-    let (status, body) = parts(app.book(goods, &token, None).await).await;
+    let (status, body) = parts(app.post_booking(goods, &token, None).await).await;
     let took = started.elapsed();
     assert_error(
         status,
@@ -60,7 +60,7 @@ async fn with_redis_unreachable_bookings_and_status_get_503_within_the_timeout_a
     test_support::wait_until(
         "bookings accepted again",
         Duration::from_secs(30),
-        || async { app.book(goods, &token, None).await.status() == StatusCode::ACCEPTED },
+        || async { app.post_booking(goods, &token, None).await.status() == StatusCode::ACCEPTED },
     )
     .await;
 }

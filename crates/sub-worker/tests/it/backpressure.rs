@@ -4,7 +4,7 @@ use redis::AsyncCommands;
 use reqwest::StatusCode;
 use test_support::wait_until;
 
-use crate::helpers::{assert_fifo_invariants, spawn_stack_configured, wait_until_nothing_pending};
+use crate::helpers::spawn_stack_configured;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_over_its_backlog_limit_gets_503_with_retry_after_until_workers_catch_up() {
@@ -70,6 +70,6 @@ async fn a_shard_over_its_backlog_limit_gets_503_with_retry_after_until_workers_
     )
     .await;
     stack.wait_for_decisions(accepted as i64 + 1).await;
-    assert_fifo_invariants(&stack, goods).await;
-    wait_until_nothing_pending(&stack).await;
+    stack.assert_invariants(goods).await;
+    stack.wait_until_nothing_pending().await;
 }

@@ -5,14 +5,14 @@ use std::{collections::HashSet, net::TcpListener, time::Duration};
 
 use futures_util::future::join_all;
 use pub_api::startup::Application;
-use redis::AsyncCommands;
 use test_support::{
     servers::{HaProxy, RedisCluster},
     TestDatabase, TestRedis,
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{assert_fifo_invariants, spawn_stack_on, DRAIN_DEADLINE};
+use crate::helpers::spawn_stack_on;
+use test_support::shared::decision::Decision;
 
 const SHARDS: u32 = 8;
 
@@ -73,40 +73,22 @@ async fn a_sale_through_haproxy_two_apis_a_redis_cluster_and_two_workers_keeps_e
     // 1, 2, 6: per goods, no oversell, exact FIFO, one live place per user.
     let mut decided = HashSet::new();
     for g in &goods {
-        let rows = assert_fifo_invariants(&stack, *g).await;
+        let rows = stack.assert_invariants(*g).await;
         assert_eq!(
-            rows.iter().filter(|r| r.decision == "confirmed").count(),
+            rows.iter()
+                .filter(|r| r.decision == Decision::Confirmed)
+                .count(),
             300
         );
         decided.extend(rows.into_iter().map(|r| r.request_id));
     }
     // 3, 4: every accepted request decided, exactly once.
-    let asked: HashSet<String> = accepted.into_iter().map(|a| a.request_id).collect();
+    let asked: HashSet<uuid::Uuid> = accepted.into_iter().map(|a| a.request_id).collect();
     assert_eq!(decided, asked);
     assert_eq!(stack.decided_count().await, 5_000);
 
     // Nothing left pending on any shard stream of the cluster.
-    let client = redis::cluster::ClusterClient::new(cluster.urls().split(',').collect::<Vec<_>>())
-        .expect("cluster client");
-    let conn = client
-        .get_async_connection()
-        .await
-        .expect("cluster connection");
-    test_support::wait_until("nothing pending on the cluster", DRAIN_DEADLINE, || {
-        let mut conn = conn.clone();
-        let prefix = stack.redis.prefix().to_owned();
-        async move {
-            let mut total = 0;
-            for shard in 0..SHARDS {
-                let reply: redis::RedisResult<redis::streams::StreamPendingReply> = conn
-                    .xpending(format!("{prefix}:{{s{shard}}}:stream"), "workers")
-                    .await;
-                total += reply.map(|r| r.count()).unwrap_or(0);
-            }
-            total == 0
-        }
-    })
-    .await;
+    stack.wait_until_nothing_pending().await;
 
     // 5: every shard was taken under a fencing token, and both workers took some.
     let owners: Vec<String> = stack

@@ -1,4 +1,6 @@
-use crate::helpers::{assert_fifo_invariants, spawn_stack};
+use test_support::shared::decision::Decision;
+
+use crate::helpers::spawn_stack;
 
 #[tokio::test]
 async fn a_large_request_waitlists_while_a_later_small_one_still_fits() {
@@ -12,8 +14,8 @@ async fn a_large_request_waitlists_while_a_later_small_one_still_fits() {
         accepted.push((stack.book(goods, *id, token, quantity).await, token));
     }
     stack.wait_for_decisions(5).await;
-    let rows = assert_fifo_invariants(&stack, goods).await;
-    let decisions: Vec<&str> = rows.iter().map(|r| r.decision.as_str()).collect();
+    let rows = stack.assert_invariants(goods).await;
+    let decisions: Vec<&str> = rows.iter().map(|r| r.decision.status().as_str()).collect();
     assert_eq!(
         decisions,
         [
@@ -55,7 +57,7 @@ async fn the_same_user_booking_twice_is_rejected_already_booked() {
     assert_eq!(second["reason"], "already_booked");
     assert!(second.get("bookingId").is_none());
     assert_eq!(stack.seats(goods).await, (1, 10));
-    assert_fifo_invariants(&stack, goods).await;
+    stack.assert_invariants(goods).await;
 }
 
 #[tokio::test]
@@ -85,14 +87,15 @@ async fn a_request_for_goods_deleted_before_its_turn_is_rejected_goods_not_found
 #[tokio::test]
 async fn entries_a_stale_consumer_read_after_the_takeover_are_decided_first() {
     use redis::AsyncCommands;
-    use test_support::shared::message::{BookingRequestV1, StreamMessage};
+    use test_support::shared::stream::{
+        BookingRequestV1, Message, AUTO_ID, CONSUMER_GROUP, NEW_ENTRIES,
+    };
 
     let stack = spawn_stack().await;
     let goods = stack.create_goods(3, 1).await;
     let users = stack.customers("stale", 7).await;
     let _worker = stack.worker(&[]);
-    let shard = goods % i64::from(crate::helpers::SHARDS);
-    let stream = format!("{}:{{s{shard}}}:stream", stack.redis.prefix());
+    let stream = stack.keys().stream(stack.shard_of(goods));
     // A first booking, decided, shows the worker is reading the goods' shard.
     let (first, first_token) = &users[0];
     stack.book(goods, *first, first_token, 1).await;
@@ -102,7 +105,7 @@ async fn entries_a_stale_consumer_read_after_the_takeover_are_decided_first() {
     let mut pipe = redis::pipe();
     pipe.atomic();
     for (user, _) in &users[1..6] {
-        let message = StreamMessage::BookingRequestV1(BookingRequestV1 {
+        let message = Message::Book(BookingRequestV1 {
             request_id: uuid::Uuid::now_v7(),
             goods_id: goods,
             user_id: *user,
@@ -110,29 +113,31 @@ async fn entries_a_stale_consumer_read_after_the_takeover_are_decided_first() {
             accepted_at_ms: 1,
             trace_id: String::new(),
         });
-        pipe.xadd(&stream, "*", &message.to_fields()).ignore();
+        pipe.xadd(&stream, AUTO_ID, &message.to_fields()).ignore();
     }
     pipe.cmd("XREADGROUP")
-        .arg(&["GROUP", "workers", "zombie", "COUNT", "5", "STREAMS"])
+        .arg(&["GROUP", CONSUMER_GROUP, "zombie", "COUNT", "5", "STREAMS"])
         .arg(&stream)
-        .arg(">")
+        .arg(NEW_ENTRIES)
         .ignore();
     let mut conn = stack.redis.connection().await;
     let () = pipe.query_async(&mut conn).await.expect("zombie read");
-    let zombie_pending: redis::streams::StreamPendingReply =
-        conn.xpending(&stream, "workers").await.expect("xpending");
+    let zombie_pending: redis::streams::StreamPendingReply = conn
+        .xpending(&stream, CONSUMER_GROUP)
+        .await
+        .expect("xpending");
     assert_eq!(zombie_pending.count(), 5);
 
     // The last request arrives through the API and reaches the live worker.
     let (user, token) = &users[6];
     stack.book(goods, *user, token, 1).await;
     stack.wait_for_decisions(7).await;
-    crate::helpers::wait_until_nothing_pending(&stack).await;
-    let rows = assert_fifo_invariants(&stack, goods).await;
+    stack.wait_until_nothing_pending().await;
+    let rows = stack.assert_invariants(goods).await;
     let order: Vec<i64> = rows.iter().map(|r| r.user_id).collect();
     let expected: Vec<i64> = users.iter().map(|(id, _)| *id).collect();
     assert_eq!(order, expected, "decided in stream order");
-    assert_eq!(rows[6].decision, "waitlisted");
+    assert_eq!(rows[6].decision, Decision::Waitlisted);
 }
 
 #[tokio::test]
@@ -170,7 +175,7 @@ async fn a_retried_booking_with_the_same_idempotency_key_is_decided_once() {
 
     let _worker = stack.worker(&[]);
     stack.wait_for_decisions(1).await;
-    crate::helpers::wait_until_nothing_pending(&stack).await;
+    stack.wait_until_nothing_pending().await;
     assert_eq!(stack.decided_count().await, 1, "two entries, one decision");
     let status = stack.status(&ids[0], &token).await;
     assert_eq!(status["status"], "confirmed");

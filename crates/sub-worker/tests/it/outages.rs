@@ -8,21 +8,22 @@ use test_support::{
     wait_until, TestDatabase, TestRedis,
 };
 
-use crate::helpers::{
-    assert_fifo_invariants, spawn_stack_on, wait_until_nothing_pending, Accepted, Stack,
-    DRAIN_DEADLINE,
-};
+use crate::helpers::{spawn_stack_on, Accepted, Stack, DRAIN_DEADLINE};
+use test_support::shared::decision::Decision;
 
 /// Every accepted request decided exactly once, the sale exact.
 async fn assert_all_decided(stack: &Stack, goods: i64, accepted: &[Accepted], seats: usize) {
     stack.wait_for_decisions(accepted.len() as i64).await;
-    let rows = assert_fifo_invariants(stack, goods).await;
-    let decided: HashSet<&str> = rows.iter().map(|r| r.request_id.as_str()).collect();
-    let asked: HashSet<&str> = accepted.iter().map(|a| a.request_id.as_str()).collect();
+    let rows = stack.assert_invariants(goods).await;
+    let decided: HashSet<uuid::Uuid> = rows.iter().map(|r| r.request_id).collect();
+    let asked: HashSet<uuid::Uuid> = accepted.iter().map(|a| a.request_id).collect();
     assert_eq!(decided, asked, "exactly the accepted requests were decided");
-    let confirmed = rows.iter().filter(|r| r.decision == "confirmed").count();
+    let confirmed = rows
+        .iter()
+        .filter(|r| r.decision == Decision::Confirmed)
+        .count();
     assert_eq!(confirmed, seats.min(accepted.len()));
-    wait_until_nothing_pending(stack).await;
+    stack.wait_until_nothing_pending().await;
 }
 
 /// A 2,000-user sale for 400 seats during which `restart` runs (once 300 requests are

@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use sub_worker::shard::CRASH_EXIT_CODE;
 
-use crate::helpers::{assert_fifo_invariants, spawn_stack, wait_until_nothing_pending};
+use crate::helpers::spawn_stack;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_dies_between_commit_and_ack_changes_nothing_when_entries_are_redelivered() {
@@ -40,8 +40,8 @@ async fn a_worker_that_dies_between_commit_and_ack_changes_nothing_when_entries_
 
     // Second worker: reclaims the pending entries, finds them decided, acknowledges.
     let _worker = stack.worker(&[]);
-    wait_until_nothing_pending(&stack).await;
-    let after = assert_fifo_invariants(&stack, goods).await;
+    stack.wait_until_nothing_pending().await;
+    let after = stack.assert_invariants(goods).await;
     assert_eq!(after, before, "no decision changed");
     assert_eq!(stack.decided_count().await, 50);
     assert_eq!(stack.seats(goods).await, (20, 20), "no seat counted twice");

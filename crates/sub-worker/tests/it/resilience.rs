@@ -7,9 +7,9 @@ use std::{collections::HashMap, time::Duration};
 use redis::AsyncCommands;
 use test_support::wait_until;
 
-use crate::helpers::{
-    assert_fifo_invariants, signal, spawn_stack_with, wait_until_nothing_pending, Stack,
-};
+use test_support::shared::{decision::Decision, stream::CONSUMER_GROUP};
+
+use crate::helpers::{signal, spawn_stack_with, Stack};
 
 /// Kills a worker with SIGKILL and reaps it.
 async fn kill_9(child: &mut tokio::process::Child) {
@@ -68,17 +68,19 @@ async fn scaling_from_one_to_four_to_two_workers_keeps_shards_even_and_the_sale_
     assert_eq!(accepted, 2_000);
     stack.wait_for_decisions(2_000).await;
     for g in &goods {
-        let rows = assert_fifo_invariants(&stack, *g).await;
+        let rows = stack.assert_invariants(*g).await;
         assert_eq!(
-            rows.iter().filter(|r| r.decision == "confirmed").count(),
+            rows.iter()
+                .filter(|r| r.decision == Decision::Confirmed)
+                .count(),
             100
         );
     }
-    wait_until_nothing_pending(&stack).await;
+    stack.wait_until_nothing_pending().await;
 }
 
 /// The worker holding `shard`'s lease, by name.
-async fn owner(stack: &Stack, shard: u32) -> Option<String> {
+async fn owner(stack: &Stack, shard: test_support::shared::shard::Shard) -> Option<String> {
     stack.lease_holders().await.remove(&shard)
 }
 
@@ -88,7 +90,7 @@ async fn a_crash_storm_of_five_kill_9s_loses_nothing_and_decides_in_exact_fifo_o
     const SEATS: i64 = 1_000;
     let stack = spawn_stack_with(4).await;
     let goods = stack.create_goods(SEATS, 1).await;
-    let shard = u32::try_from(goods % 4).expect("shard");
+    let shard = stack.shard_of(goods);
     let users = stack.customers("storm", USERS).await;
     let names = ["w1", "w2", "w3"];
     let mut workers: HashMap<&str, tokio::process::Child> = names
@@ -117,18 +119,18 @@ async fn a_crash_storm_of_five_kill_9s_loses_nothing_and_decides_in_exact_fifo_o
     let accepted = sale.await.expect("sale");
     assert_eq!(accepted.len(), USERS, "every request accepted");
     stack.wait_for_decisions(USERS as i64).await;
-    let rows = assert_fifo_invariants(&stack, goods).await;
+    let rows = stack.assert_invariants(goods).await;
     assert_eq!(
-        rows.iter().filter(|r| r.decision == "confirmed").count() as i64,
+        rows.iter()
+            .filter(|r| r.decision == Decision::Confirmed)
+            .count() as i64,
         SEATS
     );
     assert_eq!(stack.seats(goods).await, (SEATS as i32, SEATS as i32));
-    let decided: std::collections::HashSet<&str> =
-        rows.iter().map(|r| r.request_id.as_str()).collect();
-    assert!(accepted
-        .iter()
-        .all(|a| decided.contains(a.request_id.as_str())));
-    wait_until_nothing_pending(&stack).await;
+    let decided: std::collections::HashSet<uuid::Uuid> =
+        rows.iter().map(|r| r.request_id).collect();
+    assert!(accepted.iter().all(|a| decided.contains(&a.request_id)));
+    stack.wait_until_nothing_pending().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,6 +138,7 @@ async fn a_paused_worker_that_lost_its_lease_cannot_commit_when_it_wakes() {
     let stack = spawn_stack_with(1).await;
     let goods = stack.create_goods(10, 1).await;
     let users = stack.customers("zombie", 25).await;
+    let shard = stack.shard_of(goods);
     let log = std::env::temp_dir().join(format!("tn-zombie-{}.log", stack.redis.prefix()));
     // The zombie holds every batch it reads for two seconds before deciding it.
     let zombie = stack.named_worker(
@@ -149,7 +152,7 @@ async fn a_paused_worker_that_lost_its_lease_cannot_commit_when_it_wakes() {
     wait_until(
         "the zombie owns the shard",
         Duration::from_secs(30),
-        || async { owner(&stack, 0).await.as_deref() == Some("zombie") },
+        || async { owner(&stack, shard).await.as_deref() == Some("zombie") },
     )
     .await;
     let _healthy = stack.named_worker("healthy", None, &[]);
@@ -157,7 +160,7 @@ async fn a_paused_worker_that_lost_its_lease_cannot_commit_when_it_wakes() {
     for (id, token) in &users[..20] {
         stack.book(goods, *id, token, 1).await;
     }
-    let stream = format!("{}:{{s0}}:stream", stack.redis.prefix());
+    let stream = stack.keys().stream(shard);
     let conn = stack.redis.connection().await;
     wait_until(
         "the zombie holds an undecided batch",
@@ -168,7 +171,7 @@ async fn a_paused_worker_that_lost_its_lease_cannot_commit_when_it_wakes() {
             async move {
                 // No group yet (the worker is still starting) means not yet.
                 let reply: redis::RedisResult<redis::streams::StreamPendingReply> =
-                    conn.xpending(&stream, "workers").await;
+                    conn.xpending(&stream, CONSUMER_GROUP).await;
                 match reply {
                     Ok(redis::streams::StreamPendingReply::Data(d)) => d
                         .consumers
@@ -185,7 +188,7 @@ async fn a_paused_worker_that_lost_its_lease_cannot_commit_when_it_wakes() {
 
     // The healthy worker takes the shard after the lease TTL and decides the batch.
     stack.wait_for_decisions(20).await;
-    assert_eq!(owner(&stack, 0).await.as_deref(), Some("healthy"));
+    assert_eq!(owner(&stack, shard).await.as_deref(), Some("healthy"));
     signal(&zombie, "CONT");
     wait_until(
         "the zombie's commit is refused by the fence",
@@ -200,12 +203,14 @@ async fn a_paused_worker_that_lost_its_lease_cannot_commit_when_it_wakes() {
         stack.book(goods, *id, token, 1).await;
     }
     stack.wait_for_decisions(25).await;
-    let rows = assert_fifo_invariants(&stack, goods).await;
+    let rows = stack.assert_invariants(goods).await;
     assert_eq!(
-        rows.iter().filter(|r| r.decision == "confirmed").count(),
+        rows.iter()
+            .filter(|r| r.decision == Decision::Confirmed)
+            .count(),
         10
     );
-    wait_until_nothing_pending(&stack).await;
+    stack.wait_until_nothing_pending().await;
     let _ = std::fs::remove_file(&log);
 }
 
@@ -213,12 +218,13 @@ async fn a_paused_worker_that_lost_its_lease_cannot_commit_when_it_wakes() {
 async fn sigterm_during_a_sale_hands_the_shard_over_with_no_gap_over_a_second() {
     let stack = spawn_stack_with(1).await;
     let goods = stack.create_goods(100, 1).await;
+    let shard = stack.shard_of(goods);
     let users = stack.customers("term", 800).await;
     let mut first = stack.named_worker("first", None, &[]);
     wait_until(
         "the first worker owns the shard",
         Duration::from_secs(30),
-        || async { owner(&stack, 0).await.as_deref() == Some("first") },
+        || async { owner(&stack, shard).await.as_deref() == Some("first") },
     )
     .await;
     let _second = stack.named_worker("second", None, &[]);
@@ -233,8 +239,8 @@ async fn sigterm_during_a_sale_hands_the_shard_over_with_no_gap_over_a_second() 
     assert_eq!(exit_code(&mut first).await, Some(0), "graceful exit");
     assert_eq!(sale.await.expect("sale").len(), 800);
     stack.wait_for_decisions(800).await;
-    assert_eq!(owner(&stack, 0).await.as_deref(), Some("second"));
-    assert_fifo_invariants(&stack, goods).await;
+    assert_eq!(owner(&stack, shard).await.as_deref(), Some("second"));
+    stack.assert_invariants(goods).await;
 
     // Longest pause between two consecutive decision batches during the sale.
     let gap_ms: f64 = stack

@@ -1,23 +1,17 @@
 use std::collections::HashSet;
 
-use redis::AsyncCommands;
+use test_support::shared::decision::Decision;
 
-use crate::helpers::{assert_fifo_invariants, spawn_stack, Stack, SHARDS};
+use crate::helpers::{spawn_stack, Stack};
 
 /// The request ids on a goods' shard stream, in stream order (as the API wrote them).
 async fn stream_order(stack: &Stack, goods_id: i64) -> Vec<String> {
-    let mut conn = stack.redis.connection().await;
-    let stream = format!(
-        "{}:{{s{}}}:stream",
-        stack.redis.prefix(),
-        goods_id % i64::from(SHARDS)
-    );
-    let reply: redis::streams::StreamRangeReply = conn.xrange_all(&stream).await.expect("xrange");
-    reply
-        .ids
-        .iter()
-        .filter_map(|e| e.map.get("rid"))
-        .map(|v| redis::from_redis_value_ref::<String>(v).expect("rid"))
+    let stream = stack.keys().stream(stack.shard_of(goods_id));
+    stack
+        .stream_entries(&stream)
+        .await
+        .into_iter()
+        .filter_map(|mut fields| fields.remove("rid"))
         .collect()
 }
 
@@ -31,22 +25,31 @@ async fn sell_out(workers: usize, users: usize, seats: i64) {
     assert_eq!(accepted.len(), users, "every request accepted");
     stack.wait_for_decisions(users as i64).await;
 
-    let rows = assert_fifo_invariants(&stack, goods).await;
-    let confirmed = rows.iter().filter(|r| r.decision == "confirmed").count();
-    let waitlisted = rows.iter().filter(|r| r.decision == "waitlisted").count();
+    let rows = stack.assert_invariants(goods).await;
+    let confirmed = rows
+        .iter()
+        .filter(|r| r.decision == Decision::Confirmed)
+        .count();
+    let waitlisted = rows
+        .iter()
+        .filter(|r| r.decision == Decision::Waitlisted)
+        .count();
     assert_eq!(confirmed as i64, seats);
     assert_eq!(waitlisted, users - seats as usize);
     assert_eq!(stack.seats(goods).await, (seats as i32, seats as i32));
 
     // Every accepted request decided exactly once, and no user twice.
-    let accepted_ids: HashSet<String> = accepted.iter().map(|a| a.request_id.clone()).collect();
-    let decided_ids: HashSet<String> = rows.iter().map(|r| r.request_id.clone()).collect();
+    let accepted_ids: HashSet<uuid::Uuid> = accepted.iter().map(|a| a.request_id).collect();
+    let decided_ids: HashSet<uuid::Uuid> = rows.iter().map(|r| r.request_id).collect();
     assert_eq!(accepted_ids, decided_ids);
     let users_seen: HashSet<i64> = rows.iter().map(|r| r.user_id).collect();
     assert_eq!(users_seen.len(), users);
 
     // The decision log's order is the stream's own order.
-    let logged: Vec<String> = rows.iter().map(|r| r.request_id.replace('-', "")).collect();
+    let logged: Vec<String> = rows
+        .iter()
+        .map(|r| r.request_id.simple().to_string())
+        .collect();
     assert_eq!(logged, stream_order(&stack, goods).await);
 
     // Statuses reached the owners; nothing is left pending or dead.
@@ -54,11 +57,11 @@ async fn sell_out(workers: usize, users: usize, seats: i64) {
         customers.iter().map(|(id, t)| (*id, t.as_str())).collect();
     for row in [&rows[0], &rows[seats as usize], &rows[users - 1]] {
         let status = stack.status(&row.request_id, tokens[&row.user_id]).await;
-        assert_eq!(status["status"], row.decision.as_str());
+        assert_eq!(status["status"], row.decision.status().as_str());
         assert_eq!(status["bookingId"], serde_json::json!(row.booking_id));
     }
-    crate::helpers::wait_until_nothing_pending(&stack).await;
-    for shard in 0..SHARDS {
+    stack.wait_until_nothing_pending().await;
+    for shard in stack.keys().shards() {
         assert!(stack.dead_letters(shard).await.is_empty());
     }
     for child in &mut children {

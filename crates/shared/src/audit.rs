@@ -1,0 +1,621 @@
+//! The invariant checker: reads the decision log, the bookings and the goods, and
+//! names every breach of TicketNest's invariants it finds.
+//!
+//! One checker serves every caller: the integration tests after each sale, the load
+//! tool's correctness verdict, and the operator's `verify`. [`read`] takes the facts
+//! from PostgreSQL; [`check`] is pure, so its rules are unit-tested on hand-made facts.
+//!
+//! What it checks, per goods (stream order is the order of entry ids):
+//! * **oversell**: confirmed seats above the booking limit;
+//! * **counters**: `booked_count` differs from the confirmed seats, or `decided_count`
+//!   from the decisions logged;
+//! * **one live place per user**: a user with two live bookings for one goods;
+//! * **FIFO**: replaying the decision rule over the log in stream order gives another
+//!   decision than the one logged (the confirmed set is not exactly the first requests
+//!   that fit, a waitlisted request that fit, an `already_booked` for a user who held
+//!   nothing), or positions that do not follow stream order;
+//! * **bookings match decisions**: every live decision has its booking row, and every
+//!   booking row a live decision;
+//! * **exactly once**: one stream entry decided twice, or two decisions at one turn;
+//! * given the requests a caller saw accepted: an accepted request left undecided, and a
+//!   decision for a request never accepted.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::{
+    decision::{BookingStatus, Decision, DecisionRow, RejectReason, RowError},
+    error::SharedError,
+    stream::EntryId,
+};
+
+/// What the checker reads of a goods.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoodsFacts {
+    pub id: i64,
+    pub booking_limit: i32,
+    pub booked_count: i32,
+    pub decided_count: i64,
+}
+
+/// What the checker reads of a booking row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BookingFacts {
+    pub id: i64,
+    pub goods_id: i64,
+    pub user_id: i64,
+    pub request_id: Uuid,
+    pub quantity: i32,
+    pub status: BookingStatus,
+}
+
+/// Everything the checker looks at, for some goods or all.
+#[derive(Debug, Clone, Default)]
+pub struct Facts {
+    /// Ordered by goods, then stream order.
+    pub decisions: Vec<DecisionRow>,
+    pub goods: Vec<GoodsFacts>,
+    pub bookings: Vec<BookingFacts>,
+}
+
+/// One breach of an invariant, named.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Breach {
+    #[error("goods {goods_id} oversold: {confirmed} seats confirmed for {limit}")]
+    Oversold {
+        goods_id: i64,
+        confirmed: i64,
+        limit: i64,
+    },
+    #[error("goods {goods_id}: {counter} is {stored} but the log and bookings say {actual}")]
+    CounterMismatch {
+        goods_id: i64,
+        counter: &'static str,
+        stored: i64,
+        actual: i64,
+    },
+    #[error("goods {goods_id}: user {user_id} holds {count} live places")]
+    TwoLivePlaces {
+        goods_id: i64,
+        user_id: i64,
+        count: usize,
+    },
+    #[error(
+        "goods {goods_id} out of FIFO order at turn {turn}: request {request_id} was {actual} \
+         but {expected} was due ({seats_left} seats left at its turn)"
+    )]
+    OutOfOrder {
+        goods_id: i64,
+        turn: usize,
+        request_id: Uuid,
+        expected: String,
+        actual: String,
+        seats_left: i64,
+    },
+    #[error("goods {goods_id}: request {request_id} at turn {turn} has position {position:?}")]
+    PositionOutOfOrder {
+        goods_id: i64,
+        turn: usize,
+        request_id: Uuid,
+        position: Option<i64>,
+    },
+    #[error("goods {goods_id}: request {request_id}: {problem}")]
+    BookingMismatch {
+        goods_id: i64,
+        request_id: Uuid,
+        problem: &'static str,
+    },
+    #[error("goods {goods_id}: {what} decided twice (requests {first} and {second})")]
+    DecidedTwice {
+        goods_id: i64,
+        what: String,
+        first: Uuid,
+        second: Uuid,
+    },
+    #[error("{count} accepted requests were never decided (e.g. {example})")]
+    Undecided { count: usize, example: Uuid },
+    #[error("{count} decisions for requests never accepted (e.g. {example})")]
+    NeverAccepted { count: usize, example: Uuid },
+}
+
+/// Reads the facts for `goods` (every goods when `None`).
+///
+/// # Errors
+/// The database is unreachable, or holds a value this build cannot read.
+pub async fn read(
+    client: &tokio_postgres::Client,
+    goods: Option<&[i64]>,
+) -> Result<Facts, SharedError> {
+    let unavailable = |e: tokio_postgres::Error| SharedError::DatabaseUnavailable(Box::new(e));
+    let goods: Option<Vec<i64>> = goods.map(<[i64]>::to_vec);
+    let decisions = client
+        .query(
+            &format!(
+                "SELECT {} FROM booking_requests WHERE $1::int8[] IS NULL OR goods_id = ANY($1) \
+                 ORDER BY goods_id, stream_ms, stream_seq",
+                DecisionRow::COLUMNS
+            ),
+            &[&goods],
+        )
+        .await
+        .map_err(unavailable)?
+        .iter()
+        .map(DecisionRow::from_row)
+        .collect::<Result<Vec<_>, RowError>>()
+        .map_err(|e| SharedError::DatabaseUnavailable(Box::new(e)))?;
+    let goods_rows = client
+        .query(
+            "SELECT id, booking_limit, booked_count, decided_count FROM goods \
+             WHERE $1::int8[] IS NULL OR id = ANY($1) ORDER BY id",
+            &[&goods],
+        )
+        .await
+        .map_err(unavailable)?
+        .iter()
+        .map(|r| GoodsFacts {
+            id: r.get(0),
+            booking_limit: r.get(1),
+            booked_count: r.get(2),
+            decided_count: r.get(3),
+        })
+        .collect();
+    let bookings = client
+        .query(
+            "SELECT id, goods_id, user_id, request_id, quantity, status FROM bookings \
+             WHERE $1::int8[] IS NULL OR goods_id = ANY($1) ORDER BY id",
+            &[&goods],
+        )
+        .await
+        .map_err(unavailable)?
+        .iter()
+        .map(|r| {
+            Ok(BookingFacts {
+                id: r.get(0),
+                goods_id: r.get(1),
+                user_id: r.get(2),
+                request_id: r.get(3),
+                quantity: r.get(4),
+                status: r.get::<_, &str>(5).parse()?,
+            })
+        })
+        .collect::<Result<_, crate::decision::UnknownValue>>()
+        .map_err(|e| SharedError::DatabaseUnavailable(Box::new(e)))?;
+    Ok(Facts {
+        decisions,
+        goods: goods_rows,
+        bookings,
+    })
+}
+
+/// Reads and checks `goods` (every goods when `None`); see [`check`].
+///
+/// # Errors
+/// As [`read`].
+pub async fn audit(
+    client: &tokio_postgres::Client,
+    goods: Option<&[i64]>,
+    accepted: Option<&HashSet<Uuid>>,
+) -> Result<Vec<Breach>, SharedError> {
+    Ok(check(&read(client, goods).await?, accepted))
+}
+
+/// Every breach in `facts`. With `accepted` (the requests a caller saw answered 202,
+/// for exactly the goods read), also requests left undecided and decisions nobody
+/// asked for.
+pub fn check(facts: &Facts, accepted: Option<&HashSet<Uuid>>) -> Vec<Breach> {
+    let mut breaches = Vec::new();
+    if let Some(accepted) = accepted {
+        breaches.extend(check_accepted(&facts.decisions, accepted));
+    }
+    let mut by_goods: HashMap<i64, Vec<&DecisionRow>> = HashMap::new();
+    for row in &facts.decisions {
+        by_goods.entry(row.goods_id).or_default().push(row);
+    }
+    let mut bookings: HashMap<i64, Vec<&BookingFacts>> = HashMap::new();
+    for booking in &facts.bookings {
+        bookings.entry(booking.goods_id).or_default().push(booking);
+    }
+    for goods in &facts.goods {
+        let mut rows = by_goods.remove(&goods.id).unwrap_or_default();
+        rows.sort_by_key(|r| r.entry_id);
+        let goods_bookings = bookings.remove(&goods.id).unwrap_or_default();
+        breaches.extend(check_goods(goods, &rows, &goods_bookings));
+    }
+    breaches
+}
+
+fn check_accepted(rows: &[DecisionRow], accepted: &HashSet<Uuid>) -> Vec<Breach> {
+    let mut breaches = Vec::new();
+    let decided: HashSet<Uuid> = rows.iter().map(|r| r.request_id).collect();
+    let undecided: Vec<Uuid> = accepted.difference(&decided).copied().collect();
+    if let Some(example) = undecided.iter().min() {
+        breaches.push(Breach::Undecided {
+            count: undecided.len(),
+            example: *example,
+        });
+    }
+    let unknown: Vec<Uuid> = rows
+        .iter()
+        .map(|r| r.request_id)
+        .filter(|id| !accepted.contains(id))
+        .collect();
+    if let Some(example) = unknown.first() {
+        breaches.push(Breach::NeverAccepted {
+            count: unknown.len(),
+            example: *example,
+        });
+    }
+    breaches
+}
+
+/// The checks of one goods; `rows` in stream order.
+fn check_goods(
+    goods: &GoodsFacts,
+    rows: &[&DecisionRow],
+    bookings: &[&BookingFacts],
+) -> Vec<Breach> {
+    let mut breaches = Vec::new();
+    let goods_id = goods.id;
+    breaches.extend(check_once(goods_id, rows));
+    breaches.extend(replay(goods, rows));
+
+    let confirmed: i64 = bookings
+        .iter()
+        .filter(|b| b.status == BookingStatus::Confirmed)
+        .map(|b| i64::from(b.quantity))
+        .sum();
+    let limit = i64::from(goods.booking_limit);
+    if confirmed > limit {
+        breaches.push(Breach::Oversold {
+            goods_id,
+            confirmed,
+            limit,
+        });
+    }
+    let counters = [
+        ("booked_count", i64::from(goods.booked_count), confirmed),
+        (
+            "decided_count",
+            goods.decided_count,
+            rows.iter().filter(|r| r.position.is_some()).count() as i64,
+        ),
+    ];
+    for (counter, stored, actual) in counters {
+        if stored != actual {
+            breaches.push(Breach::CounterMismatch {
+                goods_id,
+                counter,
+                stored,
+                actual,
+            });
+        }
+    }
+
+    let mut live_per_user: HashMap<i64, usize> = HashMap::new();
+    for booking in bookings.iter().filter(|b| b.status.is_live()) {
+        *live_per_user.entry(booking.user_id).or_default() += 1;
+    }
+    let mut twice: Vec<(i64, usize)> = live_per_user.into_iter().filter(|(_, n)| *n > 1).collect();
+    twice.sort_unstable();
+    breaches.extend(
+        twice
+            .into_iter()
+            .map(|(user_id, count)| Breach::TwoLivePlaces {
+                goods_id,
+                user_id,
+                count,
+            }),
+    );
+
+    let by_request: HashMap<Uuid, &BookingFacts> =
+        bookings.iter().map(|b| (b.request_id, *b)).collect();
+    let mut mismatch = |request_id, problem| {
+        breaches.push(Breach::BookingMismatch {
+            goods_id,
+            request_id,
+            problem,
+        });
+    };
+    for row in rows {
+        match (row.decision, by_request.get(&row.request_id)) {
+            (d, None) if d.is_live() => mismatch(row.request_id, "live decision without a booking"),
+            (d, Some(_)) if !d.is_live() => {
+                mismatch(row.request_id, "rejected request has a booking")
+            }
+            (d, Some(b)) if d.booking() != Some(b.status) || row.booking_id != Some(b.id) => {
+                mismatch(row.request_id, "booking differs from its decision");
+            }
+            _ => {}
+        }
+    }
+    let logged: HashSet<Uuid> = rows.iter().map(|r| r.request_id).collect();
+    for booking in bookings {
+        if !logged.contains(&booking.request_id) {
+            mismatch(booking.request_id, "booking without a decision");
+        }
+    }
+    breaches
+}
+
+/// One stream entry decided twice, or two decisions at one turn.
+fn check_once(goods_id: i64, rows: &[&DecisionRow]) -> Vec<Breach> {
+    let mut breaches = Vec::new();
+    let mut entries: HashMap<EntryId, Uuid> = HashMap::new();
+    let mut turns: HashMap<i64, Uuid> = HashMap::new();
+    for row in rows {
+        if let Some(first) = entries.insert(row.entry_id, row.request_id) {
+            breaches.push(Breach::DecidedTwice {
+                goods_id,
+                what: format!("stream entry {}", row.entry_id),
+                first,
+                second: row.request_id,
+            });
+        }
+        if let Some(position) = row.position {
+            if let Some(first) = turns.insert(position, row.request_id) {
+                breaches.push(Breach::DecidedTwice {
+                    goods_id,
+                    what: format!("turn {position}"),
+                    first,
+                    second: row.request_id,
+                });
+            }
+        }
+    }
+    breaches
+}
+
+/// Replays the decision rule over one goods' log in stream order: a user holding a
+/// live place is `already_booked`; otherwise a request is confirmed if the seats left
+/// cover it, else waitlisted. Other rejections (deleted user, bad quantity, goods gone)
+/// depend on facts the log does not keep, and take no seat. The n-th decision must
+/// carry position n.
+fn replay(goods: &GoodsFacts, rows: &[&DecisionRow]) -> Vec<Breach> {
+    let mut breaches = Vec::new();
+    let mut left = i64::from(goods.booking_limit);
+    let mut live_users = HashSet::new();
+    for (i, row) in rows.iter().enumerate() {
+        let turn = i + 1;
+        if row.position != i64::try_from(turn).ok() {
+            breaches.push(Breach::PositionOutOfOrder {
+                goods_id: goods.id,
+                turn,
+                request_id: row.request_id,
+                position: row.position,
+            });
+        }
+        let quantity = i64::from(row.quantity);
+        let expected = match row.decision {
+            Decision::Rejected(reason) if reason != RejectReason::AlreadyBooked => row.decision,
+            _ if live_users.contains(&row.user_id) => {
+                Decision::Rejected(RejectReason::AlreadyBooked)
+            }
+            _ if quantity <= left => Decision::Confirmed,
+            _ => Decision::Waitlisted,
+        };
+        if row.decision != expected {
+            breaches.push(Breach::OutOfOrder {
+                goods_id: goods.id,
+                turn,
+                request_id: row.request_id,
+                expected: describe(expected),
+                actual: describe(row.decision),
+                seats_left: left,
+            });
+        }
+        // Go on from what was due, as the correct rule would have: one swapped pair
+        // of decisions is two breaches, not a cascade over every later turn.
+        if expected == Decision::Confirmed {
+            left -= quantity;
+        }
+        if expected.is_live() {
+            live_users.insert(row.user_id);
+        }
+    }
+    breaches
+}
+
+fn describe(decision: Decision) -> String {
+    match decision.reason() {
+        Some(reason) => format!("rejected ({reason})"),
+        None => decision.status().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+
+    use super::*;
+    use crate::shard::Shard;
+
+    /// A correct sale of one goods: `requests` single-seat requests, users 1..,
+    /// `seats` confirmed then waitlisted, every live one with its booking.
+    fn sale(requests: usize, seats: i32) -> Facts {
+        let mut facts = Facts {
+            goods: vec![GoodsFacts {
+                id: 1,
+                booking_limit: seats,
+                booked_count: seats.min(requests as i32),
+                decided_count: requests as i64,
+            }],
+            ..Facts::default()
+        };
+        for i in 0..requests {
+            let decision = if (i as i32) < seats {
+                Decision::Confirmed
+            } else {
+                Decision::Waitlisted
+            };
+            let request_id = Uuid::from_u128(i as u128 + 1);
+            let booking_id = i as i64 + 100;
+            facts.decisions.push(DecisionRow {
+                request_id,
+                goods_id: 1,
+                user_id: i as i64 + 1,
+                quantity: 1,
+                shard: Shard::new(1).unwrap(),
+                entry_id: EntryId {
+                    ms: 1_000 + i as i64,
+                    seq: 0,
+                },
+                position: Some(i as i64 + 1),
+                decision,
+                booking_id: Some(booking_id),
+                accepted_at: Utc::now(),
+                decided_at: Utc::now(),
+            });
+            facts.bookings.push(BookingFacts {
+                id: booking_id,
+                goods_id: 1,
+                user_id: i as i64 + 1,
+                request_id,
+                quantity: 1,
+                status: decision.booking().unwrap(),
+            });
+        }
+        facts
+    }
+
+    fn accepted(facts: &Facts) -> HashSet<Uuid> {
+        facts.decisions.iter().map(|r| r.request_id).collect()
+    }
+
+    #[test]
+    fn a_correct_sale_has_no_breach() {
+        let facts = sale(10, 3);
+        assert_eq!(check(&facts, Some(&accepted(&facts))), []);
+    }
+
+    #[test]
+    fn a_waitlisted_request_confirmed_is_oversold_and_out_of_order() {
+        let mut facts = sale(10, 3);
+        facts.decisions[5].decision = Decision::Confirmed;
+        facts.bookings[5].status = BookingStatus::Confirmed;
+        let breaches = check(&facts, None);
+        assert!(breaches.contains(&Breach::Oversold {
+            goods_id: 1,
+            confirmed: 4,
+            limit: 3
+        }));
+        assert!(breaches
+            .iter()
+            .any(|b| matches!(b, Breach::OutOfOrder { turn: 6, .. })));
+        assert!(breaches.iter().any(|b| matches!(
+            b,
+            Breach::CounterMismatch {
+                counter: "booked_count",
+                stored: 3,
+                actual: 4,
+                ..
+            }
+        )));
+    }
+
+    #[test]
+    fn a_confirmation_swapped_with_a_later_request_is_named_at_both_turns() {
+        let mut facts = sale(10, 3);
+        facts.decisions[2].decision = Decision::Waitlisted;
+        facts.bookings[2].status = BookingStatus::Waitlisted;
+        facts.decisions[7].decision = Decision::Confirmed;
+        facts.bookings[7].status = BookingStatus::Confirmed;
+        let turns: Vec<usize> = check(&facts, None)
+            .iter()
+            .filter_map(|b| match b {
+                Breach::OutOfOrder { turn, .. } => Some(*turn),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(turns, [3, 8]);
+    }
+
+    #[test]
+    fn a_second_live_place_of_one_user_is_named() {
+        let mut facts = sale(5, 3);
+        facts.decisions[1].user_id = 1;
+        facts.bookings[1].user_id = 1;
+        let breaches = check(&facts, None);
+        assert!(breaches.contains(&Breach::TwoLivePlaces {
+            goods_id: 1,
+            user_id: 1,
+            count: 2
+        }));
+        assert!(breaches.iter().any(|b| matches!(
+            b,
+            Breach::OutOfOrder { turn: 2, expected, .. } if expected == "rejected (already_booked)"
+        )));
+    }
+
+    #[test]
+    fn undecided_and_never_accepted_requests_are_named() {
+        let facts = sale(5, 3);
+        let mut asked = accepted(&facts);
+        let lost = Uuid::from_u128(999);
+        asked.insert(lost);
+        asked.remove(&Uuid::from_u128(5));
+        let breaches = check(&facts, Some(&asked));
+        assert!(breaches.contains(&Breach::Undecided {
+            count: 1,
+            example: lost
+        }));
+        assert!(breaches.contains(&Breach::NeverAccepted {
+            count: 1,
+            example: Uuid::from_u128(5)
+        }));
+    }
+
+    #[test]
+    fn one_entry_decided_twice_and_shifted_positions_are_named() {
+        let mut facts = sale(5, 3);
+        facts.decisions[4].entry_id = facts.decisions[3].entry_id;
+        facts.decisions[2].position = Some(7);
+        let breaches = check(&facts, None);
+        assert!(breaches.iter().any(
+            |b| matches!(b, Breach::DecidedTwice { what, .. } if what.starts_with("stream entry"))
+        ));
+        assert!(breaches.iter().any(|b| matches!(
+            b,
+            Breach::PositionOutOfOrder {
+                turn: 3,
+                position: Some(7),
+                ..
+            }
+        )));
+    }
+
+    #[test]
+    fn rejections_take_no_seat_and_a_large_request_may_waitlist_before_a_small_fits() {
+        let mut facts = sale(4, 3);
+        facts.decisions[0].quantity = 2;
+        facts.bookings[0].quantity = 2;
+        facts.decisions[1].decision = Decision::Rejected(RejectReason::InvalidQuantity);
+        facts.bookings.remove(1);
+        facts.decisions[1].booking_id = None;
+        facts.decisions[2].quantity = 3;
+        facts.decisions[2].decision = Decision::Waitlisted;
+        facts.bookings[1].quantity = 3;
+        facts.bookings[1].status = BookingStatus::Waitlisted;
+        facts.decisions[3].decision = Decision::Confirmed;
+        facts.bookings[2].status = BookingStatus::Confirmed;
+        assert_eq!(check(&facts, None), []);
+    }
+
+    #[test]
+    fn a_live_decision_without_its_booking_is_named() {
+        let mut facts = sale(3, 3);
+        facts.bookings.remove(1);
+        facts.goods[0].booked_count = 2;
+        let breaches = check(&facts, None);
+        assert_eq!(
+            breaches,
+            [Breach::BookingMismatch {
+                goods_id: 1,
+                request_id: Uuid::from_u128(2),
+                problem: "live decision without a booking"
+            }]
+        );
+    }
+}

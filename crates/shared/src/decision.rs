@@ -1,0 +1,305 @@
+//! What a booking request becomes: its status, the reason of a rejection, and the row
+//! the decision log (`booking_requests`) keeps for it.
+//!
+//! Every crate (the worker that decides, the API that answers status polls, the load
+//! tool and the tests that check a sale) uses these types, so a status or a reason is
+//! spelled in exactly one place. Their strings are the snake_case words clients see in
+//! the HTTP API and that PostgreSQL stores (`booking_requests.decision`, `.reason`).
+
+use std::{fmt, str::FromStr};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use crate::{shard::Shard, stream::EntryId};
+
+/// A stored or received word that names no known value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} `{value}`")]
+pub struct UnknownValue {
+    pub what: &'static str,
+    pub value: String,
+}
+
+/// An enum of unit variants spelled as snake_case words: `as_str`, `FromStr`,
+/// `Display` and `Serialize`, all from one table.
+macro_rules! words {
+    ($(#[$meta:meta])* $name:ident, $what:literal { $($(#[$vmeta:meta])* $variant:ident => $word:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [Self] = &[$(Self::$variant,)+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $word,)+
+                }
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = UnknownValue;
+
+            fn from_str(raw: &str) -> Result<Self, UnknownValue> {
+                match raw {
+                    $($word => Ok(Self::$variant),)+
+                    _ => Err(UnknownValue {
+                        what: $what,
+                        value: raw.chars().take(64).collect(),
+                    }),
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+    };
+}
+
+words!(
+    /// Status of one booking request, as clients see it.
+    RequestStatus, "request status" {
+        /// Accepted and on its shard's stream, not yet decided.
+        Queued => "queued",
+        Confirmed => "confirmed",
+        Waitlisted => "waitlisted",
+        Rejected => "rejected",
+    }
+);
+
+words!(
+    /// Why a request was rejected.
+    RejectReason, "rejection reason" {
+        /// The user already holds a confirmed or waitlisted place for the goods.
+        AlreadyBooked => "already_booked",
+        /// The goods no longer exists.
+        GoodsNotFound => "goods_not_found",
+        /// The user was deleted.
+        UserNotFound => "user_not_found",
+        /// The quantity exceeds the goods' current `maxPerBooking`.
+        InvalidQuantity => "invalid_quantity",
+        /// The entry was dead-lettered: it could not be decided.
+        Unprocessable => "unprocessable",
+    }
+);
+
+words!(
+    /// Status of a row of `bookings`.
+    BookingStatus, "booking status" {
+        /// Holds seats.
+        Confirmed => "confirmed",
+        /// Holds a place in the goods' waitlist.
+        Waitlisted => "waitlisted",
+        /// Released.
+        Cancelled => "cancelled",
+    }
+);
+
+impl BookingStatus {
+    /// Whether the booking holds a place (the statuses of `live_statuses!`).
+    pub fn is_live(self) -> bool {
+        matches!(self, Self::Confirmed | Self::Waitlisted)
+    }
+}
+
+/// The worker's decision on one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Decision {
+    /// Holds seats.
+    Confirmed,
+    /// Holds a place in the goods' waitlist.
+    Waitlisted,
+    Rejected(RejectReason),
+}
+
+impl Decision {
+    /// The status clients see.
+    pub fn status(self) -> RequestStatus {
+        match self {
+            Self::Confirmed => RequestStatus::Confirmed,
+            Self::Waitlisted => RequestStatus::Waitlisted,
+            Self::Rejected(_) => RequestStatus::Rejected,
+        }
+    }
+
+    pub fn reason(self) -> Option<RejectReason> {
+        match self {
+            Self::Rejected(reason) => Some(reason),
+            Self::Confirmed | Self::Waitlisted => None,
+        }
+    }
+
+    /// The booking a decision makes, if any.
+    pub fn booking(self) -> Option<BookingStatus> {
+        match self {
+            Self::Confirmed => Some(BookingStatus::Confirmed),
+            Self::Waitlisted => Some(BookingStatus::Waitlisted),
+            Self::Rejected(_) => None,
+        }
+    }
+
+    /// Whether the request holds a live booking (seats or a waitlist place).
+    pub fn is_live(self) -> bool {
+        self.booking().is_some()
+    }
+
+    /// From a status and a reason as stored (`decision`, `reason` columns; status hash
+    /// fields). `Ok(None)` for `queued`, which is no decision yet.
+    ///
+    /// # Errors
+    /// An unknown word, or a reason with a status that takes none (or none with
+    /// `rejected`).
+    pub fn from_parts(status: &str, reason: Option<&str>) -> Result<Option<Self>, UnknownValue> {
+        let status: RequestStatus = status.parse()?;
+        let reason = reason.map(str::parse::<RejectReason>).transpose()?;
+        let mismatch = || UnknownValue {
+            what: "status and reason pair",
+            value: format!("{status}/{}", reason.map_or("", RejectReason::as_str)),
+        };
+        match (status, reason) {
+            (RequestStatus::Queued, None) => Ok(None),
+            (RequestStatus::Confirmed, None) => Ok(Some(Self::Confirmed)),
+            (RequestStatus::Waitlisted, None) => Ok(Some(Self::Waitlisted)),
+            (RequestStatus::Rejected, Some(reason)) => Ok(Some(Self::Rejected(reason))),
+            _ => Err(mismatch()),
+        }
+    }
+}
+
+/// One row of the decision log, `booking_requests`: every accepted request that was
+/// decided, with its place in its goods' order. Read with [`DecisionRow::COLUMNS`] and
+/// [`DecisionRow::from_row`] wherever it is read (worker, API, load tool, tests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecisionRow {
+    /// Made by the API; the primary key (exactly-once effect).
+    pub request_id: Uuid,
+    pub goods_id: i64,
+    pub user_id: i64,
+    pub quantity: i32,
+    pub shard: Shard,
+    /// The stream entry it was decided from; stream order is the goods' FIFO order.
+    pub entry_id: EntryId,
+    /// Its turn among its goods' decisions (`None` when the goods did not exist).
+    pub position: Option<i64>,
+    pub decision: Decision,
+    /// The booking row of a live decision.
+    pub booking_id: Option<i64>,
+    /// When the API accepted it (API clock).
+    pub accepted_at: DateTime<Utc>,
+    /// When it was committed (PostgreSQL clock).
+    pub decided_at: DateTime<Utc>,
+}
+
+/// A decision-log row PostgreSQL holds but this build cannot read.
+#[derive(Debug, thiserror::Error)]
+pub enum RowError {
+    #[error("decision log column: {0}")]
+    Column(#[from] tokio_postgres::Error),
+    #[error("decision log value: {0}")]
+    Value(#[from] UnknownValue),
+    #[error("decision log value: {0}")]
+    Range(#[from] crate::shard::OutOfRange),
+}
+
+impl DecisionRow {
+    /// The columns [`DecisionRow::from_row`] reads, in its order (for `SELECT` and
+    /// `RETURNING`).
+    pub const COLUMNS: &'static str = "request_id, goods_id, user_id, quantity, shard, \
+         stream_ms, stream_seq, position, decision, reason, booking_id, accepted_at, decided_at";
+
+    /// # Errors
+    /// A column of an unexpected type, or a value this build does not know.
+    pub fn from_row(row: &Row) -> Result<Self, RowError> {
+        let status: &str = row.try_get(8)?;
+        let reason: Option<&str> = row.try_get(9)?;
+        let decision = Decision::from_parts(status, reason)?.ok_or_else(|| UnknownValue {
+            what: "decision",
+            value: status.to_owned(),
+        })?;
+        Ok(Self {
+            request_id: row.try_get(0)?,
+            goods_id: row.try_get(1)?,
+            user_id: row.try_get(2)?,
+            quantity: row.try_get(3)?,
+            shard: Shard::new(i64::from(row.try_get::<_, i32>(4)?))?,
+            entry_id: EntryId {
+                ms: row.try_get(5)?,
+                seq: row.try_get(6)?,
+            },
+            position: row.try_get(7)?,
+            decision,
+            booking_id: row.try_get(10)?,
+            accepted_at: row.try_get(11)?,
+            decided_at: row.try_get(12)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_round_trip_and_unknown_words_are_named() {
+        for status in RequestStatus::ALL {
+            assert_eq!(status.as_str().parse::<RequestStatus>(), Ok(*status));
+        }
+        for reason in RejectReason::ALL {
+            assert_eq!(reason.as_str().parse::<RejectReason>(), Ok(*reason));
+        }
+        let e = "sold".parse::<RequestStatus>().unwrap_err();
+        assert_eq!(e.to_string(), "unknown request status `sold`");
+    }
+
+    #[test]
+    fn the_api_spells_statuses_and_reasons_as_before() {
+        let json = serde_json::to_string(&(
+            RequestStatus::Waitlisted,
+            RejectReason::AlreadyBooked,
+            RejectReason::Unprocessable,
+        ))
+        .unwrap();
+        assert_eq!(json, r#"["waitlisted","already_booked","unprocessable"]"#);
+    }
+
+    #[test]
+    fn decisions_come_from_a_status_and_a_reason_that_fit_together() {
+        assert_eq!(Decision::from_parts("queued", None), Ok(None));
+        assert_eq!(
+            Decision::from_parts("confirmed", None),
+            Ok(Some(Decision::Confirmed))
+        );
+        assert_eq!(
+            Decision::from_parts("rejected", Some("goods_not_found")),
+            Ok(Some(Decision::Rejected(RejectReason::GoodsNotFound)))
+        );
+        assert!(Decision::from_parts("rejected", None).is_err());
+        assert!(Decision::from_parts("confirmed", Some("already_booked")).is_err());
+        assert!(Decision::from_parts("rejected", Some("bored")).is_err());
+        for d in [
+            Decision::Confirmed,
+            Decision::Waitlisted,
+            Decision::Rejected(RejectReason::UserNotFound),
+        ] {
+            let back =
+                Decision::from_parts(d.status().as_str(), d.reason().map(RejectReason::as_str));
+            assert_eq!(back, Ok(Some(d)));
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! What every part of a running worker shares: connections, key names and settings.
+//!
+//! It depends on nothing else in this crate, so `lease`, `shard` and `startup` all
+//! use it without depending on each other in a circle.
+
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use shared::{
+    config::{RedisConfig, WorkerConfig},
+    keys::Keys,
+    queue::QueueConnection,
+};
+
+pub struct Context {
+    pub pool: Pool,
+    /// Shared connection for short commands (statuses, XACK, leases).
+    pub redis: QueueConnection,
+    /// For opening each shard's connection of its own (blocking reads).
+    pub redis_config: RedisConfig,
+    pub keys: Keys,
+    pub worker: WorkerConfig,
+    /// How long a request status lives in Redis.
+    pub status_ttl: Duration,
+}
