@@ -1,7 +1,8 @@
 //! ticketnest-admin: operator commands.
 //!
-//! `migrate` applies the schema; `user promote|delete` manage accounts. Each subcommand
-//! reads the same `TICKETNEST_*` environment as the services.
+//! `migrate` applies the schema; `user promote|demote|delete` manage accounts; `user
+//! bulk-create` makes many users at once with their tokens (load tests, rehearsals).
+//! Each subcommand reads the same `TICKETNEST_*` environment as the services.
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};

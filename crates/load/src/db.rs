@@ -27,7 +27,7 @@ pub async fn decided_count(pool: &Pool, goods_id: i64) -> anyhow::Result<u64> {
 /// Database errors.
 pub async fn sale_facts(pool: &Pool, goods_id: i64) -> anyhow::Result<Facts> {
     let client = pool.get().await?;
-    Ok(shared::audit::read(&client, Some(&[goods_id])).await?)
+    Ok(shared::audit::read(&**client, Some(&[goods_id])).await?)
 }
 
 /// Time from acceptance (API clock) to decision (PostgreSQL clock), in microseconds,

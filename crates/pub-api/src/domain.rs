@@ -139,6 +139,20 @@ fn bounded_text(
     Ok(value.to_owned())
 }
 
+/// `value` as an `i32` within `range`, or a 400 naming `field`.
+fn int_in(
+    field: &'static str,
+    value: i64,
+    range: std::ops::RangeInclusive<i64>,
+    message: String,
+) -> Result<i32, ApiError> {
+    if range.contains(&value) {
+        i32::try_from(value).map_err(|_| ApiError::validation(field, message))
+    } else {
+        Err(ApiError::validation(field, message))
+    }
+}
+
 /// The raw fields of a goods, as sent by a client.
 pub struct GoodsInput<'a> {
     pub title: &'a str,
@@ -171,29 +185,28 @@ impl GoodsInput<'_> {
             ));
         }
         let show_date = parse_show_date(self.show_date)?;
-        if !(1..=MAX_BOOKING_LIMIT).contains(&self.booking_limit) {
-            return Err(ApiError::validation(
-                "bookingLimit",
-                format!("bookingLimit must be between 1 and {MAX_BOOKING_LIMIT}"),
-            ));
-        }
-        let max_per_booking = self.max_per_booking.unwrap_or(1);
-        if !(1..=MAX_PER_BOOKING.min(self.booking_limit)).contains(&max_per_booking) {
-            return Err(ApiError::validation(
-                "maxPerBooking",
-                format!("maxPerBooking must be between 1 and {MAX_PER_BOOKING} (and at most bookingLimit)"),
-            ));
-        }
-        // Both fit in i32: bounded above by MAX_BOOKING_LIMIT.
-        let to_i32 = |v: i64| i32::try_from(v).unwrap_or(i32::MAX);
+        let booking_limit = int_in(
+            "bookingLimit",
+            self.booking_limit,
+            1..=MAX_BOOKING_LIMIT,
+            format!("bookingLimit must be between 1 and {MAX_BOOKING_LIMIT}"),
+        )?;
+        let max_per_booking = int_in(
+            "maxPerBooking",
+            self.max_per_booking.unwrap_or(1),
+            1..=MAX_PER_BOOKING.min(self.booking_limit),
+            format!(
+                "maxPerBooking must be between 1 and {MAX_PER_BOOKING} (and at most bookingLimit)"
+            ),
+        )?;
         Ok(NewGoods {
             title,
             content,
             price: self.price,
             img_url,
             show_date,
-            booking_limit: to_i32(self.booking_limit),
-            max_per_booking: to_i32(max_per_booking),
+            booking_limit,
+            max_per_booking,
         })
     }
 }

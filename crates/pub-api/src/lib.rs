@@ -4,6 +4,17 @@
 //! answers status polls. It holds no state another copy would need, so any number of
 //! copies can run behind a load balancer. `main.rs` is a thin shell over
 //! [`startup::Application`], which tests start in-process on port 0.
+//!
+//! Module map:
+//! * [`startup`]: builds the state, binds, registers every route (one table).
+//! * `routes`: one module per resource (`auth`, `goods`, `bookings`, `health`); each
+//!   handler parses, authorizes, calls, answers. Bookings go through `shared::stream`.
+//! * `extract`: typed input (JSON bodies, path ids, the authenticated user).
+//! * `domain`: validated input types; `db`: every SQL statement the API runs.
+//! * [`error`]: the one place errors become HTTP responses.
+//! * `state`: what every handler shares; `redis_local`: a Redis connection per actix
+//!   worker thread; `backlog`: per-shard backpressure samples; `revocation`: the set
+//!   of deleted users; `request_id`: the `x-request-id` middleware.
 
 mod backlog;
 mod db;

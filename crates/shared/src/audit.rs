@@ -23,6 +23,7 @@
 use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
+use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use crate::{
@@ -121,12 +122,13 @@ pub enum Breach {
     NeverAccepted { count: usize, example: Uuid },
 }
 
-/// Reads the facts for `goods` (every goods when `None`).
+/// Reads the facts for `goods` (every goods when `None`), through a client or inside a
+/// transaction.
 ///
 /// # Errors
 /// The database is unreachable, or holds a value this build cannot read.
 pub async fn read(
-    client: &tokio_postgres::Client,
+    client: &impl GenericClient,
     goods: Option<&[i64]>,
 ) -> Result<Facts, SharedError> {
     let unavailable = |e: tokio_postgres::Error| SharedError::DatabaseUnavailable(Box::new(e));
@@ -195,7 +197,7 @@ pub async fn read(
 /// # Errors
 /// As [`read`].
 pub async fn audit(
-    client: &tokio_postgres::Client,
+    client: &impl GenericClient,
     goods: Option<&[i64]>,
     accepted: Option<&HashSet<Uuid>>,
 ) -> Result<Vec<Breach>, SharedError> {

@@ -122,7 +122,7 @@ impl LeaseManager {
             self.renew_all().await;
             match self.live_workers().await {
                 Ok(live) => {
-                    let share = fair_share(self.ctx.keys.shard_count(), live);
+                    let share = fair_share(self.ctx.keys.shards().count(), live);
                     if self.held.len() > share {
                         self.hand_over(self.held.len() - share);
                     } else if self.held.len() < share {
@@ -391,8 +391,7 @@ async fn release_lease(ctx: &Context, script: &Script, instance: &str, shard: Sh
 }
 
 /// The most shards one of `live` workers may hold: `ceil(shards / live)`.
-pub fn fair_share(shards: u32, live: usize) -> usize {
-    let shards = usize::try_from(shards).unwrap_or(usize::MAX);
+pub fn fair_share(shards: usize, live: usize) -> usize {
     shards.div_ceil(live.max(1))
 }
 

@@ -117,19 +117,20 @@ pub async fn list(
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let limit = query.limit.unwrap_or(DEFAULT_PAGE_SIZE);
-    if !(1..=MAX_PAGE_SIZE).contains(&limit) {
-        return Err(ApiError::InvalidQuery(format!(
-            "limit must be between 1 and {MAX_PAGE_SIZE}"
-        )));
-    }
+    let page_size = usize::try_from(limit)
+        .ok()
+        .filter(|_| (1..=MAX_PAGE_SIZE).contains(&limit))
+        .ok_or_else(|| {
+            ApiError::InvalidQuery(format!("limit must be between 1 and {MAX_PAGE_SIZE}"))
+        })?;
     let after = query.cursor.unwrap_or(0);
     if after < 0 {
         return Err(ApiError::InvalidQuery("cursor must not be negative".into()));
     }
     // One extra row tells whether another page follows.
     let mut rows = db::list_goods(&state.pool, after, limit + 1).await?;
-    let more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
-    rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    let more = rows.len() > page_size;
+    rows.truncate(page_size);
     let next_cursor = if more {
         rows.last().map(|g| g.id)
     } else {
