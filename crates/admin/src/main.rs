@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use shared::{
     auth::{PasswordHashing, Role, TokenKeys},
-    config::{AuthConfig, DatabaseConfig, Environment},
+    config::{AuthConfig, DatabaseConfig, Environment, FromVars},
 };
 
 #[derive(Debug, Parser)]

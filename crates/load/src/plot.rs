@@ -9,7 +9,7 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
 use plotters::{
-    coord::Shift,
+    coord::{types::RangedCoordf64, Shift},
     prelude::*,
     style::{register_font, FontStyle},
 };
@@ -50,6 +50,40 @@ fn rates(timeline: &[Sample]) -> Vec<(f64, f64, f64, f64)> {
         .collect()
 }
 
+fn err(e: &dyn std::fmt::Debug) -> anyhow::Error {
+    anyhow::anyhow!("{e:?}")
+}
+
+type Panel<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// One panel: a captioned chart from 0 to `x_max` and 0 to `y_max`, with its mesh
+/// drawn (x labels through `x_label` when given, else plotters' own).
+fn panel<'a, DB: DrawingBackend>(
+    area: &'a DrawingArea<DB, Shift>,
+    caption: &str,
+    (x_max, y_max): (f64, f64),
+    x_desc: &str,
+    x_label: Option<&dyn Fn(&f64) -> String>,
+) -> anyhow::Result<Panel<'a, DB>>
+where
+    DB::ErrorType: 'static,
+{
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 16))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..x_max, 0.0..y_max)
+        .map_err(|e| err(&e))?;
+    let mut mesh = chart.configure_mesh();
+    mesh.x_desc(x_desc);
+    if let Some(format) = x_label {
+        mesh.x_label_formatter(format);
+    }
+    mesh.draw().map_err(|e| err(&e))?;
+    Ok(chart)
+}
+
 fn draw<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     title: &str,
@@ -59,29 +93,23 @@ fn draw<DB: DrawingBackend>(
 where
     DB::ErrorType: 'static,
 {
-    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    root.fill(&WHITE).map_err(|e| err(&e))?;
     let root = root
         .titled(title, ("sans-serif", 22))
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        .map_err(|e| err(&e))?;
     let panels = root.split_evenly((3, 1));
     let points = rates(timeline);
     let t_max = points.last().map_or(1.0, |p| p.0).max(1.0);
     let rate_max = points.iter().map(|p| p.1.max(p.2)).fold(1.0, f64::max) * 1.1;
     let backlog_max = points.iter().map(|p| p.3).fold(1.0, f64::max) * 1.1;
-    let err = |e: &dyn std::fmt::Debug| anyhow::anyhow!("{e:?}");
 
-    let mut chart = ChartBuilder::on(&panels[0])
-        .caption("requests per second", ("sans-serif", 16))
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..t_max, 0.0..rate_max)
-        .map_err(|e| err(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds")
-        .draw()
-        .map_err(|e| err(&e))?;
+    let mut chart = panel(
+        &panels[0],
+        "requests per second",
+        (t_max, rate_max),
+        "seconds",
+        None,
+    )?;
     chart
         .draw_series(LineSeries::new(points.iter().map(|p| (p.0, p.1)), &BLUE))
         .map_err(|e| err(&e))?
@@ -99,18 +127,13 @@ where
         .draw()
         .map_err(|e| err(&e))?;
 
-    let mut chart = ChartBuilder::on(&panels[1])
-        .caption("backlog (accepted, not yet decided)", ("sans-serif", 16))
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..t_max, 0.0..backlog_max)
-        .map_err(|e| err(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds")
-        .draw()
-        .map_err(|e| err(&e))?;
+    let mut chart = panel(
+        &panels[1],
+        "backlog (accepted, not yet decided)",
+        (t_max, backlog_max),
+        "seconds",
+        None,
+    )?;
     chart
         .draw_series(LineSeries::new(points.iter().map(|p| (p.0, p.3)), &GREEN))
         .map_err(|e| err(&e))?;
@@ -127,19 +150,14 @@ where
         })
         .collect();
     let lat_max = quantiles.iter().map(|p| p.1).fold(0.1, f64::max) * 1.1;
-    let mut chart = ChartBuilder::on(&panels[2])
-        .caption("accept latency by percentile (ms)", ("sans-serif", 16))
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..4.0, 0.0..lat_max)
-        .map_err(|e| err(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc("percentile")
-        .x_label_formatter(&|x| format!("{:.2}%", 100.0 * (1.0 - 10f64.powf(-x))))
-        .draw()
-        .map_err(|e| err(&e))?;
+    let percentile = |x: &f64| format!("{:.2}%", 100.0 * (1.0 - 10f64.powf(-x)));
+    let mut chart = panel(
+        &panels[2],
+        "accept latency by percentile (ms)",
+        (4.0, lat_max),
+        "percentile",
+        Some(&percentile),
+    )?;
     chart
         .draw_series(LineSeries::new(quantiles, &MAGENTA))
         .map_err(|e| err(&e))?;

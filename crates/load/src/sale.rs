@@ -17,7 +17,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use reqwest::{header::HeaderValue, Url};
 use shared::{
     auth::{PasswordHashing, Role, TokenKeys},
-    config::{process_env, AuthConfig, DatabaseConfig, Environment},
+    config::{process_env, AuthConfig, DatabaseConfig, Environment, FromVars},
 };
 use tokio::sync::watch;
 

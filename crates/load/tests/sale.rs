@@ -166,12 +166,6 @@ async fn a_remote_target_is_refused_without_allow_remote() {
         stderr.contains("not a loopback address") && stderr.contains("--allow-remote"),
         "{stderr}"
     );
-    let users: i64 = db
-        .client()
-        .await
-        .query_one("SELECT count(*) FROM users", &[])
-        .await
-        .expect("count")
-        .get(0);
+    let users = db.count("users").await;
     assert_eq!(users, 0, "nothing was prepared");
 }

@@ -5,6 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
+use serde::Serialize;
 use shared::{auth::Role, decision::DecisionRow};
 use tokio_postgres::{error::SqlState, Row};
 use uuid::Uuid;
@@ -16,13 +17,8 @@ use crate::error::ApiError;
 pub struct Goods {
     pub id: i64,
     pub organizer_id: i64,
-    pub title: String,
-    pub content: String,
-    pub price: i64,
-    pub img_url: String,
-    pub show_date: DateTime<Utc>,
-    pub booking_limit: i32,
-    pub max_per_booking: i32,
+    /// What the organizer set.
+    pub fields: GoodsFields,
     pub booked_count: i32,
     pub created_at: DateTime<Utc>,
 }
@@ -35,13 +31,15 @@ impl Goods {
         Self {
             id: row.get(0),
             organizer_id: row.get(1),
-            title: row.get(2),
-            content: row.get(3),
-            price: row.get(4),
-            img_url: row.get(5),
-            show_date: row.get(6),
-            booking_limit: row.get(7),
-            max_per_booking: row.get(8),
+            fields: GoodsFields {
+                title: row.get(2),
+                content: row.get(3),
+                price: row.get(4),
+                img_url: row.get(5),
+                show_date: row.get(6),
+                booking_limit: row.get(7),
+                max_per_booking: row.get(8),
+            },
             booked_count: row.get(9),
             created_at: row.get(10),
         }
@@ -54,9 +52,11 @@ pub struct GoodsLimits {
     pub max_per_booking: i32,
 }
 
-/// Validated input for a new goods.
-#[derive(Debug)]
-pub struct NewGoods {
+/// The fields of a goods an organizer sets, validated (`domain::GoodsInput::parse`);
+/// serialised as they appear in the API's goods objects.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GoodsFields {
     pub title: String,
     pub content: String,
     pub price: i64,
@@ -169,7 +169,11 @@ pub async fn revoked_user_ids(pool: &Pool) -> Result<Vec<i64>, ApiError> {
 
 /// # Errors
 /// A database failure.
-pub async fn insert_goods(pool: &Pool, organizer_id: i64, g: &NewGoods) -> Result<Goods, ApiError> {
+pub async fn insert_goods(
+    pool: &Pool,
+    organizer_id: i64,
+    g: &GoodsFields,
+) -> Result<Goods, ApiError> {
     let client = pool.get().await?;
     let sql = format!(
         "INSERT INTO goods (organizer_id, title, content, price, img_url, show_date, \

@@ -1,5 +1,5 @@
 //! Validated input types. Raw strings from clients stop here: a handler only ever
-//! holds an `Email`, a `Password`, a `Nickname` or a `NewGoods` that passed `parse`.
+//! holds an `Email`, a `Password`, a `Nickname` or a `GoodsFields` that passed `parse`.
 //!
 //! Rules follow the original TicketNest so its clients keep working: passwords of 8+
 //! characters with an upper-case letter, a lower-case letter, a digit and a symbol;
@@ -7,7 +7,7 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 
-use crate::{db::NewGoods, error::ApiError};
+use crate::{db::GoodsFields, error::ApiError};
 
 /// Longest password accepted. Bounds the argon2 input so a huge password is not a
 /// cheap way to burn CPU.
@@ -167,7 +167,7 @@ pub struct GoodsInput<'a> {
 impl GoodsInput<'_> {
     /// # Errors
     /// 400 naming the first invalid field.
-    pub fn parse(self) -> Result<NewGoods, ApiError> {
+    pub fn parse(self) -> Result<GoodsFields, ApiError> {
         let title = bounded_text("title", self.title, 1, MAX_TITLE_CHARS)?;
         let content = bounded_text("content", self.content, 0, MAX_CONTENT_CHARS)?;
         if !(0..=MAX_PRICE).contains(&self.price) {
@@ -199,7 +199,7 @@ impl GoodsInput<'_> {
                 "maxPerBooking must be between 1 and {MAX_PER_BOOKING} (and at most bookingLimit)"
             ),
         )?;
-        Ok(NewGoods {
+        Ok(GoodsFields {
             title,
             content,
             price: self.price,

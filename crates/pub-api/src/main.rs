@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use pub_api::startup::{Application, StartupError};
-use shared::config::ApiConfig;
+use shared::config::{ApiConfig, FromVars};
 use tokio_util::sync::CancellationToken;
 
 /// mimalloc instead of glibc malloc: the allocator was a tenth of pub-api's profile

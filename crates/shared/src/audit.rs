@@ -1,8 +1,8 @@
 //! The invariant checker: reads the decision log, the bookings and the goods, and
 //! names every breach of TicketNest's invariants it finds.
 //!
-//! One checker serves every caller: the integration tests after each sale, the load
-//! tool's correctness verdict, and the operator's `verify`. [`read`] takes the facts
+//! One checker serves every caller: the integration tests after each sale and the load
+//! tool's correctness verdict (and, next, an operator's `verify` command). [`read`] takes the facts
 //! from PostgreSQL; [`check`] is pure, so its rules are unit-tested on hand-made facts.
 //!
 //! What it checks, per goods (stream order is the order of entry ids):

@@ -25,6 +25,21 @@ pub fn process_env(name: &str) -> Option<String> {
     env::var(name).ok()
 }
 
+/// A configuration read from variables alone.
+pub trait FromVars: Sized {
+    /// # Errors
+    /// The first invalid variable, by name.
+    fn from_vars(vars: Lookup<'_>) -> Result<Self, ConfigError>;
+
+    /// Reads the process environment.
+    ///
+    /// # Errors
+    /// The first invalid variable, by name.
+    fn from_env() -> Result<Self, ConfigError> {
+        Self::from_vars(&process_env)
+    }
+}
+
 /// Reads an optional variable; empty counts as unset.
 fn var(vars: Lookup<'_>, name: &'static str) -> Option<String> {
     vars(name).filter(|v| !v.trim().is_empty())
@@ -146,18 +161,10 @@ pub struct DatabaseConfig {
     pub max_connection_age: Duration,
 }
 
-impl DatabaseConfig {
-    /// Reads the process environment.
-    ///
-    /// # Errors
-    /// The first invalid variable, by name.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_vars(&process_env)
-    }
-
+impl FromVars for DatabaseConfig {
     /// # Errors
     /// An invalid pool size or a URL tokio-postgres cannot parse.
-    pub fn from_vars(vars: Lookup<'_>) -> Result<Self, ConfigError> {
+    fn from_vars(vars: Lookup<'_>) -> Result<Self, ConfigError> {
         let url = var(vars, "TICKETNEST_DATABASE_URL")
             .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/ticketnest".into());
         url.parse::<tokio_postgres::Config>()
@@ -177,7 +184,9 @@ impl DatabaseConfig {
             )?),
         })
     }
+}
 
+impl DatabaseConfig {
     /// The parsed connection settings.
     ///
     /// # Errors
@@ -497,18 +506,10 @@ pub struct ApiConfig {
     pub auth: AuthConfig,
 }
 
-impl ApiConfig {
-    /// Reads the process environment.
-    ///
+impl FromVars for ApiConfig {
     /// # Errors
     /// The first invalid variable, by name.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_vars(&process_env)
-    }
-
-    /// # Errors
-    /// The first invalid variable, by name.
-    pub fn from_vars(vars: Lookup<'_>) -> Result<Self, ConfigError> {
+    fn from_vars(vars: Lookup<'_>) -> Result<Self, ConfigError> {
         let environment = Environment::from_vars(vars)?;
         Ok(Self {
             environment,
@@ -531,18 +532,10 @@ pub struct SubWorkerConfig {
     pub worker: WorkerConfig,
 }
 
-impl SubWorkerConfig {
-    /// Reads the process environment.
-    ///
+impl FromVars for SubWorkerConfig {
     /// # Errors
     /// The first invalid variable, by name.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_vars(&process_env)
-    }
-
-    /// # Errors
-    /// The first invalid variable, by name.
-    pub fn from_vars(vars: Lookup<'_>) -> Result<Self, ConfigError> {
+    fn from_vars(vars: Lookup<'_>) -> Result<Self, ConfigError> {
         let environment = Environment::from_vars(vars)?;
         Ok(Self {
             environment,

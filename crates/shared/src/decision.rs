@@ -202,7 +202,8 @@ pub struct DecisionRow {
     pub booking_id: Option<i64>,
     /// When the API accepted it (API clock).
     pub accepted_at: DateTime<Utc>,
-    /// When it was committed (PostgreSQL clock).
+    /// When its batch transaction started (PostgreSQL's `now()`): within one batch
+    /// of when it was committed.
     pub decided_at: DateTime<Utc>,
 }
 

@@ -1,4 +1,5 @@
-//! Every Redis key, group and consumer name, built from the configured prefix.
+//! Every Redis key name, built from the configured prefix. (The consumer group and
+//! the special stream ids are the protocol's: `stream`.)
 //!
 //! No other module writes a key literal (tests included: they build keys here too).
 //! All keys of one shard share the hash tag `{s<n>}`, so one shard's stream, lease,
@@ -100,11 +101,11 @@ impl Keys {
         with_shard(Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, name.as_bytes()), shard)
     }
 
-    /// The shard a request id made by `new_request_id` carries. (An id made by
-    /// anyone else names some shard whose status hash will not hold it.)
-    pub fn shard_in_request_id(request_id: Uuid) -> Shard {
+    /// The shard a request id made by `new_request_id` carries; `None` when its last
+    /// two bytes name no shard (an id TicketNest did not make).
+    pub fn shard_in_request_id(request_id: Uuid) -> Option<Shard> {
         let bytes = request_id.as_bytes();
-        Shard::from_id_bytes([bytes[14], bytes[15]])
+        Shard::new(i64::from(u16::from_be_bytes([bytes[14], bytes[15]]))).ok()
     }
 
     /// `tn:workers` — live workers: a sorted set of worker instances scored by when
@@ -169,7 +170,7 @@ mod tests {
         assert_ne!(id, Keys::idempotent_request_id(s(3), 8, 42, "retry-1"));
         assert_ne!(id, Keys::idempotent_request_id(s(3), 7, 43, "retry-1"));
         assert_ne!(id, Keys::idempotent_request_id(s(3), 7, 42, "retry-2"));
-        assert_eq!(Keys::shard_in_request_id(id), s(3));
+        assert_eq!(Keys::shard_in_request_id(id), Some(s(3)));
     }
 
     #[test]
@@ -185,12 +186,13 @@ mod tests {
     fn request_ids_carry_their_shard_and_stay_valid_time_ordered_uuids() {
         for shard in [0, 3, 15, 1023].map(s) {
             let id = Keys::new_request_id(shard);
-            assert_eq!(Keys::shard_in_request_id(id), shard);
+            assert_eq!(Keys::shard_in_request_id(id), Some(shard));
             assert_eq!(id.get_version_num(), 7);
             assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
         }
         let first = Keys::new_request_id(s(1));
         std::thread::sleep(std::time::Duration::from_millis(2));
         assert!(Keys::new_request_id(s(0)) > first, "later ids sort later");
+        assert_eq!(Keys::shard_in_request_id(Uuid::max()), None);
     }
 }

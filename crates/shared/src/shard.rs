@@ -45,11 +45,6 @@ impl Shard {
         }
     }
 
-    /// The shard number a request id carries in its last two bytes.
-    pub(crate) fn from_id_bytes(bytes: [u8; 2]) -> Self {
-        Self(u16::from_be_bytes(bytes))
-    }
-
     pub(crate) fn id_bytes(self) -> [u8; 2] {
         self.0.to_be_bytes()
     }

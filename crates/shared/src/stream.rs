@@ -411,7 +411,8 @@ pub async fn enqueue<C: ConnectionLike>(
     pipe.query_async(conn).await
 }
 
-/// Reads a request's status hash (the shard comes from the request id).
+/// Reads a request's status hash (the shard comes from the request id); `None` when
+/// there is none (expired, never written, or an id naming no shard).
 ///
 /// # Errors
 /// Redis unreachable.
@@ -420,7 +421,10 @@ pub async fn read_status<C: ConnectionLike>(
     keys: &Keys,
     request_id: Uuid,
 ) -> RedisResult<Option<StatusRecord>> {
-    let key = keys.request_status(Keys::shard_in_request_id(request_id), request_id);
+    let Some(shard) = Keys::shard_in_request_id(request_id) else {
+        return Ok(None);
+    };
+    let key = keys.request_status(shard, request_id);
     let hash: HashMap<String, String> = redis::cmd("HGETALL").arg(key).query_async(conn).await?;
     Ok(StatusRecord::from_fields(request_id, &hash))
 }

@@ -1,7 +1,10 @@
 //! sub-worker binary: telemetry, config, build, run until SIGINT/SIGTERM.
 
 use anyhow::Context;
-use shared::{config::SubWorkerConfig, error::SharedError};
+use shared::{
+    config::{FromVars, SubWorkerConfig},
+    error::SharedError,
+};
 use sub_worker::startup::Worker;
 use tokio_util::sync::CancellationToken;
 

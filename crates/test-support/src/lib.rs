@@ -186,6 +186,19 @@ impl TestDatabase {
         }
     }
 
+    /// `SELECT count(*) FROM <from>` (a table, optionally with a `WHERE`).
+    ///
+    /// # Panics
+    /// If the database is unreachable or the query fails.
+    pub async fn count(&self, from: &str) -> i64 {
+        self.client()
+            .await
+            .query_one(&format!("SELECT count(*) FROM {from}"), &[])
+            .await
+            .expect("count")
+            .get(0)
+    }
+
     /// A direct client to this database (for assertions).
     ///
     /// # Panics

@@ -22,7 +22,7 @@ use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
 use shared::{
     auth::Role,
-    config::{ApiConfig, SubWorkerConfig},
+    config::{ApiConfig, FromVars, SubWorkerConfig},
     decision::DecisionRow,
     keys::Keys,
     queue::QueueConnection,
@@ -373,38 +373,36 @@ impl Stack {
             .await
     }
 
-    /// The status of a request as its owner sees it.
+    /// Polls a request's status as `token`: the HTTP status and the body.
+    pub async fn poll(
+        &self,
+        request_id: impl std::fmt::Display,
+        token: &str,
+    ) -> (StatusCode, Value) {
+        parts(
+            self.get(&format!("/api/bookings/requests/{request_id}"), Some(token))
+                .await,
+        )
+        .await
+    }
+
+    /// The status of a request as its owner sees it (asserting a 200).
     pub async fn status(&self, request_id: impl std::fmt::Display, token: &str) -> Value {
-        let response = self
-            .get(&format!("/api/bookings/requests/{request_id}"), Some(token))
-            .await;
-        assert_eq!(response.status(), StatusCode::OK);
-        response.json().await.expect("json")
+        let (status, body) = self.poll(request_id, token).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
     }
 
     // ------------------------------------------------------------------ PostgreSQL
 
     /// Rows in the decision log.
     pub async fn decided_count(&self) -> i64 {
-        self.count("SELECT count(*) FROM booking_requests").await
+        self.db.count("booking_requests").await
     }
 
     /// Rows in the decision log and in bookings: zero unless a worker ran.
     pub async fn booking_rows(&self) -> (i64, i64) {
-        (
-            self.decided_count().await,
-            self.count("SELECT count(*) FROM bookings").await,
-        )
-    }
-
-    async fn count(&self, sql: &str) -> i64 {
-        self.db
-            .client()
-            .await
-            .query_one(sql, &[])
-            .await
-            .expect("count")
-            .get(0)
+        (self.decided_count().await, self.db.count("bookings").await)
     }
 
     /// Waits until exactly `n` requests are decided.
@@ -642,6 +640,11 @@ impl Booker {
     }
 }
 
+/// How many rows of a decision log carry `decision`.
+pub fn count_of(rows: &[DecisionRow], decision: shared::decision::Decision) -> usize {
+    rows.iter().filter(|r| r.decision == decision).count()
+}
+
 /// Sends a signal (`KILL`, `STOP`, `CONT`, `TERM`) to a child process.
 pub fn signal(child: &Child, signal: &str) {
     let pid = child.id().expect("child still running");
@@ -657,6 +660,13 @@ pub async fn parts(response: Response) -> (StatusCode, Value) {
     let status = response.status();
     let body = response.json::<Value>().await.unwrap_or(Value::Null);
     (status, body)
+}
+
+/// Asserts a 400 `validation_failed` that names `field`.
+#[track_caller]
+pub fn assert_invalid_field(status: StatusCode, body: &Value, field: &str) {
+    assert_error(status, body, StatusCode::BAD_REQUEST, "validation_failed");
+    assert_eq!(body["error"]["field"], field, "{body}");
 }
 
 /// Asserts the API error format: the status, the stable code and a message.

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use shared::auth::Role;
 
 use crate::{
-    db::{self, Goods},
+    db::{self, Goods, GoodsFields},
     domain::GoodsInput,
     error::ApiError,
     extract::{ApiJson, AuthUser, IdPath},
@@ -33,13 +33,8 @@ pub struct CreateGoodsBody {
 pub struct GoodsResponse {
     id: i64,
     organizer_id: i64,
-    title: String,
-    content: String,
-    price: i64,
-    img_url: String,
-    show_date: DateTime<Utc>,
-    booking_limit: i32,
-    max_per_booking: i32,
+    #[serde(flatten)]
+    fields: GoodsFields,
     /// Seats held by confirmed bookings.
     booking_count: i32,
     remaining: i32,
@@ -51,15 +46,9 @@ impl From<Goods> for GoodsResponse {
         Self {
             id: g.id,
             organizer_id: g.organizer_id,
-            remaining: g.booking_limit - g.booked_count,
+            remaining: g.fields.booking_limit - g.booked_count,
             booking_count: g.booked_count,
-            title: g.title,
-            content: g.content,
-            price: g.price,
-            img_url: g.img_url,
-            show_date: g.show_date,
-            booking_limit: g.booking_limit,
-            max_per_booking: g.max_per_booking,
+            fields: g.fields,
             created_at: g.created_at,
         }
     }

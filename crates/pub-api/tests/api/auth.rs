@@ -7,7 +7,7 @@ use test_support::{
     token_keys, wait_until,
 };
 
-use crate::helpers::{assert_error, parts, spawn_app};
+use crate::helpers::{assert_error, assert_invalid_field, parts, spawn_app};
 
 fn signup_body(email: &str, nickname: &str) -> serde_json::Value {
     json!({ "email": email, "password": "Str0ng!pw", "nickname": nickname })
@@ -131,22 +131,9 @@ async fn invalid_signup_fields_are_400_naming_the_field() {
     ];
     for (body, field) in cases {
         let (status, response) = parts(app.post_json("/api/auth/signup", &body, None).await).await;
-        assert_error(
-            status,
-            &response,
-            StatusCode::BAD_REQUEST,
-            "validation_failed",
-        );
-        assert_eq!(response["error"]["field"], field, "{body}");
+        assert_invalid_field(status, &response, field);
     }
-    let users: i64 = app
-        .db
-        .client()
-        .await
-        .query_one("SELECT count(*) FROM users", &[])
-        .await
-        .expect("count")
-        .get(0);
+    let users = app.db.count("users").await;
     assert_eq!(users, 0);
 }
 

@@ -193,13 +193,6 @@ async fn malformed_account_and_status_requests_are_4xx() {
     assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_path");
     let (status, body) = parts(app.get("/api/goods/1x", None).await).await;
     assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_path");
-    let users: i64 = app
-        .db
-        .client()
-        .await
-        .query_one("SELECT count(*) FROM users", &[])
-        .await
-        .expect("count")
-        .get(0);
+    let users = app.db.count("users").await;
     assert_eq!(users, 1, "only the test's own user");
 }

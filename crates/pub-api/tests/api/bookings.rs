@@ -39,27 +39,13 @@ async fn a_booking_is_accepted_enqueued_once_and_pollable_by_its_owner_only() {
     assert_eq!(fields["qty"], "2");
     assert_eq!(fields["rid"], request_id.replace('-', ""));
 
-    let (status, body) = parts(
-        app.get(
-            &format!("/api/bookings/requests/{request_id}"),
-            Some(&token),
-        )
-        .await,
-    )
-    .await;
+    let (status, body) = app.poll(&request_id, &token).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         body,
         json!({ "requestId": request_id, "goodsId": goods, "quantity": 2, "status": "queued" })
     );
-    let (status, body) = parts(
-        app.get(
-            &format!("/api/bookings/requests/{request_id}"),
-            Some(&other_token),
-        )
-        .await,
-    )
-    .await;
+    let (status, body) = app.poll(&request_id, &other_token).await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "request_not_found");
     // The API never writes booking tables.
     assert_eq!(app.booking_rows().await, (0, 0));
@@ -96,25 +82,11 @@ async fn status_falls_back_to_postgres_when_the_redis_key_is_gone() {
         )
         .await
         .expect("insert decision");
-    let (status, body) = parts(
-        app.get(
-            &format!("/api/bookings/requests/{request_id}"),
-            Some(&token),
-        )
-        .await,
-    )
-    .await;
+    let (status, body) = app.poll(&request_id, &token).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["status"], "rejected");
     assert_eq!(body["reason"], "already_booked");
-    let (status, body) = parts(
-        app.get(
-            &format!("/api/bookings/requests/{}", uuid::Uuid::now_v7()),
-            Some(&token),
-        )
-        .await,
-    )
-    .await;
+    let (status, body) = app.poll(uuid::Uuid::now_v7(), &token).await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "request_not_found");
 }
 

@@ -1,7 +1,7 @@
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{assert_error, parts, spawn_app};
+use crate::helpers::{assert_error, assert_invalid_field, parts, spawn_app};
 
 #[tokio::test]
 async fn an_organizer_creates_goods_and_anyone_reads_them_with_seat_counts() {
@@ -103,13 +103,7 @@ async fn invalid_goods_are_400_naming_the_field_and_not_stored() {
     ];
     for (body, field) in cases {
         let (status, response) = parts(app.post_json("/api/goods", &body, Some(&org)).await).await;
-        assert_error(
-            status,
-            &response,
-            StatusCode::BAD_REQUEST,
-            "validation_failed",
-        );
-        assert_eq!(response["error"]["field"], field, "{body}");
+        assert_invalid_field(status, &response, field);
     }
     let (status, response) = parts(
         app.post_json("/api/goods", &with("price", json!("free")), Some(&org))
@@ -123,14 +117,7 @@ async fn invalid_goods_are_400_naming_the_field_and_not_stored() {
             .is_some_and(|m| m.contains("price")),
         "{response}"
     );
-    let goods: i64 = app
-        .db
-        .client()
-        .await
-        .query_one("SELECT count(*) FROM goods", &[])
-        .await
-        .expect("count")
-        .get(0);
+    let goods = app.db.count("goods").await;
     assert_eq!(goods, 0);
 }
 

@@ -33,6 +33,14 @@ async fn sale() -> (Stack, i64, Vec<DecisionRow>, HashSet<Uuid>) {
     (stack, goods, rows, accepted)
 }
 
+/// SQL that rewrites one request's decision, in the log and in its booking.
+fn set_decision(request_id: Uuid, decision: &str) -> String {
+    format!(
+        "UPDATE booking_requests SET decision = '{decision}' WHERE request_id = '{request_id}';
+         UPDATE bookings SET status = '{decision}' WHERE request_id = '{request_id}';"
+    )
+}
+
 /// Applies `corrupt` in a transaction, checks, rolls back; returns the breaches.
 async fn breaches_after(
     client: &mut tokio_postgres::Client,
@@ -76,11 +84,7 @@ async fn the_checker_passes_a_real_sale_and_names_each_breach_on_a_database_corr
         &mut client,
         goods,
         &accepted,
-        &format!(
-            "UPDATE booking_requests SET decision = 'confirmed' WHERE request_id = '{0}';
-             UPDATE bookings SET status = 'confirmed' WHERE request_id = '{0}';",
-            first_waiting.request_id
-        ),
+        &set_decision(first_waiting.request_id, "confirmed"),
     )
     .await;
     assert!(
@@ -140,13 +144,8 @@ async fn the_checker_passes_a_real_sale_and_names_each_breach_on_a_database_corr
         &mut client,
         goods,
         &accepted,
-        &format!(
-            "UPDATE booking_requests SET decision = 'waitlisted' WHERE request_id = '{0}';
-             UPDATE bookings SET status = 'waitlisted' WHERE request_id = '{0}';
-             UPDATE booking_requests SET decision = 'confirmed' WHERE request_id = '{1}';
-             UPDATE bookings SET status = 'confirmed' WHERE request_id = '{1}';",
-            last_confirmed.request_id, first_waiting.request_id
-        ),
+        &(set_decision(last_confirmed.request_id, "waitlisted")
+            + &set_decision(first_waiting.request_id, "confirmed")),
     )
     .await;
     let turns: Vec<(usize, Uuid)> = swapped

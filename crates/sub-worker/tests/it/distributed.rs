@@ -11,6 +11,7 @@ use test_support::{
 };
 use tokio_util::sync::CancellationToken;
 
+use crate::helpers::count_of;
 use crate::helpers::spawn_stack_on;
 use test_support::shared::decision::Decision;
 
@@ -74,12 +75,7 @@ async fn a_sale_through_haproxy_two_apis_a_redis_cluster_and_two_workers_keeps_e
     let mut decided = HashSet::new();
     for g in &goods {
         let rows = stack.assert_invariants(*g).await;
-        assert_eq!(
-            rows.iter()
-                .filter(|r| r.decision == Decision::Confirmed)
-                .count(),
-            300
-        );
+        assert_eq!(count_of(&rows, Decision::Confirmed), 300);
         decided.extend(rows.into_iter().map(|r| r.request_id));
     }
     // 3, 4: every accepted request decided, exactly once.

@@ -8,7 +8,7 @@ use test_support::{
     wait_until, TestDatabase, TestRedis,
 };
 
-use crate::helpers::{spawn_stack_on, Accepted, Stack, DRAIN_DEADLINE};
+use crate::helpers::{count_of, spawn_stack_on, Accepted, Stack, DRAIN_DEADLINE};
 use test_support::shared::decision::Decision;
 
 /// Every accepted request decided exactly once, the sale exact.
@@ -18,10 +18,7 @@ async fn assert_all_decided(stack: &Stack, goods: i64, accepted: &[Accepted], se
     let decided: HashSet<uuid::Uuid> = rows.iter().map(|r| r.request_id).collect();
     let asked: HashSet<uuid::Uuid> = accepted.iter().map(|a| a.request_id).collect();
     assert_eq!(decided, asked, "exactly the accepted requests were decided");
-    let confirmed = rows
-        .iter()
-        .filter(|r| r.decision == Decision::Confirmed)
-        .count();
+    let confirmed = count_of(&rows, Decision::Confirmed);
     assert_eq!(confirmed, seats.min(accepted.len()));
     stack.wait_until_nothing_pending().await;
 }

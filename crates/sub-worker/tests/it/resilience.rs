@@ -9,7 +9,7 @@ use test_support::wait_until;
 
 use test_support::shared::{decision::Decision, stream::CONSUMER_GROUP};
 
-use crate::helpers::{signal, spawn_stack_with, Stack};
+use crate::helpers::{count_of, signal, spawn_stack_with, Stack};
 
 /// Kills a worker with SIGKILL and reaps it.
 async fn kill_9(child: &mut tokio::process::Child) {
@@ -69,12 +69,7 @@ async fn scaling_from_one_to_four_to_two_workers_keeps_shards_even_and_the_sale_
     stack.wait_for_decisions(2_000).await;
     for g in &goods {
         let rows = stack.assert_invariants(*g).await;
-        assert_eq!(
-            rows.iter()
-                .filter(|r| r.decision == Decision::Confirmed)
-                .count(),
-            100
-        );
+        assert_eq!(count_of(&rows, Decision::Confirmed), 100);
     }
     stack.wait_until_nothing_pending().await;
 }
@@ -120,12 +115,7 @@ async fn a_crash_storm_of_five_kill_9s_loses_nothing_and_decides_in_exact_fifo_o
     assert_eq!(accepted.len(), USERS, "every request accepted");
     stack.wait_for_decisions(USERS as i64).await;
     let rows = stack.assert_invariants(goods).await;
-    assert_eq!(
-        rows.iter()
-            .filter(|r| r.decision == Decision::Confirmed)
-            .count() as i64,
-        SEATS
-    );
+    assert_eq!(count_of(&rows, Decision::Confirmed) as i64, SEATS);
     assert_eq!(stack.seats(goods).await, (SEATS as i32, SEATS as i32));
     let decided: std::collections::HashSet<uuid::Uuid> =
         rows.iter().map(|r| r.request_id).collect();
@@ -204,12 +194,7 @@ async fn a_paused_worker_that_lost_its_lease_cannot_commit_when_it_wakes() {
     }
     stack.wait_for_decisions(25).await;
     let rows = stack.assert_invariants(goods).await;
-    assert_eq!(
-        rows.iter()
-            .filter(|r| r.decision == Decision::Confirmed)
-            .count(),
-        10
-    );
+    assert_eq!(count_of(&rows, Decision::Confirmed), 10);
     stack.wait_until_nothing_pending().await;
     let _ = std::fs::remove_file(&log);
 }

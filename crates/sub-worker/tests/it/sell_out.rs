@@ -2,7 +2,7 @@ use std::collections::HashSet;
 
 use test_support::shared::decision::Decision;
 
-use crate::helpers::{spawn_stack, Stack};
+use crate::helpers::{count_of, spawn_stack, Stack};
 
 /// The request ids on a goods' shard stream, in stream order (as the API wrote them).
 async fn stream_order(stack: &Stack, goods_id: i64) -> Vec<String> {
@@ -26,14 +26,8 @@ async fn sell_out(workers: usize, users: usize, seats: i64) {
     stack.wait_for_decisions(users as i64).await;
 
     let rows = stack.assert_invariants(goods).await;
-    let confirmed = rows
-        .iter()
-        .filter(|r| r.decision == Decision::Confirmed)
-        .count();
-    let waitlisted = rows
-        .iter()
-        .filter(|r| r.decision == Decision::Waitlisted)
-        .count();
+    let confirmed = count_of(&rows, Decision::Confirmed);
+    let waitlisted = count_of(&rows, Decision::Waitlisted);
     assert_eq!(confirmed as i64, seats);
     assert_eq!(waitlisted, users - seats as usize);
     assert_eq!(stack.seats(goods).await, (seats as i32, seats as i32));
