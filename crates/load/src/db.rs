@@ -20,26 +20,19 @@ pub async fn decided_count(pool: &Pool, goods_id: i64) -> anyhow::Result<u64> {
     Ok(row.map_or(0, |r| u64::try_from(r.get::<_, i64>(0)).unwrap_or(0)))
 }
 
-/// Everything the correctness check reads about one goods: its decision log (in stream
-/// order), its bookings and its counters.
+/// Everything the correctness check reads about one goods, in one snapshot: its
+/// decision log (in stream order), its bookings and its counters.
 ///
 /// # Errors
 /// Database errors.
 pub async fn sale_facts(pool: &Pool, goods_id: i64) -> anyhow::Result<Facts> {
-    let client = pool.get().await?;
-    Ok(shared::audit::read(&**client, Some(&[goods_id])).await?)
+    let mut client = pool.get().await?;
+    Ok(shared::audit::snapshot(&mut client, Some(&[goods_id])).await?)
 }
 
-/// Time from acceptance (API clock) to decision (PostgreSQL clock), in microseconds,
-/// at least 1.
+/// Time from acceptance (API clock) to decision (PostgreSQL clock), in whole
+/// microseconds, at least 1.
 pub fn decide_latency_us(row: &DecisionRow) -> u64 {
-    let us = (row.decided_at - row.accepted_at)
-        .num_microseconds()
-        .unwrap_or(i64::MAX);
-    u64::try_from(us).unwrap_or(0).max(1)
-}
-
-/// A decision time as Unix seconds.
-pub fn unix_s(at: chrono::DateTime<chrono::Utc>) -> f64 {
-    at.timestamp_micros() as f64 / 1e6
+    // Float to integer conversion saturates; a negative gap (clock skew) becomes 1.
+    (((row.decided_at_s - row.accepted_at_s) * 1e6).round() as u64).max(1)
 }

@@ -318,14 +318,8 @@ pub async fn run(deployment: &Deployment, options: &SaleOptions) -> anyhow::Resu
             Decision::Rejected(_) => outcomes.rejected += 1,
         }
     }
-    let first_decided_s = rows
-        .iter()
-        .map(|r| db::unix_s(r.decided_at))
-        .fold(f64::MAX, f64::min);
-    let last_decided_s = rows
-        .iter()
-        .map(|r| db::unix_s(r.decided_at))
-        .fold(0.0, f64::max);
+    let first_decided_s = rows.iter().map(|r| r.decided_at_s).fold(f64::MAX, f64::min);
+    let last_decided_s = rows.iter().map(|r| r.decided_at_s).fold(0.0, f64::max);
     let send_s = send_duration.as_secs_f64().max(0.001);
     let decide_span = (last_decided_s - first_decided_s).max(0.001);
     Ok(SaleReport {

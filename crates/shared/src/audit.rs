@@ -23,7 +23,7 @@
 use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
-use tokio_postgres::GenericClient;
+use tokio_postgres::{GenericClient, IsolationLevel};
 use uuid::Uuid;
 
 use crate::{
@@ -122,8 +122,9 @@ pub enum Breach {
     NeverAccepted { count: usize, example: Uuid },
 }
 
-/// Reads the facts for `goods` (every goods when `None`), through a client or inside a
-/// transaction.
+/// Reads the facts for `goods` (every goods when `None`) through a client or inside a
+/// transaction. Three statements: outside a REPEATABLE READ transaction they may see
+/// three moments; [`snapshot`] reads them as one.
 ///
 /// # Errors
 /// The database is unreachable, or holds a value this build cannot read.
@@ -147,7 +148,7 @@ pub async fn read(
         .iter()
         .map(DecisionRow::from_row)
         .collect::<Result<Vec<_>, RowError>>()
-        .map_err(|e| SharedError::DatabaseUnavailable(Box::new(e)))?;
+        .map_err(|e| SharedError::UnreadableRow(Box::new(e)))?;
     let goods_rows = client
         .query(
             "SELECT id, booking_limit, booked_count, decided_count FROM goods \
@@ -184,7 +185,7 @@ pub async fn read(
             })
         })
         .collect::<Result<_, crate::decision::UnknownValue>>()
-        .map_err(|e| SharedError::DatabaseUnavailable(Box::new(e)))?;
+        .map_err(|e| SharedError::UnreadableRow(Box::new(e)))?;
     Ok(Facts {
         decisions,
         goods: goods_rows,
@@ -192,16 +193,39 @@ pub async fn read(
     })
 }
 
-/// Reads and checks `goods` (every goods when `None`); see [`check`].
+/// Reads the facts for `goods` in one REPEATABLE READ, read-only transaction: one
+/// snapshot, so a batch the worker commits meanwhile is seen whole or not at all.
+///
+/// # Errors
+/// As [`read`].
+pub async fn snapshot(
+    client: &mut tokio_postgres::Client,
+    goods: Option<&[i64]>,
+) -> Result<Facts, SharedError> {
+    let unavailable = |e: tokio_postgres::Error| SharedError::DatabaseUnavailable(Box::new(e));
+    let tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(unavailable)?;
+    let facts = read(&tx, goods).await?;
+    tx.commit().await.map_err(unavailable)?;
+    Ok(facts)
+}
+
+/// Reads one snapshot of `goods` (every goods when `None`) and checks it; see
+/// [`check`].
 ///
 /// # Errors
 /// As [`read`].
 pub async fn audit(
-    client: &impl GenericClient,
+    client: &mut tokio_postgres::Client,
     goods: Option<&[i64]>,
     accepted: Option<&HashSet<Uuid>>,
 ) -> Result<Vec<Breach>, SharedError> {
-    Ok(check(&read(client, goods).await?, accepted))
+    Ok(check(&snapshot(client, goods).await?, accepted))
 }
 
 /// Every breach in `facts`. With `accepted` (the requests a caller saw answered 202,
@@ -429,8 +453,6 @@ fn describe(decision: Decision) -> String {
 
 #[cfg(test)]
 mod tests {
-    use chrono::Utc;
-
     use super::*;
     use crate::shard::Shard;
 
@@ -467,8 +489,8 @@ mod tests {
                 position: Some(i as i64 + 1),
                 decision,
                 booking_id: Some(booking_id),
-                accepted_at: Utc::now(),
-                decided_at: Utc::now(),
+                accepted_at_s: 1.0,
+                decided_at_s: 2.0,
             });
             facts.bookings.push(BookingFacts {
                 id: booking_id,

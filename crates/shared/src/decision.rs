@@ -8,7 +8,6 @@
 
 use std::{fmt, str::FromStr};
 
-use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_postgres::Row;
 use uuid::Uuid;
@@ -185,7 +184,7 @@ impl Decision {
 /// One row of the decision log, `booking_requests`: every accepted request that was
 /// decided, with its place in its goods' order. Read with [`DecisionRow::COLUMNS`] and
 /// [`DecisionRow::from_row`] wherever it is read (worker, API, load tool, tests).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DecisionRow {
     /// Made by the API; the primary key (exactly-once effect).
     pub request_id: Uuid,
@@ -200,11 +199,14 @@ pub struct DecisionRow {
     pub decision: Decision,
     /// The booking row of a live decision.
     pub booking_id: Option<i64>,
-    /// When the API accepted it (API clock).
-    pub accepted_at: DateTime<Utc>,
-    /// When its batch transaction started (PostgreSQL's `now()`): within one batch
-    /// of when it was committed.
-    pub decided_at: DateTime<Utc>,
+    /// When the API accepted it (API clock), Unix seconds with microseconds.
+    pub accepted_at_s: f64,
+    /// When its batch transaction started (PostgreSQL's `now()`, within one batch of
+    /// its commit), Unix seconds with microseconds.
+    ///
+    /// Both times are read as seconds, not as date-times, so that no value PostgreSQL
+    /// can store (its timestamps reach further than chrono's) makes a row unreadable.
+    pub decided_at_s: f64,
 }
 
 /// A decision-log row PostgreSQL holds but this build cannot read.
@@ -222,7 +224,8 @@ impl DecisionRow {
     /// The columns [`DecisionRow::from_row`] reads, in its order (for `SELECT` and
     /// `RETURNING`).
     pub const COLUMNS: &'static str = "request_id, goods_id, user_id, quantity, shard, \
-         stream_ms, stream_seq, position, decision, reason, booking_id, accepted_at, decided_at";
+         stream_ms, stream_seq, position, decision, reason, booking_id, \
+         extract(epoch from accepted_at)::float8, extract(epoch from decided_at)::float8";
 
     /// # Errors
     /// A column of an unexpected type, or a value this build does not know.
@@ -246,8 +249,8 @@ impl DecisionRow {
             position: row.try_get(7)?,
             decision,
             booking_id: row.try_get(10)?,
-            accepted_at: row.try_get(11)?,
-            decided_at: row.try_get(12)?,
+            accepted_at_s: row.try_get(11)?,
+            decided_at_s: row.try_get(12)?,
         })
     }
 }

@@ -27,6 +27,8 @@ pub enum SharedError {
     TokenSigning(#[source] jsonwebtoken::errors::Error),
     #[error("invalid setting")]
     InvalidSetting(#[source] crate::shard::OutOfRange),
+    #[error("the database holds a value this build cannot read")]
+    UnreadableRow(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl SharedError {

@@ -367,22 +367,32 @@ impl StatusRecord {
 
     /// Reads a status hash; `None` when it is empty (expired, never written) or not a
     /// status this build can read.
+    ///
+    /// A `queued` status ignores `reason` and `booking`: an idempotent retry writes
+    /// `queued` again over an earlier decision's fields, and the request is queued
+    /// until the worker settles it again.
     pub fn from_fields(request_id: Uuid, hash: &HashMap<String, String>) -> Option<Self> {
         use fields::status as f;
         let num = |field: &str| hash.get(field).and_then(|v| v.parse::<i64>().ok());
-        let reason = hash
-            .get(f::REASON)
-            .map(String::as_str)
-            .filter(|r| !r.is_empty());
-        let decision = Decision::from_parts(hash.get(f::STATUS)?, reason).ok()?;
+        let status: RequestStatus = hash.get(f::STATUS)?.parse().ok()?;
+        let (reason, booking_id) = if status == RequestStatus::Queued {
+            (None, None)
+        } else {
+            let reason = hash
+                .get(f::REASON)
+                .map(String::as_str)
+                .filter(|r| !r.is_empty());
+            let decision = Decision::from_parts(status.as_str(), reason).ok()??;
+            (decision.reason(), num(f::BOOKING))
+        };
         Some(Self {
             request_id,
             user_id: num(f::USER)?,
             goods_id: num(f::GOODS)?,
             quantity: i32::try_from(num(f::QUANTITY)?).ok()?,
-            status: decision.map_or(RequestStatus::Queued, Decision::status),
-            reason: decision.and_then(Decision::reason),
-            booking_id: num(f::BOOKING),
+            status,
+            reason,
+            booking_id,
         })
     }
 }
@@ -598,6 +608,19 @@ mod tests {
         assert_eq!(
             StatusRecord::from_fields(request.request_id, &HashMap::new()),
             None
+        );
+        // An idempotent retry wrote `queued` over a rejection: queued, nothing stale.
+        let retried = HashMap::from([
+            ("user".to_owned(), "7".to_owned()),
+            ("goods".to_owned(), "42".to_owned()),
+            ("qty".to_owned(), "2".to_owned()),
+            ("status".to_owned(), "queued".to_owned()),
+            ("reason".to_owned(), "unprocessable".to_owned()),
+            ("booking".to_owned(), String::new()),
+        ]);
+        assert_eq!(
+            StatusRecord::from_fields(request.request_id, &retried),
+            Some(StatusRecord::queued(&request))
         );
     }
 }

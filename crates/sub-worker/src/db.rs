@@ -26,7 +26,7 @@ use crate::{
 };
 
 /// The decision on one request of a batch, new or found already committed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Committed {
     pub row: DecisionRow,
     /// Whether this transaction made the decision (false: it was committed earlier and

@@ -16,7 +16,10 @@ pub enum WorkerError {
     #[error("database refused the batch")]
     DatabaseRejected(#[source] tokio_postgres::Error),
     /// PostgreSQL answered with a value this build cannot read (an unknown decision
-    /// word, a shard or fencing token out of range).
+    /// word written by a newer build, a shard or fencing token out of range). Not the
+    /// entry's fault, so it is retried like an outage, never counted as a refusal: a
+    /// worker that understands the value (or an operator) resolves it, and meanwhile
+    /// nothing is decided wrongly or dead-lettered.
     #[error("unexpected value from the database")]
     UnexpectedValue(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Redis unreachable or a command failed: retry after a backoff.
@@ -34,7 +37,7 @@ impl WorkerError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Self::DatabaseUnavailable(_) | Self::QueueUnavailable(_)
+            Self::DatabaseUnavailable(_) | Self::QueueUnavailable(_) | Self::UnexpectedValue(_)
         )
     }
 }

@@ -240,14 +240,24 @@ impl ShardTask {
             tracing::error!("crash point after_commit reached: exiting before XACK");
             std::process::exit(CRASH_EXIT_CODE);
         }
-        for c in &committed {
-            tracing::debug!(
-                request_id = %c.row.request_id,
-                stream_id = %c.row.entry_id,
-                decision = %c.row.decision.status(),
-                redelivered = !c.new,
-                "decided"
-            );
+        for entry in entries
+            .iter()
+            .filter(|_| tracing::enabled!(tracing::Level::DEBUG))
+        {
+            let request = entry.message.request();
+            if let Some(c) = committed
+                .iter()
+                .find(|c| c.row.request_id == request.request_id)
+            {
+                tracing::debug!(
+                    request_id = %request.request_id,
+                    stream_id = %entry.id,
+                    trace_id = %request.trace_id,
+                    decision = %c.row.decision.status(),
+                    redelivered = !c.new,
+                    "decided"
+                );
+            }
         }
         let statuses: Vec<StatusRecord> = committed
             .iter()

@@ -420,8 +420,8 @@ impl Stack {
 
     /// The decision log of a goods in stream order.
     pub async fn decisions(&self, goods_id: i64) -> Vec<DecisionRow> {
-        let client = self.db.client().await;
-        shared::audit::read(&client, Some(&[goods_id]))
+        let mut client = self.db.client().await;
+        shared::audit::snapshot(&mut client, Some(&[goods_id]))
             .await
             .expect("decision log")
             .decisions
@@ -445,8 +445,8 @@ impl Stack {
     /// Runs the invariant checker (`shared::audit`) over one goods, panics naming every
     /// breach, and returns the goods' decision log in stream order.
     pub async fn assert_invariants(&self, goods_id: i64) -> Vec<DecisionRow> {
-        let client = self.db.client().await;
-        let facts = shared::audit::read(&client, Some(&[goods_id]))
+        let mut client = self.db.client().await;
+        let facts = shared::audit::snapshot(&mut client, Some(&[goods_id]))
             .await
             .expect("read the decision log");
         let breaches = shared::audit::check(&facts, None);

@@ -50,9 +50,8 @@ async fn breaches_after(
 ) -> Vec<Breach> {
     let tx: Transaction<'_> = client.transaction().await.expect("begin");
     tx.batch_execute(corrupt).await.expect("corrupt");
-    let breaches = audit::audit(&tx, Some(&[goods]), Some(accepted))
-        .await
-        .expect("audit");
+    let facts = audit::read(&tx, Some(&[goods])).await.expect("read");
+    let breaches = audit::check(&facts, Some(accepted));
     tx.rollback().await.expect("rollback");
     breaches
 }
@@ -62,7 +61,7 @@ async fn the_checker_passes_a_real_sale_and_names_each_breach_on_a_database_corr
     let (stack, goods, rows, accepted) = sale().await;
     let mut client = stack.db.client().await;
     assert_eq!(
-        audit::audit(&client, None, Some(&accepted))
+        audit::audit(&mut client, None, Some(&accepted))
             .await
             .expect("audit"),
         [],
@@ -218,7 +217,7 @@ async fn the_checker_passes_a_real_sale_and_names_each_breach_on_a_database_corr
 
     // Every corruption was rolled back: the sale checks clean again.
     assert_eq!(
-        audit::audit(&client, Some(&[goods]), Some(&accepted))
+        audit::audit(&mut client, Some(&[goods]), Some(&accepted))
             .await
             .expect("audit"),
         []

@@ -3,6 +3,8 @@ use test_support::shared::{
     stream::{BookingRequestV1, Message},
 };
 
+use std::time::Duration;
+
 use crate::helpers::spawn_stack;
 
 #[tokio::test]
@@ -81,4 +83,74 @@ async fn a_poison_entry_is_dead_lettered_after_its_attempts_and_the_shard_moves_
     let status = stack.status(poison_id, &users[1].1).await;
     assert_eq!(status["status"], "rejected");
     assert_eq!(status["reason"], "unprocessable");
+}
+
+/// A decision already in the log that this build cannot read (here: a rejection
+/// reason written by some newer build) is not the entry's fault: the worker retries
+/// it like an outage, never dead-letters it, and settles it once the row is readable.
+#[tokio::test]
+async fn a_decision_this_build_cannot_read_is_retried_and_never_dead_lettered() {
+    use redis::AsyncCommands;
+    use test_support::shared::stream::CONSUMER_GROUP;
+
+    let stack = spawn_stack().await;
+    let goods = stack.create_goods(10, 1).await;
+    let (_, token) = stack.customers("unread", 1).await.remove(0);
+    let shard = stack.shard_of(goods);
+    let _worker = stack.worker(&[("TICKETNEST_MAX_ATTEMPTS", "1")]);
+    let book = || async {
+        let response = stack
+            .http
+            .post(stack.url(&format!("/api/goods/{goods}/bookings")))
+            .bearer_auth(&token)
+            .header("idempotency-key", "once")
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED);
+        let body: serde_json::Value = response.json().await.expect("json");
+        body["requestId"].as_str().expect("requestId").to_owned()
+    };
+    let request_id = book().await;
+    stack.wait_for_decisions(1).await;
+    stack.wait_until_nothing_pending().await;
+    let client = stack.db.client().await;
+    let unreadable = "UPDATE booking_requests SET decision = 'rejected', reason = 'sold_elsewhere'";
+    client.execute(unreadable, &[]).await.expect("corrupt");
+
+    // The retry carries the same request id: the worker finds it decided, and cannot
+    // read the decision. It must hold the entry, not acknowledge or dead-letter it.
+    assert_eq!(book().await, request_id);
+    let stream = stack.keys().stream(shard);
+    let conn = stack.redis.connection().await;
+    test_support::wait_until(
+        "the worker holds the retried entry for over 1.5 s without settling it",
+        Duration::from_secs(30),
+        || {
+            let (mut conn, stream) = (conn.clone(), stream.clone());
+            async move {
+                let pending: redis::streams::StreamPendingCountReply = conn
+                    .xpending_count(&stream, CONSUMER_GROUP, "-", "+", 10)
+                    .await
+                    .expect("xpending");
+                pending.ids.iter().any(|p| p.last_delivered_ms >= 1_500)
+            }
+        },
+    )
+    .await;
+    assert!(stack.dead_letters(shard).await.is_empty());
+
+    // Readable again: settled from the log, nothing dead-lettered.
+    client
+        .execute(
+            "UPDATE booking_requests SET decision = 'confirmed', reason = NULL",
+            &[],
+        )
+        .await
+        .expect("repair");
+    stack.wait_until_nothing_pending().await;
+    assert!(stack.dead_letters(shard).await.is_empty());
+    let status = stack.status(&request_id, &token).await;
+    assert_eq!(status["status"], "confirmed", "{status}");
+    stack.assert_invariants(goods).await;
 }
