@@ -15,9 +15,8 @@ use shared::{
     decision::DecisionRow,
     live_statuses,
     shard::{FenceToken, Shard},
-    stream::{BookingRequestV1, Entry},
+    stream::{BookingRequestV1, Entry, StatusRecord},
 };
-use tokio_postgres::Row;
 use uuid::Uuid;
 
 use crate::{
@@ -25,10 +24,11 @@ use crate::{
     error::WorkerError,
 };
 
-/// The decision on one request of a batch, new or found already committed.
-#[derive(Debug, Clone, PartialEq)]
+/// The decision on one request of a batch, new or found already committed, as its
+/// owner is to see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Committed {
-    pub row: DecisionRow,
+    pub status: StatusRecord,
     /// Whether this transaction made the decision (false: it was committed earlier and
     /// the entry is a redelivery).
     pub new: bool,
@@ -108,8 +108,13 @@ pub async fn commit_batch(
         .filter_map(|f| {
             let id = f.request.request_id;
             match earlier.remove(&id) {
-                Some(row) => Some(Committed { row, new: false }),
-                None => decided.remove(&id).map(|row| Committed { row, new: true }),
+                Some(row) => Some(Committed {
+                    status: StatusRecord::decided(&row),
+                    new: false,
+                }),
+                None => decided
+                    .remove(&id)
+                    .map(|status| Committed { status, new: true }),
             }
         })
         .collect())
@@ -120,7 +125,7 @@ async fn decide_fresh(
     tx: &Transaction<'_>,
     shard: Shard,
     fresh: &[&Fresh<'_>],
-) -> Result<HashMap<Uuid, DecisionRow>, WorkerError> {
+) -> Result<HashMap<Uuid, StatusRecord>, WorkerError> {
     let mut goods_ids: Vec<i64> = fresh.iter().map(|f| f.request.goods_id).collect();
     goods_ids.sort_unstable();
     goods_ids.dedup();
@@ -138,9 +143,25 @@ async fn decide_fresh(
         })
         .collect();
     let verdicts = decide::decide(&asks, &mut goods, &mut held, &live_users);
-    let rows = write_decisions(tx, shard, fresh, &verdicts).await?;
+    let booking_ids = write_decisions(tx, shard, fresh, &verdicts).await?;
     bump_counters(tx, &before, &goods).await?;
-    Ok(rows)
+    Ok(fresh
+        .iter()
+        .zip(&verdicts)
+        .map(|(f, v)| {
+            let r = f.request;
+            let status = StatusRecord {
+                request_id: r.request_id,
+                user_id: r.user_id,
+                goods_id: r.goods_id,
+                quantity: r.quantity,
+                status: v.decision.status(),
+                reason: v.decision.reason(),
+                booking_id: booking_ids.get(&r.request_id).copied().flatten(),
+            };
+            (r.request_id, status)
+        })
+        .collect())
 }
 
 /// Fails with `Fenced` unless `fence` is still the shard's current token. `FOR SHARE`
@@ -177,12 +198,9 @@ async fn find_decided(
             DecisionRow::COLUMNS
         ))
         .await?;
-    by_request_id(&tx.query(&stmt, &[&ids]).await?)
-}
-
-/// Decision-log rows keyed by request id.
-fn by_request_id(rows: &[Row]) -> Result<HashMap<Uuid, DecisionRow>, WorkerError> {
-    rows.iter()
+    tx.query(&stmt, &[&ids])
+        .await?
+        .iter()
         .map(|r| {
             let row = DecisionRow::from_row(r)?;
             Ok((row.request_id, row))
@@ -261,13 +279,14 @@ async fn read_live_users(
 }
 
 /// Writes a booking for every live verdict and a decision-log row for every request,
-/// in one statement; returns the logged rows by request id.
+/// in one statement; returns each request's booking id (if any). Only the two ids
+/// come back: this statement runs once per batch on the hot path of deciding.
 async fn write_decisions(
     tx: &Transaction<'_>,
     shard: Shard,
     fresh: &[&Fresh<'_>],
     verdicts: &[Verdict],
-) -> Result<HashMap<Uuid, DecisionRow>, WorkerError> {
+) -> Result<HashMap<Uuid, Option<i64>>, WorkerError> {
     let col = |f: fn(&Fresh<'_>) -> i64| fresh.iter().map(|e| f(e)).collect::<Vec<i64>>();
     let request_ids: Vec<Uuid> = fresh.iter().map(|f| f.request.request_id).collect();
     let quantities: Vec<i32> = fresh.iter().map(|f| f.request.quantity).collect();
@@ -300,9 +319,8 @@ async fn write_decisions(
                i.stream_seq, i.position, i.decision, i.reason, b.id, \
                to_timestamp(i.accepted_ms / 1000.0) \
              FROM input i LEFT JOIN booked b USING (request_id) \
-             RETURNING {columns}",
+             RETURNING request_id, booking_id",
             live = live_statuses!(),
-            columns = DecisionRow::COLUMNS,
         ))
         .await?;
     let rows = tx
@@ -324,7 +342,7 @@ async fn write_decisions(
             ],
         )
         .await?;
-    by_request_id(&rows)
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
 /// Adds what the batch took (seats, decisions) to each goods touched, in one statement.

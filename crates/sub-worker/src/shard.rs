@@ -247,22 +247,19 @@ impl ShardTask {
             let request = entry.message.request();
             if let Some(c) = committed
                 .iter()
-                .find(|c| c.row.request_id == request.request_id)
+                .find(|c| c.status.request_id == request.request_id)
             {
                 tracing::debug!(
                     request_id = %request.request_id,
                     stream_id = %entry.id,
                     trace_id = %request.trace_id,
-                    decision = %c.row.decision.status(),
+                    status = %c.status.status,
                     redelivered = !c.new,
                     "decided"
                 );
             }
         }
-        let statuses: Vec<StatusRecord> = committed
-            .iter()
-            .map(|c| StatusRecord::decided(&c.row))
-            .collect();
+        let statuses: Vec<StatusRecord> = committed.into_iter().map(|c| c.status).collect();
         let handled: Vec<String> = batch.iter().map(|e| e.id.clone()).collect();
         let mut backoff = Backoff::default();
         loop {
