@@ -397,13 +397,16 @@ fn check_once(goods_id: i64, rows: &[&DecisionRow]) -> Vec<Breach> {
 /// Replays the decision rule over one goods' log in stream order: a user holding a
 /// live place is `already_booked`; otherwise a request is confirmed if the seats left
 /// cover it, else waitlisted. Other rejections (deleted user, bad quantity, goods gone)
-/// depend on facts the log does not keep, and take no seat. The n-th decision must
-/// carry position n.
+/// depend on facts the log does not keep, and take no seat. The n-th decision that
+/// took a turn must carry position n; a dead-lettered request (`unprocessable`) takes
+/// none.
 fn replay(goods: &GoodsFacts, rows: &[&DecisionRow]) -> Vec<Breach> {
     let mut breaches = Vec::new();
     let mut left = i64::from(goods.booking_limit);
     let mut live_users = HashSet::new();
-    for (i, row) in rows.iter().enumerate() {
+    let took_a_turn =
+        |r: &&&DecisionRow| r.decision != Decision::Rejected(RejectReason::Unprocessable);
+    for (i, row) in rows.iter().filter(took_a_turn).enumerate() {
         let turn = i + 1;
         if row.position != i64::try_from(turn).ok() {
             breaches.push(Breach::PositionOutOfOrder {
@@ -624,6 +627,23 @@ mod tests {
         facts.bookings[1].status = BookingStatus::Waitlisted;
         facts.decisions[3].decision = Decision::Confirmed;
         facts.bookings[2].status = BookingStatus::Confirmed;
+        assert_eq!(check(&facts, None), []);
+    }
+
+    #[test]
+    fn a_dead_lettered_request_takes_no_turn_and_no_seat() {
+        let mut facts = sale(4, 2);
+        // Request 2 was dead-lettered: logged, no position, no booking.
+        facts.decisions[1].decision = Decision::Rejected(RejectReason::Unprocessable);
+        facts.decisions[1].position = None;
+        facts.decisions[1].booking_id = None;
+        facts.bookings.remove(1);
+        for (row, position) in facts.decisions[2..].iter_mut().zip([2, 3]) {
+            row.position = Some(position);
+        }
+        facts.decisions[2].decision = Decision::Confirmed;
+        facts.bookings[1].status = BookingStatus::Confirmed;
+        facts.goods[0].decided_count = 3;
         assert_eq!(check(&facts, None), []);
     }
 

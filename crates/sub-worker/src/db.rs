@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 
 use deadpool_postgres::{Pool, Transaction};
 use shared::{
-    decision::DecisionRow,
+    decision::{Decision, DecisionRow, RejectReason},
     live_statuses,
     shard::{FenceToken, Shard},
     stream::{BookingRequestV1, Entry, StatusRecord},
@@ -118,6 +118,62 @@ pub async fn commit_batch(
             }
         })
         .collect())
+}
+
+/// Records a request whose entry is being dead-lettered as decided `rejected` /
+/// `unprocessable`, in a fenced transaction like every other decision: final, visible
+/// once its Redis status has expired, and never decided again by a retry or a reclaim.
+/// It takes no turn in its goods' order (no position). Only values PostgreSQL cannot
+/// refuse are written: an acceptance time it cannot store becomes the time of this
+/// decision (the original stays in the dead letter). Returns the request's status as
+/// the log now holds it (a decision made meanwhile by someone else stands).
+///
+/// # Errors
+/// `Fenced` if another worker has taken the shard; database errors otherwise.
+pub async fn record_dead_letter(
+    pool: &Pool,
+    shard: Shard,
+    fence: FenceToken,
+    entry: &Entry,
+) -> Result<StatusRecord, WorkerError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    check_fence(&tx, shard, fence).await?;
+    let r = entry.message.request();
+    let decision = Decision::Rejected(RejectReason::Unprocessable);
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO booking_requests (request_id, goods_id, user_id, quantity, shard, \
+               stream_id, stream_ms, stream_seq, position, decision, reason, booking_id, accepted_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, $10, NULL, \
+               CASE WHEN $11::int8 BETWEEN 0 AND 8000000000000000 \
+                    THEN to_timestamp($11::int8 / 1000.0) ELSE now() END) \
+             ON CONFLICT (request_id) DO NOTHING",
+        )
+        .await?;
+    tx.execute(
+        &stmt,
+        &[
+            &r.request_id,
+            &r.goods_id,
+            &r.user_id,
+            &r.quantity,
+            &shard.as_i32(),
+            &entry.id.to_string(),
+            &entry.id.ms,
+            &entry.id.seq,
+            &decision.status().as_str(),
+            &decision.reason().map(RejectReason::as_str),
+            &r.accepted_at_ms,
+        ],
+    )
+    .await?;
+    let logged = find_decided(&tx, &[r.request_id]).await?;
+    tx.commit().await?;
+    logged
+        .get(&r.request_id)
+        .map(StatusRecord::decided)
+        .ok_or_else(|| WorkerError::UnexpectedValue("the dead letter's decision is missing".into()))
 }
 
 /// Decides the requests not decided before, in order, and writes everything.

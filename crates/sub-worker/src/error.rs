@@ -5,14 +5,17 @@ use shared::shard::{FenceToken, Shard};
 /// Everything that can interrupt a batch.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
-    /// PostgreSQL unreachable or the transaction was aborted by a conflict: retry the
-    /// same batch after a backoff, acknowledging nothing.
+    /// PostgreSQL could not take the batch for a reason of its own (unreachable, read-only,
+    /// disk full, out of memory, a timeout, a conflict, an I/O error, a restart): retry
+    /// the same batch after a backoff, for as long as it lasts, acknowledging nothing.
     #[error("database unavailable")]
     DatabaseUnavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
-    /// PostgreSQL refused the batch itself (a constraint, bad data). Retrying the same
-    /// batch gives the same answer: the shard decides the batch's entries one at a time
-    /// to find the one at fault, and dead-letters it after `TICKETNEST_MAX_ATTEMPTS`
-    /// refusals (`shard::ShardTask::commit_singly`).
+    /// PostgreSQL refused the data of the batch: a data exception (SQLSTATE class 22,
+    /// such as a timestamp out of range) or an integrity violation (class 23). Only
+    /// these can be an entry's own fault. Retrying the same batch gives the same answer:
+    /// the shard decides the batch's entries one at a time to find the one at fault,
+    /// and dead-letters it after `TICKETNEST_MAX_ATTEMPTS` refusals
+    /// (`shard::ShardTask::commit_singly`).
     #[error("database refused the batch")]
     DatabaseRejected(#[source] tokio_postgres::Error),
     /// PostgreSQL answered with a value this build cannot read (an unknown decision
@@ -42,23 +45,21 @@ impl WorkerError {
     }
 }
 
+/// Whether PostgreSQL refused what it was given (SQLSTATE class 22, data exception;
+/// class 23, integrity constraint violation), as opposed to failing for a reason of its
+/// own. The rule is by exclusion on purpose: an error nobody listed (a new class, a
+/// read-only server, a full disk, a timeout) must never cost a request its place.
+fn refuses_the_data(code: &tokio_postgres::error::SqlState) -> bool {
+    let class = code.code().get(..2);
+    matches!(class, Some("22" | "23"))
+}
+
 impl From<tokio_postgres::Error> for WorkerError {
     fn from(e: tokio_postgres::Error) -> Self {
-        use tokio_postgres::error::SqlState;
         match e.code() {
-            // No SQLSTATE: the connection broke. Class 08: connection exception.
-            // 40001/40P01: serialization failure / deadlock, safe to retry. 57P01-03:
-            // the server is shutting down or restarting.
-            None => Self::DatabaseUnavailable(Box::new(e)),
-            Some(code)
-                if code.code().starts_with("08")
-                    || code.code().starts_with("57P")
-                    || *code == SqlState::T_R_SERIALIZATION_FAILURE
-                    || *code == SqlState::T_R_DEADLOCK_DETECTED =>
-            {
-                Self::DatabaseUnavailable(Box::new(e))
-            }
-            Some(_) => Self::DatabaseRejected(e),
+            Some(code) if refuses_the_data(code) => Self::DatabaseRejected(e),
+            // No SQLSTATE (the connection broke) or any other class.
+            _ => Self::DatabaseUnavailable(Box::new(e)),
         }
     }
 }
@@ -78,5 +79,30 @@ impl From<shared::decision::RowError> for WorkerError {
 impl From<redis::RedisError> for WorkerError {
     fn from(e: redis::RedisError) -> Self {
         Self::QueueUnavailable(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_postgres::error::SqlState;
+
+    use super::refuses_the_data;
+
+    #[test]
+    fn only_data_and_integrity_errors_count_as_refusals() {
+        for refused in ["22008", "22003", "23505", "23514", "23503"] {
+            assert!(refuses_the_data(&SqlState::from_code(refused)), "{refused}");
+        }
+        // Read-only, disk full, out of memory, statement and lock timeouts, I/O error,
+        // shutdown, serialization failure, undefined table (our bug, not the entry's).
+        for transient in [
+            "25006", "53100", "53200", "57014", "55P03", "58030", "57P01", "40001", "42P01",
+            "XX000",
+        ] {
+            assert!(
+                !refuses_the_data(&SqlState::from_code(transient)),
+                "{transient}"
+            );
+        }
     }
 }

@@ -18,6 +18,7 @@ use redis::{
 use shared::error::display_chain as chain;
 use shared::{
     config::CrashPoint,
+    decision::RejectReason,
     queue::QueueConnection,
     shard::{FenceToken, Shard},
     stream::{self, DeadLetter, Entry, StatusRecord, CLAIM_START, CONSUMER_GROUP, NEW_ENTRIES},
@@ -351,7 +352,15 @@ impl ShardTask {
                                 %reason,
                                 "dead-lettering poison entry"
                             );
-                            dead.push(DeadLetter::refused(entry, reason));
+                            let status = self.record_dead_letter(entry).await?;
+                            if status.reason == Some(RejectReason::Unprocessable) {
+                                let mut letter = DeadLetter::refused(entry, reason);
+                                letter.status = Some(status);
+                                dead.push(letter);
+                            } else {
+                                // Decided meanwhile: not a dead letter after all.
+                                committed.push(Committed { status, new: false });
+                            }
                             break;
                         }
                     }
@@ -362,5 +371,24 @@ impl ShardTask {
             }
         }
         Ok((committed, dead))
+    }
+
+    /// Records a dead letter's decision in PostgreSQL (`db::record_dead_letter`),
+    /// retrying whatever goes wrong: recording it is not up to the entry any more.
+    async fn record_dead_letter(&self, entry: &Entry) -> Result<StatusRecord, ShardExit> {
+        let mut backoff = Backoff::default();
+        loop {
+            match db::record_dead_letter(&self.ctx.pool, self.shard, self.fence, entry).await {
+                Ok(status) => return Ok(status),
+                Err(WorkerError::Fenced { .. }) => return Err(ShardExit::Fenced),
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %chain(&e), ?delay, "dead letter not recorded; retrying");
+                    if self.sleep_or_cancel(delay).await {
+                        return Err(ShardExit::Cancelled);
+                    }
+                }
+            }
+        }
     }
 }

@@ -1,4 +1,5 @@
 use test_support::shared::{
+    decision::{Decision, RejectReason},
     keys::Keys,
     stream::{BookingRequestV1, Message},
 };
@@ -67,7 +68,7 @@ async fn a_poison_entry_is_dead_lettered_after_its_attempts_and_the_shard_moves_
     let after = stack.book(goods, users[2].0, &users[2].1, 1).await;
 
     let _worker = stack.worker(&[("TICKETNEST_MAX_ATTEMPTS", "3")]);
-    stack.wait_for_decisions(2).await;
+    stack.wait_for_decisions(3).await;
     stack.wait_until_nothing_pending().await;
     let dead = stack.dead_letters(shard).await;
     assert_eq!(dead.len(), 1, "{dead:?}");
@@ -77,9 +78,34 @@ async fn a_poison_entry_is_dead_lettered_after_its_attempts_and_the_shard_moves_
     );
     assert_eq!(dead[0]["rid"], poison_id.simple().to_string());
 
+    // The dead letter is a decision like any other, recorded in PostgreSQL, taking no
+    // turn: the requests around it keep positions 1 and 2.
     let rows = stack.assert_invariants(goods).await;
-    let decided: Vec<uuid::Uuid> = rows.iter().map(|r| r.request_id).collect();
-    assert_eq!(decided, [before.request_id, after.request_id]);
+    let decided: Vec<(uuid::Uuid, Decision, Option<i64>)> = rows
+        .iter()
+        .map(|r| (r.request_id, r.decision, r.position))
+        .collect();
+    assert_eq!(
+        decided,
+        [
+            (before.request_id, Decision::Confirmed, Some(1)),
+            (
+                poison_id,
+                Decision::Rejected(RejectReason::Unprocessable),
+                None
+            ),
+            (after.request_id, Decision::Confirmed, Some(2)),
+        ]
+    );
+    let status = stack.status(poison_id, &users[1].1).await;
+    assert_eq!(status["status"], "rejected");
+    assert_eq!(status["reason"], "unprocessable");
+    // Still so once the Redis status has expired: PostgreSQL answers.
+    let mut conn = stack.redis.connection().await;
+    let _: i64 =
+        redis::AsyncCommands::del(&mut conn, stack.keys().request_status(shard, poison_id))
+            .await
+            .expect("expire the status");
     let status = stack.status(poison_id, &users[1].1).await;
     assert_eq!(status["status"], "rejected");
     assert_eq!(status["reason"], "unprocessable");
