@@ -477,6 +477,46 @@ pub async fn settle<C: ConnectionLike>(
     pipe.query_async(conn).await
 }
 
+/// Removes, in one atomic step, every consumer of the shard's group that holds no
+/// pending entry, except `keep`. Two round trips (`XINFO CONSUMERS`, then `XGROUP
+/// DELCONSUMER`) would race: a stale owner's `XREADGROUP >` between them delivers
+/// entries to a consumer that the delete then removes with its pending list, and those
+/// accepted requests would never be returned by `>` or `XAUTOCLAIM` again.
+///
+/// # Errors
+/// Redis unreachable.
+pub async fn forget_idle_consumers<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &Keys,
+    shard: Shard,
+    keep: &str,
+) -> RedisResult<i64> {
+    let script = redis::Script::new(FORGET_IDLE_CONSUMERS);
+    script
+        .key(keys.stream(shard))
+        .arg(CONSUMER_GROUP)
+        .arg(keep)
+        .invoke_async(conn)
+        .await
+}
+
+/// KEYS[1] the stream, ARGV[1] the group, ARGV[2] the consumer to keep. Each reply of
+/// `XINFO CONSUMERS` is a flat list of field, value pairs.
+const FORGET_IDLE_CONSUMERS: &str = r"
+local removed = 0
+for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local name, pending
+  for i = 1, #consumer, 2 do
+    if consumer[i] == 'name' then name = consumer[i + 1] end
+    if consumer[i] == 'pending' then pending = consumer[i + 1] end
+  end
+  if pending == 0 and name ~= ARGV[2] then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], name)
+    removed = removed + 1
+  end
+end
+return removed";
+
 /// Creates the consumer group on a shard stream (and the stream), if missing.
 ///
 /// # Errors

@@ -10,8 +10,8 @@ use std::{sync::Arc, time::Duration};
 
 use redis::{
     streams::{
-        StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamInfoConsumersReply,
-        StreamPendingReply, StreamReadOptions, StreamReadReply,
+        StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamPendingReply,
+        StreamReadOptions, StreamReadReply,
     },
     AsyncCommands,
 };
@@ -190,20 +190,18 @@ impl ShardTask {
     }
 
     /// Removes consumers of earlier owners that hold nothing, so the group does not
-    /// collect one dead consumer per worker restart. Best effort.
+    /// collect one dead consumer per worker restart (atomically: see
+    /// `stream::forget_idle_consumers`). Best effort.
     async fn forget_idle_consumers(&self, conn: &mut QueueConnection) {
-        let reply: redis::RedisResult<StreamInfoConsumersReply> =
-            conn.xinfo_consumers(&self.stream_key, CONSUMER_GROUP).await;
-        let Ok(reply) = reply else { return };
-        for consumer in reply.consumers {
-            if consumer.pending == 0 && consumer.name != self.ctx.worker.worker_id {
-                let removed: redis::RedisResult<i64> = conn
-                    .xgroup_delconsumer(&self.stream_key, CONSUMER_GROUP, &consumer.name)
-                    .await;
-                if let Err(e) = removed {
-                    tracing::debug!(error = %e, consumer = %consumer.name, "could not remove idle consumer");
-                }
-            }
+        let forgotten = stream::forget_idle_consumers(
+            conn,
+            &self.ctx.keys,
+            self.shard,
+            &self.ctx.worker.worker_id,
+        )
+        .await;
+        if let Err(e) = forgotten {
+            tracing::debug!(error = %e, "could not remove idle consumers");
         }
     }
 

@@ -1,3 +1,5 @@
-//! shared's integration tests: the invariant checker against a real PostgreSQL.
+//! shared's integration tests: the invariant checker against a real PostgreSQL, and
+//! the stream protocol's Redis steps against a real Redis.
 
 mod audit;
+mod stream;
