@@ -139,8 +139,16 @@ async fn bulk_create(
     let ids = shared::db::bulk_create_users(pool, tag, count, role, &hash)
         .await
         .context("creating users")?;
+    // The file holds working access tokens: readable by its owner only, from the
+    // moment it exists.
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut out = std::io::BufWriter::new(
-        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        options
+            .open(path)
+            .with_context(|| format!("creating {}", path.display()))?,
     );
     for id in &ids {
         writeln!(out, "{id},{}", keys.mint(*id, role)?)?;

@@ -97,14 +97,25 @@ impl ApiError {
     }
 }
 
-/// Classifies a database error: lost connections are "unavailable" (503, retry),
-/// anything PostgreSQL itself refused is a bug on our side (500).
+/// Whether a SQLSTATE says the database cannot serve right now (a client may retry),
+/// rather than that our statement is wrong: connection trouble (08), shutting down or
+/// starting up (57P), resources exhausted (53), a read-only server after a failover
+/// (25006), an I/O error (58), a timeout (57014, 55P03) or a conflict (40).
+fn is_unavailable(code: &tokio_postgres::error::SqlState) -> bool {
+    let code = code.code();
+    ["08", "57P", "53", "58", "40", "25006", "57014", "55P03"]
+        .iter()
+        .any(|prefix| code.starts_with(prefix))
+}
+
+/// Classifies a database error: a lost connection or a database that cannot serve
+/// right now is "unavailable" (503, retry); anything else PostgreSQL refused is a bug
+/// on our side (500).
 impl From<tokio_postgres::Error> for ApiError {
     fn from(e: tokio_postgres::Error) -> Self {
-        if e.code().is_some() {
-            Self::Internal(Box::new(e))
-        } else {
-            Self::DatabaseUnavailable(Box::new(e))
+        match e.code() {
+            Some(code) if !is_unavailable(code) => Self::Internal(Box::new(e)),
+            _ => Self::DatabaseUnavailable(Box::new(e)),
         }
     }
 }
@@ -185,6 +196,22 @@ impl ResponseError for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_database_that_cannot_serve_right_now_is_a_503_and_a_wrong_statement_a_500() {
+        use tokio_postgres::error::SqlState;
+        for unavailable in [
+            "57P01", "57P03", "08006", "53100", "25006", "57014", "40001",
+        ] {
+            assert!(
+                is_unavailable(&SqlState::from_code(unavailable)),
+                "{unavailable}"
+            );
+        }
+        for bug in ["42P01", "42601", "23505", "22003", "XX000"] {
+            assert!(!is_unavailable(&SqlState::from_code(bug)), "{bug}");
+        }
+    }
 
     #[test]
     fn every_client_error_has_a_4xx_status_and_snake_case_code() {

@@ -511,14 +511,40 @@ impl FromVars for ApiConfig {
     /// The first invalid variable, by name.
     fn from_vars(vars: Lookup<'_>) -> Result<Self, ConfigError> {
         let environment = Environment::from_vars(vars)?;
-        Ok(Self {
+        let config = Self {
             environment,
             http: HttpConfig::from_vars(vars)?,
             database: DatabaseConfig::from_vars(vars)?,
             redis: RedisConfig::from_vars(vars)?,
             shards: ShardConfig::from_vars(vars)?,
             auth: AuthConfig::from_vars(vars, environment)?,
-        })
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl ApiConfig {
+    /// Rules across sections: the built-in development JWT secret, which anyone can
+    /// read in this repository, is refused unless the API listens on loopback only
+    /// (anyone who can reach it could otherwise mint tokens, organizers' included).
+    fn validate(&self) -> Result<(), ConfigError> {
+        let public = self
+            .http
+            .addr
+            .parse::<std::net::SocketAddr>()
+            .map_or(true, |a| !a.ip().is_loopback());
+        if public && self.auth.jwt_secret.expose_secret() == DEV_JWT_SECRET {
+            return Err(ConfigError::Invalid {
+                name: "TICKETNEST_JWT_SECRET",
+                reason: format!(
+                    "the built-in development secret is refused on a non-loopback address \
+                     (TICKETNEST_HTTP_ADDR={}); set a secret of {MIN_PROD_SECRET_BYTES}+ bytes",
+                    self.http.addr
+                ),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -567,6 +593,24 @@ mod tests {
 
     fn worker(pairs: &[(&str, &str)]) -> Result<SubWorkerConfig, ConfigError> {
         SubWorkerConfig::from_vars(&lookup(pairs))
+    }
+
+    #[test]
+    fn the_development_secret_is_refused_on_a_non_loopback_address() {
+        let e = api(&[("TICKETNEST_HTTP_ADDR", "0.0.0.0:8080")]).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("TICKETNEST_JWT_SECRET is invalid"),
+            "{e}"
+        );
+        assert!(api(&[("TICKETNEST_HTTP_ADDR", "127.0.0.1:8080")]).is_ok());
+        assert!(api(&[("TICKETNEST_HTTP_ADDR", "[::1]:8080")]).is_ok());
+        let secret = "an-operator-secret-of-at-least-32-bytes!";
+        assert!(api(&[
+            ("TICKETNEST_HTTP_ADDR", "0.0.0.0:8080"),
+            ("TICKETNEST_JWT_SECRET", secret)
+        ])
+        .is_ok());
     }
 
     #[test]

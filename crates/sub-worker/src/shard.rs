@@ -6,7 +6,7 @@
 //! the task when the lease is lost or the worker shuts down; the task then finishes the
 //! batch in hand (or abandons it unacknowledged, to be reclaimed by the next owner).
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use redis::{
     streams::{
@@ -24,6 +24,7 @@ use shared::{
     stream::{self, DeadLetter, Entry, StatusRecord, CLAIM_START, CONSUMER_GROUP, NEW_ENTRIES},
 };
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::{
     backoff::Backoff,
@@ -239,23 +240,21 @@ impl ShardTask {
             tracing::error!("crash point after_commit reached: exiting before XACK");
             std::process::exit(CRASH_EXIT_CODE);
         }
-        for entry in entries
-            .iter()
-            .filter(|_| tracing::enabled!(tracing::Level::DEBUG))
-        {
-            let request = entry.message.request();
-            if let Some(c) = committed
-                .iter()
-                .find(|c| c.status.request_id == request.request_id)
-            {
-                tracing::debug!(
-                    request_id = %request.request_id,
-                    stream_id = %entry.id,
-                    trace_id = %request.trace_id,
-                    status = %c.status.status,
-                    redelivered = !c.new,
-                    "decided"
-                );
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let by_id: HashMap<Uuid, &Committed> =
+                committed.iter().map(|c| (c.status.request_id, c)).collect();
+            for entry in &entries {
+                let request = entry.message.request();
+                if let Some(c) = by_id.get(&request.request_id) {
+                    tracing::debug!(
+                        request_id = %request.request_id,
+                        stream_id = %entry.id,
+                        trace_id = %request.trace_id,
+                        status = %c.status.status,
+                        redelivered = !c.new,
+                        "decided"
+                    );
+                }
             }
         }
         let statuses: Vec<StatusRecord> = committed.into_iter().map(|c| c.status).collect();
