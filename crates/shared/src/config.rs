@@ -372,6 +372,10 @@ pub enum CrashPoint {
     /// Sleep this long after reading each batch, before deciding it: a window in which a
     /// test can pause (SIGSTOP) the process while it holds an undecided batch.
     StallAfterRead(Duration),
+    /// Sleep this long inside each batch transaction, after its fencing check (which
+    /// holds the shard's fence row): a window in which a test can pause the process
+    /// while its session holds locks.
+    StallInTransaction(Duration),
 }
 
 /// Settings of the sub-worker.
@@ -408,11 +412,18 @@ impl WorkerConfig {
                 1,
                 60_000,
             )?)),
+            Some("stall_in_transaction") => Some(CrashPoint::StallInTransaction(var_millis(
+                vars,
+                "TICKETNEST_STALL_MS",
+                1_000,
+                1,
+                60_000,
+            )?)),
             Some(other) => {
                 return Err(ConfigError::Invalid {
                     name: "TICKETNEST_CRASH_POINT",
                     reason: format!(
-                        "unknown crash point `{other}` (known: after_commit, stall_after_read)"
+                        "unknown crash point `{other}` (known: after_commit, stall_after_read, stall_in_transaction)"
                     ),
                 })
             }

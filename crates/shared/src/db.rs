@@ -33,6 +33,12 @@ const MIGRATION_LOCK_KEY: i64 = 0x7469_636b_6e65_7374; // "ticknest"
 const POOL_WAIT: Duration = Duration::from_secs(5);
 /// How long to wait for a new connection to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// TCP keepalive probes on idle connections: first after this long...
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+/// ... then this often ...
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// ... and the connection is dropped after this many unanswered.
+const KEEPALIVE_RETRIES: u32 = 3;
 
 fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> SharedError {
     SharedError::DatabaseUnavailable(Box::new(e))
@@ -43,10 +49,50 @@ fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> SharedError
 /// # Errors
 /// An invalid URL or pool settings.
 pub fn build_pool(config: &DatabaseConfig) -> Result<Pool, SharedError> {
+    pool(config, None)
+}
+
+/// Builds the worker's pool: like [`build_pool`], and PostgreSQL ends any of its
+/// sessions that sits idle inside a transaction for longer than `idle_in_transaction`.
+/// A worker paused mid-batch (a VM pause, SIGSTOP, a partition) would otherwise hold
+/// its shard's fence row, and the goods rows it locked, for as long as the pause
+/// lasts, and the next owner would wait on them with no bound. A worker that is
+/// running never idles inside a transaction: its statements follow one another.
+///
+/// # Errors
+/// An invalid URL or pool settings.
+pub fn build_worker_pool(
+    config: &DatabaseConfig,
+    idle_in_transaction: Duration,
+) -> Result<Pool, SharedError> {
+    pool(config, Some(idle_in_transaction))
+}
+
+fn pool(
+    config: &DatabaseConfig,
+    idle_in_transaction: Option<Duration>,
+) -> Result<Pool, SharedError> {
     let mut pg = config
         .pg_config()
         .map_err(|e| SharedError::DatabaseUnavailable(Box::new(e)))?;
     pg.connect_timeout(CONNECT_TIMEOUT);
+    // A peer that vanished (host lost, partition) is noticed in about half a minute
+    // instead of the kernel's two hours, on both ends of the connection.
+    pg.keepalives(true)
+        .keepalives_idle(KEEPALIVE_IDLE)
+        .keepalives_interval(KEEPALIVE_INTERVAL)
+        .keepalives_retries(KEEPALIVE_RETRIES);
+    if let Some(idle) = idle_in_transaction {
+        let limit = format!(
+            "-c idle_in_transaction_session_timeout={}",
+            idle.as_millis().max(1)
+        );
+        let options = match pg.get_options() {
+            Some(given) => format!("{given} {limit}"),
+            None => limit,
+        };
+        pg.options(&options);
+    }
     let manager = Manager::from_config(
         pg,
         NoTls,

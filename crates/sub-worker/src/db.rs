@@ -41,16 +41,25 @@ struct Fresh<'a> {
 }
 
 /// Takes a new fencing token for a shard. Every later acquisition gets a larger one.
+/// Waits at most `lock_wait` for the fence row: a batch of the previous owner that is
+/// still open holds it (`FOR SHARE`) until it commits or its session is ended.
 ///
 /// # Errors
-/// The database is unavailable.
+/// The database is unavailable, or the row stayed locked for `lock_wait`.
 pub async fn acquire_fence(
     pool: &Pool,
     shard: Shard,
     owner: &str,
+    lock_wait: std::time::Duration,
 ) -> Result<FenceToken, WorkerError> {
-    let client = pool.get().await?;
-    let stmt = client
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    tx.batch_execute(&format!(
+        "SET LOCAL lock_timeout = {}",
+        lock_wait.as_millis().max(1)
+    ))
+    .await?;
+    let stmt = tx
         .prepare_cached(
             "INSERT INTO shard_fences (shard, fence, owner) VALUES ($1, 1, $2) \
              ON CONFLICT (shard) DO UPDATE \
@@ -58,10 +67,11 @@ pub async fn acquire_fence(
              RETURNING fence",
         )
         .await?;
-    let fence: i64 = client
+    let fence: i64 = tx
         .query_one(&stmt, &[&shard.as_i32(), &owner])
         .await?
         .get(0);
+    tx.commit().await?;
     FenceToken::new(fence).map_err(|e| WorkerError::UnexpectedValue(Box::new(e)))
 }
 
@@ -76,10 +86,18 @@ pub async fn commit_batch(
     shard: Shard,
     fence: FenceToken,
     entries: &[Entry],
+    stall: Option<std::time::Duration>,
 ) -> Result<Vec<Committed>, WorkerError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     check_fence(&tx, shard, fence).await?;
+    if let Some(stall) = stall {
+        tracing::warn!(
+            ?stall,
+            "crash point stall_in_transaction: holding the transaction"
+        );
+        tokio::time::sleep(stall).await;
+    }
 
     let mut seen = HashSet::new();
     let requests: Vec<Fresh<'_>> = entries

@@ -275,16 +275,40 @@ impl LeaseManager {
             let mut shards: Vec<Shard> = ctx.keys.shards().collect();
             let start = rand::rng().random_range(0..shards.len());
             shards.rotate_left(start);
-            let mut taken = Vec::new();
+            let mut leased = Vec::new();
             for shard in shards {
-                if taken.len() >= want || skip.contains(&shard) {
+                if leased.len() >= want || skip.contains(&shard) {
                     continue;
                 }
-                match try_lease(&ctx, &instance, shard).await {
-                    Ok(Some(acquired)) => taken.push((shard, acquired)),
+                match take_lease(&ctx, &instance, shard).await {
+                    Ok(Some(at)) => leased.push((shard, at)),
                     Ok(None) => {}
                     Err(e) => {
-                        tracing::warn!(shard = shard.get(), error = %e, "could not acquire shard");
+                        tracing::warn!(shard = shard.get(), error = %e, "could not lease shard")
+                    }
+                }
+            }
+            // The fencing tokens at once, each waiting a bounded time: a fence row held
+            // by a paused previous owner delays neither the others nor the renewal of
+            // the leases just taken.
+            let fenced = futures_util::future::join_all(leased.into_iter().map(|(shard, at)| {
+                let (ctx, instance) = (&ctx, &instance);
+                async move {
+                    let wait = ctx.worker.lease_ttl / 4;
+                    (
+                        shard,
+                        at,
+                        db::acquire_fence(&ctx.pool, shard, instance, wait).await,
+                    )
+                }
+            }))
+            .await;
+            let mut taken = Vec::new();
+            for (shard, at, fence) in fenced {
+                match fence {
+                    Ok(fence) => taken.push((shard, (fence, at))),
+                    Err(e) => {
+                        tracing::warn!(shard = shard.get(), error = %e, "could not take the shard's fencing token; will retry");
                         release_lease(&ctx, &release, &instance, shard).await;
                     }
                 }
@@ -352,13 +376,13 @@ impl LeaseManager {
     }
 }
 
-/// Takes one shard's lease (`SET NX PX`) and then a fencing token for it. `None` when
-/// another worker holds the lease.
-async fn try_lease(
+/// Takes one shard's lease (`SET NX PX`); returns when, or `None` when another worker
+/// holds it.
+async fn take_lease(
     ctx: &Context,
     instance: &str,
     shard: Shard,
-) -> Result<Option<(FenceToken, Instant)>, WorkerError> {
+) -> Result<Option<Instant>, WorkerError> {
     let mut conn = ctx.redis.clone();
     let ttl_ms = u64::try_from(ctx.worker.lease_ttl.as_millis()).unwrap_or(u64::MAX);
     let set: Option<String> = redis::cmd("SET")
@@ -369,12 +393,7 @@ async fn try_lease(
         .arg(ttl_ms)
         .query_async(&mut conn)
         .await?;
-    if set.is_none() {
-        return Ok(None);
-    }
-    let renewed = Instant::now();
-    let fence = db::acquire_fence(&ctx.pool, shard, instance).await?;
-    Ok(Some((fence, renewed)))
+    Ok(set.map(|_| Instant::now()))
 }
 
 /// Deletes a shard's lease if `instance` still holds it.

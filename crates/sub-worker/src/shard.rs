@@ -92,6 +92,14 @@ impl ShardTask {
         }
     }
 
+    /// The `stall_in_transaction` crash point's pause, if set (tests only).
+    fn stall(&self) -> Option<Duration> {
+        match self.ctx.worker.crash_point {
+            Some(CrashPoint::StallInTransaction(stall)) => Some(stall),
+            _ => None,
+        }
+    }
+
     /// Sleeps; returns true if cancelled meanwhile.
     async fn sleep_or_cancel(&self, delay: Duration) -> bool {
         tokio::select! {
@@ -296,7 +304,15 @@ impl ShardTask {
     ) -> Result<(Vec<Committed>, Vec<DeadLetter>), ShardExit> {
         let mut backoff = Backoff::default();
         loop {
-            match db::commit_batch(&self.ctx.pool, self.shard, self.fence, entries).await {
+            match db::commit_batch(
+                &self.ctx.pool,
+                self.shard,
+                self.fence,
+                entries,
+                self.stall(),
+            )
+            .await
+            {
                 Ok(committed) => return Ok((committed, Vec::new())),
                 Err(WorkerError::Fenced { .. }) => {
                     tracing::warn!("fencing token superseded: another worker owns this shard now");
@@ -331,7 +347,9 @@ impl ShardTask {
             let mut backoff = Backoff::default();
             loop {
                 let one = std::slice::from_ref(entry);
-                match db::commit_batch(&self.ctx.pool, self.shard, self.fence, one).await {
+                match db::commit_batch(&self.ctx.pool, self.shard, self.fence, one, self.stall())
+                    .await
+                {
                     Ok(c) => {
                         committed.extend(c);
                         break;

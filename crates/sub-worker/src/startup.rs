@@ -21,7 +21,9 @@ impl Worker {
         let keys = Keys::new(config.redis.prefix.clone(), config.shards.shards)
             .map_err(SharedError::InvalidSetting)?;
         shared::db::migrate(&config.database).await?;
-        let pool = shared::db::build_pool(&config.database)?;
+        // A session idle inside a transaction for a lease TTL belongs to a paused
+        // worker whose shard is moving on without it.
+        let pool = shared::db::build_worker_pool(&config.database, config.worker.lease_ttl)?;
         let mut redis = shared::queue::connect_shared(&config.redis).await?;
         shared::queue::warn_if_eviction_possible(&mut redis).await;
         Ok(Self {

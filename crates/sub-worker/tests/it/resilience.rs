@@ -244,3 +244,72 @@ async fn sigterm_during_a_sale_hands_the_shard_over_with_no_gap_over_a_second() 
     println!("longest gap between decisions across the handover: {gap_ms:.0} ms");
     assert!(gap_ms < 1_000.0, "decisions stopped for {gap_ms:.0} ms");
 }
+
+/// A worker paused inside its batch transaction keeps its session "idle in
+/// transaction", holding the shard's fence row. The next owner must not wait on it for
+/// as long as the pause lasts: a booking is decided within about the lease TTL plus a
+/// bounded delay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_paused_inside_its_transaction_does_not_hold_up_the_takeover() {
+    let stack = spawn_stack_with(1).await;
+    let goods = stack.create_goods(10, 1).await;
+    let shard = stack.shard_of(goods);
+    let users = stack.customers("frozen", 2).await;
+    let zombie = stack.named_worker(
+        "zombie",
+        None,
+        &[
+            ("TICKETNEST_CRASH_POINT", "stall_in_transaction"),
+            ("TICKETNEST_STALL_MS", "60000"),
+        ],
+    );
+    wait_until(
+        "the zombie owns the shard",
+        Duration::from_secs(30),
+        || async { owner(&stack, shard).await.as_deref() == Some("zombie") },
+    )
+    .await;
+    // The zombie reads this booking and stalls inside its transaction, holding the
+    // fence row; then it is paused for good.
+    let (first, first_token) = &users[0];
+    stack.book(goods, *first, first_token, 1).await;
+    let client = stack.db.client().await;
+    wait_until(
+        "the zombie's session holds a transaction open",
+        Duration::from_secs(30),
+        || async {
+            let open: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND state = 'idle in transaction'",
+                    &[],
+                )
+                .await
+                .expect("pg_stat_activity")
+                .get(0);
+            open > 0
+        },
+    )
+    .await;
+    signal(&zombie, "STOP");
+    let paused = std::time::Instant::now();
+    let _healthy = stack.named_worker("healthy", None, &[]);
+    let (second, second_token) = &users[1];
+    stack.book(goods, *second, second_token, 1).await;
+    let bound = Duration::from_millis(crate::helpers::LEASE_TTL_MS) + Duration::from_secs(5);
+    wait_until(
+        "both bookings decided by the new owner",
+        bound + Duration::from_secs(1),
+        || async { stack.decided_count().await == 2 },
+    )
+    .await;
+    assert!(paused.elapsed() <= bound + Duration::from_secs(1));
+    assert_eq!(owner(&stack, shard).await.as_deref(), Some("healthy"));
+    let rows = stack.assert_invariants(goods).await;
+    assert_eq!(
+        rows.iter().map(|r| r.user_id).collect::<Vec<_>>(),
+        [*first, *second],
+        "decided in stream order"
+    );
+    signal(&zombie, "CONT");
+}
