@@ -21,7 +21,9 @@ use shared::{
     decision::RejectReason,
     queue::QueueConnection,
     shard::{FenceToken, Shard},
-    stream::{self, DeadLetter, Entry, StatusRecord, CLAIM_START, CONSUMER_GROUP, NEW_ENTRIES},
+    stream::{
+        self, DeadLetter, Entry, EntryId, StatusRecord, CLAIM_START, CONSUMER_GROUP, NEW_ENTRIES,
+    },
 };
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -133,12 +135,14 @@ impl ShardTask {
             if batch.is_empty() {
                 continue;
             }
-            // A previous owner that has not yet noticed it lost the shard may still have
-            // read entries after our reclaim (its commits are fenced off, so they are
-            // undecided). Those are older than anything we read later: reclaim them,
-            // together with this batch, in stream order, before going on.
-            let exit = if self.others_hold_pending(&mut conn).await? {
-                tracing::warn!("another consumer holds pending entries: reclaiming in order");
+            // Entries older than this batch may be pending undecided: read after our
+            // reclaim by a previous owner that has not noticed it lost the shard (its
+            // commits are fenced off), or read under our own name by a read whose reply
+            // was lost (a cluster client resends it and gets the next batch). Whoever
+            // holds them, they come first: reclaim everything pending, this batch
+            // included, in stream order, before going on.
+            let exit = if self.older_entries_pending(&mut conn, &batch[0].id).await? {
+                tracing::warn!("entries older than the batch are pending: reclaiming in order");
                 self.reclaim(&mut conn).await?
             } else {
                 self.process(&batch).await?
@@ -186,14 +190,22 @@ impl ShardTask {
         }
     }
 
-    /// Whether a consumer other than this worker has unacknowledged entries.
-    async fn others_hold_pending(&self, conn: &mut QueueConnection) -> Result<bool, WorkerError> {
+    /// Whether any entry of the group older than `first` is pending, under any
+    /// consumer's name (this worker's included). Unparsable ids count as older: a
+    /// needless reclaim costs a round trip, a missed one breaks FIFO.
+    async fn older_entries_pending(
+        &self,
+        conn: &mut QueueConnection,
+        first: &str,
+    ) -> Result<bool, WorkerError> {
         let reply: StreamPendingReply = conn.xpending(&self.stream_key, CONSUMER_GROUP).await?;
         Ok(match reply {
-            StreamPendingReply::Data(data) => data
-                .consumers
-                .iter()
-                .any(|c| c.pending > 0 && c.name != self.ctx.worker.worker_id),
+            StreamPendingReply::Data(data) => {
+                match (EntryId::parse(&data.start_id), EntryId::parse(first)) {
+                    (Some(oldest), Some(first)) => oldest < first,
+                    _ => true,
+                }
+            }
             _ => false,
         })
     }

@@ -81,11 +81,11 @@ async fn a_request_for_goods_deleted_before_its_turn_is_rejected_goods_not_found
     assert_eq!(status["reason"], "goods_not_found");
 }
 
-/// A stale owner (one that lost its lease but has not noticed) can still read new
-/// entries after the new owner's reclaim. Those entries are older than anything the
-/// new owner reads afterwards, so they must be decided first, and never left pending.
-#[tokio::test]
-async fn entries_a_stale_consumer_read_after_the_takeover_are_decided_first() {
+/// Five requests are appended and read by `consumer` in one transaction, so the
+/// running worker never sees them as new; then one more arrives through the API. The
+/// five are older than anything read afterwards: they must be decided first, and never
+/// left pending.
+async fn entries_read_by_another_read_are_decided_first(consumer: &str, worker_id: &str) {
     use redis::AsyncCommands;
     use test_support::shared::stream::{
         BookingRequestV1, Message, AUTO_ID, CONSUMER_GROUP, NEW_ENTRIES,
@@ -94,14 +94,12 @@ async fn entries_a_stale_consumer_read_after_the_takeover_are_decided_first() {
     let stack = spawn_stack().await;
     let goods = stack.create_goods(3, 1).await;
     let users = stack.customers("stale", 7).await;
-    let _worker = stack.worker(&[]);
+    let _worker = stack.named_worker(worker_id, None, &[]);
     let stream = stack.keys().stream(stack.shard_of(goods));
     // A first booking, decided, shows the worker is reading the goods' shard.
     let (first, first_token) = &users[0];
     stack.book(goods, *first, first_token, 1).await;
     stack.wait_for_decisions(1).await;
-    // Five requests appended and read by "zombie" in one transaction, so the running
-    // worker never sees them as new.
     let mut pipe = redis::pipe();
     pipe.atomic();
     for (user, _) in &users[1..6] {
@@ -116,17 +114,17 @@ async fn entries_a_stale_consumer_read_after_the_takeover_are_decided_first() {
         pipe.xadd(&stream, AUTO_ID, &message.to_fields()).ignore();
     }
     pipe.cmd("XREADGROUP")
-        .arg(&["GROUP", CONSUMER_GROUP, "zombie", "COUNT", "5", "STREAMS"])
+        .arg(&["GROUP", CONSUMER_GROUP, consumer, "COUNT", "5", "STREAMS"])
         .arg(&stream)
         .arg(NEW_ENTRIES)
         .ignore();
     let mut conn = stack.redis.connection().await;
-    let () = pipe.query_async(&mut conn).await.expect("zombie read");
-    let zombie_pending: redis::streams::StreamPendingReply = conn
+    let () = pipe.query_async(&mut conn).await.expect("hidden read");
+    let pending: redis::streams::StreamPendingReply = conn
         .xpending(&stream, CONSUMER_GROUP)
         .await
         .expect("xpending");
-    assert_eq!(zombie_pending.count(), 5);
+    assert_eq!(pending.count(), 5);
 
     // The last request arrives through the API and reaches the live worker.
     let (user, token) = &users[6];
@@ -138,6 +136,21 @@ async fn entries_a_stale_consumer_read_after_the_takeover_are_decided_first() {
     let expected: Vec<i64> = users.iter().map(|(id, _)| *id).collect();
     assert_eq!(order, expected, "decided in stream order");
     assert_eq!(rows[6].decision, Decision::Waitlisted);
+}
+
+/// A stale owner (one that lost its lease but has not noticed) can still read new
+/// entries after the new owner's reclaim.
+#[tokio::test]
+async fn entries_a_stale_consumer_read_after_the_takeover_are_decided_first() {
+    entries_read_by_another_read_are_decided_first("zombie", "w1").await;
+}
+
+/// On Redis Cluster the client resends a command whose reply was lost: a lost
+/// `XREADGROUP >` reply leaves a batch pending under the worker's own name while the
+/// resend returns the next batch. The lost batch is older and comes first.
+#[tokio::test]
+async fn entries_the_worker_read_under_its_own_name_but_never_got_are_decided_first() {
+    entries_read_by_another_read_are_decided_first("w1", "w1").await;
 }
 
 #[tokio::test]
