@@ -37,6 +37,8 @@ pub enum ApiError {
     InvalidCredentials,
     #[error("{0}")]
     Forbidden(&'static str),
+    #[error("cookie-authenticated request from another origin refused; send the token as `Authorization: Bearer`")]
+    CrossOriginRefused,
     #[error("goods not found")]
     GoodsNotFound,
     #[error("booking request not found")]
@@ -81,6 +83,7 @@ impl ApiError {
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::CrossOriginRefused => (StatusCode::FORBIDDEN, "cross_origin_refused"),
             Self::GoodsNotFound => (StatusCode::NOT_FOUND, "goods_not_found"),
             Self::RequestNotFound => (StatusCode::NOT_FOUND, "request_not_found"),
             Self::RouteNotFound => (StatusCode::NOT_FOUND, "not_found"),

@@ -10,7 +10,7 @@ use std::pin::Pin;
 use actix_web::{
     dev::Payload,
     error::PayloadError,
-    http::header,
+    http::{header, Method},
     web::{self, Bytes},
     FromRequest, HttpMessage, HttpRequest,
 };
@@ -129,13 +129,21 @@ pub struct AuthUser {
 /// Name of the cookie set at login, as the original TicketNest clients expect.
 pub const AUTH_COOKIE: &str = "Authorization";
 
-fn bearer_token(req: &HttpRequest) -> Option<String> {
+/// Where the access token came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Carrier {
+    Header,
+    /// A browser sends cookies with cross-site requests too: see `check_origin`.
+    Cookie,
+}
+
+fn bearer_token(req: &HttpRequest) -> Option<(String, Carrier)> {
     if let Some(value) = req.headers().get(header::AUTHORIZATION) {
         let value = value.to_str().ok()?;
         let (scheme, token) = value.split_once(' ')?;
         return scheme
             .eq_ignore_ascii_case("bearer")
-            .then(|| token.trim().to_owned());
+            .then(|| (token.trim().to_owned(), Carrier::Header));
     }
     let cookie = req.cookie(AUTH_COOKIE)?;
     let value = cookie.value();
@@ -143,7 +151,49 @@ fn bearer_token(req: &HttpRequest) -> Option<String> {
         .strip_prefix("Bearer ")
         .or_else(|| value.strip_prefix("Bearer%20"))
         .unwrap_or(value);
-    Some(token.to_owned())
+    Some((token.to_owned(), Carrier::Cookie))
+}
+
+/// The origin (`scheme://host[:port]`, lower case) a browser says the request comes
+/// from: `Origin`, else the origin part of `Referer`. `None` when neither is sent.
+fn claimed_origin(req: &HttpRequest) -> Option<String> {
+    let origin = req.headers().get(header::ORIGIN);
+    let referer = req.headers().get(header::REFERER);
+    // Unreadable or opaque (`null`) values stay as they are: they match no origin.
+    let raw = origin.or(referer)?.to_str().unwrap_or("null");
+    let origin = match raw.split_once("://") {
+        Some((scheme, rest)) => {
+            let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+            format!("{scheme}://{host}")
+        }
+        None => raw.to_owned(),
+    };
+    Some(origin.to_ascii_lowercase())
+}
+
+/// Refuses a state-changing request authenticated by cookie whose `Origin` (or
+/// `Referer`) is present and is neither this API's own origin nor an allowed one, as
+/// OWASP recommends against cross-site request forgery. Requests that send neither
+/// header (non-browser clients) and token-in-header requests are not affected.
+fn check_origin(req: &HttpRequest, allowed: &[String]) -> Result<(), ApiError> {
+    if !matches!(
+        *req.method(),
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    ) {
+        return Ok(());
+    }
+    let Some(origin) = claimed_origin(req) else {
+        return Ok(());
+    };
+    let own_host = req.connection_info().host().to_ascii_lowercase();
+    let same_host = origin
+        .split_once("://")
+        .is_some_and(|(scheme, host)| matches!(scheme, "http" | "https") && host == own_host);
+    if same_host || allowed.contains(&origin) {
+        Ok(())
+    } else {
+        Err(ApiError::CrossOriginRefused)
+    }
 }
 
 impl AuthUser {
@@ -151,7 +201,11 @@ impl AuthUser {
         let state = req
             .app_data::<web::Data<AppState>>()
             .ok_or_else(|| ApiError::Internal("application state missing".into()))?;
-        let token = bearer_token(req).ok_or(ApiError::Unauthorized("missing access token"))?;
+        let (token, carrier) =
+            bearer_token(req).ok_or(ApiError::Unauthorized("missing access token"))?;
+        if carrier == Carrier::Cookie {
+            check_origin(req, &state.cors_origins)?;
+        }
         // The token's role is not trusted for anything: endpoints that need a role
         // read the current one from PostgreSQL, so a demotion takes effect at once.
         let (id, _role) = state.tokens.verify(&token).map_err(|e| match e {

@@ -152,6 +152,7 @@ impl Application {
             backlog: Backlog::new(config.shards.shards, config.http.backlog_limit),
             status_ttl: config.redis.status_ttl,
             secure_cookies: config.environment == Environment::Prod,
+            cors_origins: config.http.cors_origins.clone().into(),
         };
         revocation::refresh(&state)
             .await

@@ -45,6 +45,9 @@ pub struct AppState {
     pub dummy_hash: Arc<str>,
     /// Whether cookies are marked `Secure` (prod).
     pub secure_cookies: bool,
+    /// Other origins allowed to send cookie-authenticated state-changing requests
+    /// (`TICKETNEST_CORS_ORIGINS`), lower case.
+    pub cors_origins: Arc<[String]>,
 }
 
 impl AppState {

@@ -474,6 +474,37 @@ pub struct HttpConfig {
     /// `TICKETNEST_BACKLOG_LIMIT`: entries of one shard not yet decided (undelivered
     /// plus pending) above which bookings for that shard get 503 with `Retry-After`.
     pub backlog_limit: u64,
+    /// `TICKETNEST_CORS_ORIGINS`: other origins (`scheme://host[:port]`, lower case)
+    /// whose pages may send cookie-authenticated state-changing requests.
+    pub cors_origins: Vec<String>,
+}
+
+/// Parses `TICKETNEST_CORS_ORIGINS`: comma-separated exact origins, http or https, no
+/// path.
+fn cors_origins(vars: Lookup<'_>) -> Result<Vec<String>, ConfigError> {
+    let Some(raw) = var(vars, "TICKETNEST_CORS_ORIGINS") else {
+        return Ok(Vec::new());
+    };
+    raw.split(',')
+        .map(str::trim)
+        .filter(|o| !o.is_empty())
+        .map(|origin| {
+            let rest = origin
+                .strip_prefix("https://")
+                .or_else(|| origin.strip_prefix("http://"));
+            match rest {
+                Some(host) if !host.is_empty() && !host.contains(['/', '?', '#', ' ']) => {
+                    Ok(origin.to_ascii_lowercase())
+                }
+                _ => Err(ConfigError::Invalid {
+                    name: "TICKETNEST_CORS_ORIGINS",
+                    reason: format!(
+                        "`{origin}` is not an origin like https://shop.example or http://localhost:3000"
+                    ),
+                }),
+            }
+        })
+        .collect()
 }
 
 impl HttpConfig {
@@ -502,6 +533,7 @@ impl HttpConfig {
                 1,
                 1_000_000_000,
             )?,
+            cors_origins: cors_origins(vars)?,
         })
     }
 }
@@ -604,6 +636,31 @@ mod tests {
 
     fn worker(pairs: &[(&str, &str)]) -> Result<SubWorkerConfig, ConfigError> {
         SubWorkerConfig::from_vars(&lookup(pairs))
+    }
+
+    #[test]
+    fn cors_origins_are_exact_origins() {
+        let config = api(&[(
+            "TICKETNEST_CORS_ORIGINS",
+            "https://Shop.example, http://localhost:3000",
+        )])
+        .expect("valid");
+        assert_eq!(
+            config.http.cors_origins,
+            ["https://shop.example", "http://localhost:3000"]
+        );
+        for bad in [
+            "shop.example",
+            "https://shop.example/path",
+            "ftp://x",
+            "https://",
+        ] {
+            let e = api(&[("TICKETNEST_CORS_ORIGINS", bad)]).unwrap_err();
+            assert!(
+                e.to_string().starts_with("TICKETNEST_CORS_ORIGINS"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -377,6 +377,7 @@ pub fn api_config(db: &TestDatabase, redis: &TestRedis, shards: u32) -> ApiConfi
             workers: Some(2),
             goods_cache_ttl: Duration::from_secs(1),
             backlog_limit: 1_000_000,
+            cors_origins: Vec::new(),
         },
         database: db.config(),
         redis: redis.config(),

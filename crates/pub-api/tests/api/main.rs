@@ -6,6 +6,7 @@ mod helpers;
 mod auth;
 mod bad_input;
 mod bookings;
+mod cross_origin;
 mod goods;
 mod health;
 mod outage;
