@@ -136,6 +136,7 @@ impl Application {
             .map_err(StartupError::InvalidSetting)?;
         shared::db::migrate(&config.database).await?;
         let pool = shared::db::build_pool(&config.database)?;
+        shared::db::check_shard_count(&pool, config.shards.shards).await?;
         let mut redis = shared::queue::connect_shared(&config.redis).await?;
         shared::queue::warn_if_eviction_possible(&mut redis).await;
         let passwords = PasswordHashing::new(config.auth.argon2)?;

@@ -193,6 +193,38 @@ pub async fn migrations_applied(pool: &Pool) -> Result<bool, SharedError> {
     }
 }
 
+/// Records the shard count if no process has yet, and checks that `shards` is the
+/// recorded one.
+///
+/// # Errors
+/// `ShardCountMismatch` naming both counts, or the database is unreachable.
+pub async fn check_shard_count(pool: &Pool, shards: u32) -> Result<(), SharedError> {
+    let client = pool.get().await.map_err(unavailable)?;
+    let configured = shards.to_string();
+    let recorded: String = client
+        .query_one(
+            "WITH recorded AS ( \
+               INSERT INTO deployment_settings (name, value) VALUES ('shards', $1) \
+               ON CONFLICT (name) DO NOTHING RETURNING value \
+             ) \
+             SELECT value FROM recorded \
+             UNION ALL SELECT value FROM deployment_settings WHERE name = 'shards' \
+             LIMIT 1",
+            &[&configured],
+        )
+        .await
+        .map_err(unavailable)?
+        .get(0);
+    if recorded == configured {
+        Ok(())
+    } else {
+        Err(SharedError::ShardCountMismatch {
+            configured: shards,
+            recorded,
+        })
+    }
+}
+
 /// Sets a user's role by email. Returns whether a live user matched.
 ///
 /// # Errors

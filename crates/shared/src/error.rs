@@ -27,6 +27,12 @@ pub enum SharedError {
     TokenSigning(#[source] jsonwebtoken::errors::Error),
     #[error("invalid setting")]
     InvalidSetting(#[source] crate::shard::OutOfRange),
+    #[error(
+        "TICKETNEST_SHARDS is {configured} but this deployment's database records {recorded} \
+         shards; every process must use the same count (change it only with every stream \
+         drained, then update deployment_settings)"
+    )]
+    ShardCountMismatch { configured: u32, recorded: String },
     #[error("the database holds a value this build cannot read")]
     UnreadableRow(#[source] Box<dyn std::error::Error + Send + Sync>),
 }

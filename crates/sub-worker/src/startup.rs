@@ -24,6 +24,7 @@ impl Worker {
         // A session idle inside a transaction for a lease TTL belongs to a paused
         // worker whose shard is moving on without it.
         let pool = shared::db::build_worker_pool(&config.database, config.worker.lease_ttl)?;
+        shared::db::check_shard_count(&pool, config.shards.shards).await?;
         let mut redis = shared::queue::connect_shared(&config.redis).await?;
         shared::queue::warn_if_eviction_possible(&mut redis).await;
         Ok(Self {
