@@ -145,11 +145,15 @@ async fn bulk_create(
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut out = std::io::BufWriter::new(
-        options
-            .open(path)
-            .with_context(|| format!("creating {}", path.display()))?,
-    );
+    let file = options
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    // `mode` applies only to a file this call creates: an existing one is narrowed too,
+    // before any token is written to it.
+    #[cfg(unix)]
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .with_context(|| format!("restricting {}", path.display()))?;
+    let mut out = std::io::BufWriter::new(file);
     for id in &ids {
         writeln!(out, "{id},{}", keys.mint(*id, role)?)?;
     }

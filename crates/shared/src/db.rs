@@ -76,8 +76,10 @@ fn pool(
         .pg_config()
         .map_err(|e| SharedError::DatabaseUnavailable(Box::new(e)))?;
     pg.connect_timeout(CONNECT_TIMEOUT);
-    // A peer that vanished (host lost, partition) is noticed in about half a minute
-    // instead of the kernel's two hours, on both ends of the connection.
+    // A server that vanished (host lost, partition) is noticed by this client in about
+    // half a minute instead of the kernel's two hours. (The server side of a vanished
+    // client is what `idle_in_transaction` below, and PostgreSQL's own
+    // `tcp_keepalives_*` settings, are for.)
     pg.keepalives(true)
         .keepalives_idle(KEEPALIVE_IDLE)
         .keepalives_interval(KEEPALIVE_INTERVAL)
@@ -201,16 +203,20 @@ pub async fn migrations_applied(pool: &Pool) -> Result<bool, SharedError> {
 pub async fn check_shard_count(pool: &Pool, shards: u32) -> Result<(), SharedError> {
     let client = pool.get().await.map_err(unavailable)?;
     let configured = shards.to_string();
+    // Two statements: the SELECT's snapshot then sees a row another process inserted
+    // while our INSERT waited on it (one statement's snapshot would not).
+    client
+        .execute(
+            "INSERT INTO deployment_settings (name, value) VALUES ('shards', $1) \
+             ON CONFLICT (name) DO NOTHING",
+            &[&configured],
+        )
+        .await
+        .map_err(unavailable)?;
     let recorded: String = client
         .query_one(
-            "WITH recorded AS ( \
-               INSERT INTO deployment_settings (name, value) VALUES ('shards', $1) \
-               ON CONFLICT (name) DO NOTHING RETURNING value \
-             ) \
-             SELECT value FROM recorded \
-             UNION ALL SELECT value FROM deployment_settings WHERE name = 'shards' \
-             LIMIT 1",
-            &[&configured],
+            "SELECT value FROM deployment_settings WHERE name = 'shards'",
+            &[],
         )
         .await
         .map_err(unavailable)?

@@ -267,7 +267,8 @@ pub struct DeadLetter {
     pub source_id: String,
     pub reason: String,
     pub fields: Vec<(String, String)>,
-    /// What its owner is told, when the entry decoded (`rejected`, `unprocessable`).
+    /// What its owner is told, when the entry decoded (`rejected`, `unprocessable`, as
+    /// recorded in the decision log).
     pub status: Option<StatusRecord>,
 }
 

@@ -288,9 +288,10 @@ impl LeaseManager {
                     }
                 }
             }
-            // The fencing tokens at once, each waiting a bounded time: a fence row held
-            // by a paused previous owner delays neither the others nor the renewal of
-            // the leases just taken.
+            // The fencing tokens at once, each waiting a bounded time for its row: a
+            // fence row held by a paused previous owner does not hold up the others. A
+            // lease taken here is renewed only once the scan ends; should it expire
+            // first, the fence still decides whose commits count.
             let fenced = futures_util::future::join_all(leased.into_iter().map(|(shard, at)| {
                 let (ctx, instance) = (&ctx, &instance);
                 async move {

@@ -130,9 +130,20 @@ impl ShardTask {
             let reply: Option<StreamReadReply> = conn
                 .xread_options(&[&self.stream_key], &[NEW_ENTRIES], &options)
                 .await?;
-            let Some(reply) = reply else { continue };
-            let batch: Vec<StreamId> = reply.keys.into_iter().flat_map(|k| k.ids).collect();
+            let batch: Vec<StreamId> = reply
+                .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
+                .unwrap_or_default();
             if batch.is_empty() {
+                // Nothing new; but entries a stale owner (or a lost read) left pending
+                // must not wait for the next booking to be noticed.
+                if self.pending_before(&mut conn, None).await? {
+                    tracing::warn!(
+                        "undecided entries are pending while the shard is idle: reclaiming"
+                    );
+                    if let Some(exit) = self.reclaim(&mut conn).await? {
+                        return Ok(exit);
+                    }
+                }
                 continue;
             }
             // Entries older than this batch may be pending undecided: read after our
@@ -141,7 +152,7 @@ impl ShardTask {
             // was lost (a cluster client resends it and gets the next batch). Whoever
             // holds them, they come first: reclaim everything pending, this batch
             // included, in stream order, before going on.
-            let exit = if self.older_entries_pending(&mut conn, &batch[0].id).await? {
+            let exit = if self.pending_before(&mut conn, Some(&batch[0].id)).await? {
                 tracing::warn!("entries older than the batch are pending: reclaiming in order");
                 self.reclaim(&mut conn).await?
             } else {
@@ -190,17 +201,19 @@ impl ShardTask {
         }
     }
 
-    /// Whether any entry of the group older than `first` is pending, under any
-    /// consumer's name (this worker's included). Unparsable ids count as older: a
-    /// needless reclaim costs a round trip, a missed one breaks FIFO.
-    async fn older_entries_pending(
+    /// Whether any entry of the group is pending (under any consumer's name, this
+    /// worker's included) that is older than `first`, or at all when `first` is `None`.
+    /// Unparsable ids count as older: a needless reclaim costs a round trip, a missed
+    /// one breaks FIFO.
+    async fn pending_before(
         &self,
         conn: &mut QueueConnection,
-        first: &str,
+        first: Option<&str>,
     ) -> Result<bool, WorkerError> {
         let reply: StreamPendingReply = conn.xpending(&self.stream_key, CONSUMER_GROUP).await?;
-        Ok(match reply {
-            StreamPendingReply::Data(data) => {
+        Ok(match (reply, first) {
+            (StreamPendingReply::Data(_), None) => true,
+            (StreamPendingReply::Data(data), Some(first)) => {
                 match (EntryId::parse(&data.start_id), EntryId::parse(first)) {
                     (Some(oldest), Some(first)) => oldest < first,
                     _ => true,

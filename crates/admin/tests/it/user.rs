@@ -53,6 +53,9 @@ async fn bulk_create_writes_one_token_per_user_to_a_file_only_its_owner_can_read
     let dir = std::env::temp_dir().join(format!("tn-admin-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).expect("dir");
     let path = dir.join("tokens.csv");
+    // A file left world-readable by some earlier run is narrowed too.
+    std::fs::write(&path, "old").expect("old file");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_ticketnest-admin"))
         .args([
             "user",
