@@ -105,6 +105,13 @@ fn pool(
     let max_age = config.max_connection_age;
     Pool::builder(manager)
         .max_size(config.pool_size)
+        // Hand out the most recently returned connection: a busy shard keeps reusing
+        // one warm backend (prepared statements, cached plans). In FIFO order every
+        // pooled connection took turns and each had to prepare and plan the batch
+        // statements anew; once the worker took its fencing tokens concurrently and so
+        // opened a connection per shard, that cost a fifth of the decide rate (A/B in
+        // bench/results/ab-20261125T021600Z.md).
+        .queue_mode(deadpool_postgres::QueueMode::Lifo)
         // Connections past their age are closed when next taken from the pool, and a
         // fresh one is opened in their place (see `DatabaseConfig::max_connection_age`).
         .pre_recycle(Hook::sync_fn(move |_, metrics| {
