@@ -5,11 +5,16 @@
 //! delivered to a worker plus entries delivered but not acknowledged, from
 //! `XINFO GROUPS`) every `REFRESH_INTERVAL`, and bookings compare against the last
 //! sample: an in-memory read. The bound is soft by one interval's worth of bookings.
-//! Entries are never trimmed to make room; clients are asked to retry instead.
+//! Undecided entries are never trimmed to make room; clients are asked to retry instead.
+//!
+//! The same sampler reads Redis's memory use (`INFO memory`, every node of a cluster)
+//! and turns bookings away once any node passes `TICKETNEST_REDIS_MEMORY_LIMIT_PERCENT`
+//! of its `maxmemory`: with `noeviction` a full Redis would refuse the workers' status
+//! writes too, so the API stops well before that.
 
 use std::{
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
     },
     time::Duration,
@@ -26,14 +31,24 @@ pub const REFRESH_INTERVAL: Duration = Duration::from_millis(200);
 pub struct Backlog {
     per_shard: Arc<Vec<AtomicU64>>,
     limit: u64,
+    /// Whether a Redis node was over `memory_limit_percent` at the last sample.
+    memory_full: Arc<AtomicBool>,
+    memory_limit_percent: u8,
 }
 
 impl Backlog {
-    pub fn new(shards: u32, limit: u64) -> Self {
+    pub fn new(shards: u32, limit: u64, memory_limit_percent: u8) -> Self {
         Self {
             per_shard: Arc::new((0..shards).map(|_| AtomicU64::new(0)).collect()),
             limit,
+            memory_full: Arc::new(AtomicBool::new(false)),
+            memory_limit_percent,
         }
+    }
+
+    /// Whether Redis is too close to its memory limit to accept more bookings.
+    pub fn is_memory_full(&self) -> bool {
+        self.memory_full.load(Ordering::Relaxed)
     }
 
     /// Whether bookings for `shard` should be turned away for now.
@@ -58,8 +73,9 @@ impl Backlog {
         match groups.groups.iter().find(|g| g.name == CONSUMER_GROUP) {
             Some(group) => match group.lag {
                 Some(lag) => Ok(u64::try_from(lag + group.pending).unwrap_or(u64::MAX)),
-                // Redis cannot tell the lag (entries were deleted): count the whole
-                // stream, an upper bound.
+                // Redis cannot tell the lag (entries after the group's position were
+                // deleted): count the whole stream, an upper bound that stays close
+                // because decided entries are trimmed.
                 None => redis::cmd("XLEN").arg(stream).query_async(conn).await,
             },
             // No worker has created the group yet: every entry is waiting.
@@ -67,8 +83,28 @@ impl Backlog {
         }
     }
 
-    /// Samples every shard once. Shards that cannot be sampled keep their last value.
+    /// Samples Redis memory and every shard once. What cannot be sampled keeps its
+    /// last value.
     pub async fn refresh(&self, conn: &QueueConnection, keys: &Keys) {
+        match shared::queue::server_info(&mut conn.clone()).await {
+            Ok(servers) => {
+                let full = servers.iter().any(|s| {
+                    s.memory_percent()
+                        .is_some_and(|p| p >= u64::from(self.memory_limit_percent))
+                });
+                if full != self.memory_full.swap(full, Ordering::Relaxed) {
+                    if full {
+                        tracing::warn!(
+                            limit_percent = self.memory_limit_percent,
+                            "Redis is nearly out of memory: refusing bookings"
+                        );
+                    } else {
+                        tracing::info!("Redis memory is below the limit again: accepting bookings");
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "could not sample Redis memory"),
+        }
         let samples = futures_util::future::join_all(keys.shards().map(|shard| {
             let mut conn = conn.clone();
             let stream = keys.stream(shard);

@@ -55,6 +55,12 @@ pub enum ApiError {
     QueueUnavailable(#[source] redis::RedisError),
     #[error("too many bookings are waiting for this show, retry shortly")]
     QueueFull,
+    #[error("the booking queue is nearly out of memory, retry shortly")]
+    QueueMemoryFull,
+    #[error("too many requests, retry after {} s", retry_after_secs(*.0))]
+    RateLimited(std::time::Duration),
+    #[error("too many sign-ins are being checked at once, retry shortly")]
+    Busy,
     #[error("database is unavailable, retry shortly")]
     DatabaseUnavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("internal error")]
@@ -92,12 +98,20 @@ impl ApiError {
             Self::NicknameTaken => (StatusCode::CONFLICT, "nickname_taken"),
             Self::QueueUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable"),
             Self::QueueFull => (StatusCode::SERVICE_UNAVAILABLE, "queue_full"),
+            Self::QueueMemoryFull => (StatusCode::SERVICE_UNAVAILABLE, "queue_memory_full"),
+            Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            Self::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             Self::DatabaseUnavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable")
             }
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
+}
+
+/// `Retry-After` in whole seconds, rounded up: a client that waits that long is let in.
+fn retry_after_secs(wait: std::time::Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0).max(u64::from(wait.is_zero()))
 }
 
 /// Whether a SQLSTATE says the database cannot serve right now (a client may retry),
@@ -131,6 +145,11 @@ impl From<deadpool_postgres::PoolError> for ApiError {
 
 impl From<redis::RedisError> for ApiError {
     fn from(e: redis::RedisError) -> Self {
+        // Redis refused a write over `maxmemory` (between two memory samples).
+        if e.code() == Some("OOM") {
+            tracing::warn!(error = %e, "Redis refused a write: out of memory");
+            return Self::QueueMemoryFull;
+        }
         Self::QueueUnavailable(e)
     }
 }
@@ -183,7 +202,9 @@ impl ResponseError for ApiError {
             _ => None,
         };
         let mut response = HttpResponse::build(status);
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if let Self::RateLimited(wait) = self {
+            response.insert_header((header::RETRY_AFTER, retry_after_secs(*wait).to_string()));
+        } else if status == StatusCode::SERVICE_UNAVAILABLE {
             response.insert_header((header::RETRY_AFTER, "1"));
         }
         response.json(ErrorBody {
@@ -217,6 +238,16 @@ mod tests {
     }
 
     #[test]
+    fn retry_after_rounds_up_to_whole_seconds_and_is_never_zero() {
+        use std::time::Duration;
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1_000)), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1_001)), 2);
+        assert_eq!(retry_after_secs(Duration::from_secs(60)), 60);
+    }
+
+    #[test]
     fn every_client_error_has_a_4xx_status_and_snake_case_code() {
         let errors = [
             ApiError::validation("email", "bad"),
@@ -227,6 +258,7 @@ mod tests {
             ApiError::Forbidden("no"),
             ApiError::GoodsNotFound,
             ApiError::EmailTaken,
+            ApiError::RateLimited(std::time::Duration::from_secs(1)),
         ];
         for e in errors {
             let (status, code) = e.status_and_code();

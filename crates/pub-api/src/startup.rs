@@ -24,6 +24,7 @@ use crate::{
     backlog::Backlog,
     error::ApiError,
     extract::{payload_config, query_config},
+    limits,
     redis_local::LocalRedis,
     request_id, revocation,
     routes::{auth, bookings, goods, health},
@@ -138,7 +139,7 @@ impl Application {
         let pool = shared::db::build_pool(&config.database)?;
         shared::db::check_shard_count(&pool, config.shards.shards).await?;
         let mut redis = shared::queue::connect_shared(&config.redis).await?;
-        shared::queue::warn_if_eviction_possible(&mut redis).await;
+        shared::queue::check_server(&mut redis).await?;
         let passwords = PasswordHashing::new(config.auth.argon2)?;
         let dummy_hash: Arc<str> = passwords.hash(&uuid::Uuid::new_v4().to_string())?.into();
         let state = AppState {
@@ -150,8 +151,15 @@ impl Application {
             dummy_hash,
             goods: AppState::goods_cache(config.http.goods_cache_ttl),
             revoked: Arc::new(RwLock::new(HashSet::new())),
-            backlog: Backlog::new(config.shards.shards, config.http.backlog_limit),
-            status_ttl: config.redis.status_ttl,
+            backlog: Backlog::new(
+                config.shards.shards,
+                config.http.backlog_limit,
+                config.http.redis_memory_limit_percent,
+            ),
+            user_rate: config.http.user_rate,
+            auth_limiter: limits::address_limiter(config.http.auth_rate),
+            trust_forwarded_for: config.http.trust_forwarded_for,
+            hashing: limits::hashing_permits(config.http.hashing_concurrency),
             secure_cookies: config.environment == Environment::Prod,
             cors_origins: config.http.cors_origins.clone().into(),
         };
@@ -211,6 +219,11 @@ impl Application {
             self.state.keys.clone(),
             shutdown.child_token(),
         ));
+        let forgetter = self
+            .state
+            .auth_limiter
+            .clone()
+            .map(|limiter| tokio::spawn(limits::run(limiter, shutdown.child_token())));
         let refresher = tokio::spawn(revocation::run(self.state, shutdown.child_token()));
         let stopper = {
             let shutdown = shutdown.clone();
@@ -225,6 +238,9 @@ impl Application {
         let _ = stopper.await;
         let _ = refresher.await;
         let _ = sampler.await;
+        if let Some(forgetter) = forgetter {
+            let _ = forgetter.await;
+        }
         result
     }
 }

@@ -13,10 +13,11 @@ use deadpool_postgres::Pool;
 use moka::future::Cache;
 use shared::{
     auth::{PasswordHashing, TokenKeys},
+    config::RateLimit,
     keys::Keys,
 };
 
-use crate::{backlog::Backlog, db::GoodsLimits, redis_local::LocalRedis};
+use crate::{backlog::Backlog, db::GoodsLimits, limits::AddressLimiter, redis_local::LocalRedis};
 
 /// Most goods kept in the in-process cache.
 const GOODS_CACHE_CAPACITY: u64 = 100_000;
@@ -38,8 +39,15 @@ pub struct AppState {
     pub revoked: Arc<RwLock<HashSet<i64>>>,
     /// Last sampled backlog per shard, for backpressure.
     pub backlog: Backlog,
-    /// How long a request status lives in Redis.
-    pub status_ttl: Duration,
+    /// The per-user budget of requests through a shard stream (checked in the enqueue
+    /// script, shared by every API copy).
+    pub user_rate: Option<RateLimit>,
+    /// The per-address budget of signups and logins (this process).
+    pub auth_limiter: Option<Arc<AddressLimiter>>,
+    /// Whether the client address comes from `X-Forwarded-For`.
+    pub trust_forwarded_for: bool,
+    /// Permits to compute a password hash: at most one per core at once.
+    pub hashing: Arc<tokio::sync::Semaphore>,
     /// A hash of a random password with the configured argon2 cost, verified at login
     /// when the email is unknown.
     pub dummy_hash: Arc<str>,

@@ -202,6 +202,82 @@ impl DatabaseConfig {
     }
 }
 
+/// A rate limit: `burst` requests at once, then one every `interval` (the generic
+/// cell rate algorithm: a client that waits `interval` earns one request back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Time between requests at the sustained rate.
+    pub interval: Duration,
+    /// Requests allowed at once after a quiet spell (at least 1).
+    pub burst: u32,
+}
+
+impl RateLimit {
+    /// `n` requests per `per`, with `burst`.
+    ///
+    /// # Panics
+    /// Never for `n > 0`.
+    pub fn per(n: u32, per: Duration, burst: u32) -> Self {
+        Self {
+            interval: per / n.max(1),
+            burst: burst.max(1),
+        }
+    }
+}
+
+/// Parses a rate limit from `<name>` (`<n>/s`, `<n>/min`, `<n>/h`, or `off`) and
+/// `<burst_name>` (1 to 1,000,000). `None` when off.
+fn var_rate_limit(
+    vars: Lookup<'_>,
+    name: &'static str,
+    burst_name: &'static str,
+    default: (u32, Duration, u32),
+) -> Result<Option<RateLimit>, ConfigError> {
+    let (mut n, mut per, burst_default) = default;
+    if let Some(raw) = var(vars, name) {
+        let raw = raw.trim().to_ascii_lowercase();
+        if raw == "off" {
+            return Ok(None);
+        }
+        let invalid = || ConfigError::Invalid {
+            name,
+            reason: format!("`{raw}` is not a rate like 10/s, 300/min, 1000/h or off"),
+        };
+        let (count, unit) = raw.split_once('/').ok_or_else(invalid)?;
+        n = count.trim().parse().map_err(|_| invalid())?;
+        per = match unit.trim() {
+            "s" | "sec" | "second" => Duration::from_secs(1),
+            "m" | "min" | "minute" => Duration::from_secs(60),
+            "h" | "hour" => Duration::from_secs(3_600),
+            _ => return Err(invalid()),
+        };
+        if !(1..=1_000_000).contains(&n) {
+            return Err(ConfigError::Invalid {
+                name,
+                reason: format!("{n} is outside 1..=1000000 requests per unit"),
+            });
+        }
+    }
+    let burst = var_in_range(vars, burst_name, burst_default, 1, 1_000_000)?;
+    Ok(Some(RateLimit::per(n, per, burst)))
+}
+
+/// Reads a boolean (`true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`).
+fn var_bool(vars: Lookup<'_>, name: &'static str, default: bool) -> Result<bool, ConfigError> {
+    match var(vars, name)
+        .map(|v| v.trim().to_ascii_lowercase())
+        .as_deref()
+    {
+        None => Ok(default),
+        Some("true" | "1" | "yes" | "on") => Ok(true),
+        Some("false" | "0" | "no" | "off") => Ok(false),
+        Some(other) => Err(ConfigError::Invalid {
+            name,
+            reason: format!("`{other}` is not true or false"),
+        }),
+    }
+}
+
 /// How TicketNest talks to Redis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RedisMode {
@@ -225,8 +301,9 @@ pub struct RedisConfig {
     /// `TICKETNEST_REDIS_TIMEOUT_MS`: bound on connecting and on each command, so a dead
     /// Redis turns into a 503 instead of a hung request.
     pub timeout: Duration,
-    /// `TICKETNEST_STATUS_TTL_SECS`: how long a request's status hash lives in Redis;
-    /// after that, status is answered from PostgreSQL.
+    /// `TICKETNEST_STATUS_TTL_SECS`: how long a decided request's status hash lives in
+    /// Redis; after that, status is answered from PostgreSQL. A `queued` status never
+    /// expires: its owner must never be told "not found" while it waits.
     pub status_ttl: Duration,
 }
 
@@ -278,8 +355,8 @@ impl RedisConfig {
             status_ttl: Duration::from_secs(var_in_range(
                 vars,
                 "TICKETNEST_STATUS_TTL_SECS",
-                86_400,
-                60,
+                300,
+                10,
                 30 * 86_400,
             )?),
         })
@@ -396,6 +473,13 @@ pub struct WorkerConfig {
     pub max_attempts: u32,
     /// `TICKETNEST_CRASH_POINT`: test-only fault injection, refused in prod.
     pub crash_point: Option<CrashPoint>,
+    /// `TICKETNEST_STREAM_RETENTION_SECS`: how long decided (acknowledged) entries stay
+    /// in their shard stream for inspection before they are trimmed; 0 trims them at
+    /// once. Undecided entries are never trimmed.
+    pub stream_retention: Duration,
+    /// `TICKETNEST_DEAD_LETTER_MAX_LEN`: most copies a shard's dead-letter stream keeps
+    /// (the oldest go first; decisions stay in PostgreSQL).
+    pub dead_letter_max_len: u64,
 }
 
 impl WorkerConfig {
@@ -451,6 +535,20 @@ impl WorkerConfig {
             worker_id,
             max_attempts: var_in_range(vars, "TICKETNEST_MAX_ATTEMPTS", 5, 1, 100)?,
             crash_point,
+            stream_retention: Duration::from_secs(var_in_range(
+                vars,
+                "TICKETNEST_STREAM_RETENTION_SECS",
+                0,
+                0,
+                7 * 86_400,
+            )?),
+            dead_letter_max_len: var_in_range(
+                vars,
+                "TICKETNEST_DEAD_LETTER_MAX_LEN",
+                100_000,
+                100,
+                100_000_000,
+            )?,
         };
         if config.block * 2 >= config.lease_ttl {
             return Err(ConfigError::Invalid {
@@ -477,6 +575,23 @@ pub struct HttpConfig {
     /// `TICKETNEST_CORS_ORIGINS`: other origins (`scheme://host[:port]`, lower case)
     /// whose pages may send cookie-authenticated state-changing requests.
     pub cors_origins: Vec<String>,
+    /// `TICKETNEST_REDIS_MEMORY_LIMIT_PERCENT`: share of Redis `maxmemory` above which
+    /// bookings get 503 `queue_memory_full`, leaving the rest for the workers' status
+    /// writes.
+    pub redis_memory_limit_percent: u8,
+    /// `TICKETNEST_USER_RATE_LIMIT` and `TICKETNEST_USER_RATE_BURST`: bookings (and
+    /// every other request that goes through a shard stream) per user, across every
+    /// API copy (kept in Redis, checked in the enqueue step).
+    pub user_rate: Option<RateLimit>,
+    /// `TICKETNEST_AUTH_RATE_LIMIT` and `TICKETNEST_AUTH_RATE_BURST`: signups and logins
+    /// per client address, per API copy.
+    pub auth_rate: Option<RateLimit>,
+    /// `TICKETNEST_TRUST_FORWARDED_FOR`: take the client address from the last
+    /// `X-Forwarded-For` entry (set it only behind a proxy that appends it).
+    pub trust_forwarded_for: bool,
+    /// `TICKETNEST_HASHING_CONCURRENCY`: password hashes computed at once (each takes
+    /// the configured argon2 memory); default one per core.
+    pub hashing_concurrency: usize,
 }
 
 /// Parses `TICKETNEST_CORS_ORIGINS`: comma-separated exact origins, http or https, no
@@ -534,6 +649,33 @@ impl HttpConfig {
                 1_000_000_000,
             )?,
             cors_origins: cors_origins(vars)?,
+            redis_memory_limit_percent: var_in_range(
+                vars,
+                "TICKETNEST_REDIS_MEMORY_LIMIT_PERCENT",
+                90,
+                10,
+                99,
+            )?,
+            user_rate: var_rate_limit(
+                vars,
+                "TICKETNEST_USER_RATE_LIMIT",
+                "TICKETNEST_USER_RATE_BURST",
+                (5, Duration::from_secs(1), 20),
+            )?,
+            auth_rate: var_rate_limit(
+                vars,
+                "TICKETNEST_AUTH_RATE_LIMIT",
+                "TICKETNEST_AUTH_RATE_BURST",
+                (60, Duration::from_secs(60), 20),
+            )?,
+            trust_forwarded_for: var_bool(vars, "TICKETNEST_TRUST_FORWARDED_FOR", false)?,
+            hashing_concurrency: var_in_range(
+                vars,
+                "TICKETNEST_HASHING_CONCURRENCY",
+                std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
+                1,
+                1_024,
+            )?,
         })
     }
 }
@@ -661,6 +803,51 @@ mod tests {
                 "{bad}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn rate_limits_read_as_a_rate_and_a_burst_or_off() {
+        let config = api(&[]).expect("defaults");
+        assert_eq!(
+            config.http.user_rate,
+            Some(RateLimit {
+                interval: Duration::from_millis(200),
+                burst: 20
+            })
+        );
+        assert_eq!(
+            config.http.auth_rate,
+            Some(RateLimit {
+                interval: Duration::from_secs(1),
+                burst: 20
+            })
+        );
+        let config = api(&[
+            ("TICKETNEST_USER_RATE_LIMIT", "120/min"),
+            ("TICKETNEST_USER_RATE_BURST", "3"),
+            ("TICKETNEST_AUTH_RATE_LIMIT", "off"),
+        ])
+        .expect("valid");
+        assert_eq!(
+            config.http.user_rate,
+            Some(RateLimit {
+                interval: Duration::from_millis(500),
+                burst: 3
+            })
+        );
+        assert_eq!(config.http.auth_rate, None);
+        for bad in ["10", "0/s", "10/week", "x/s"] {
+            let e = api(&[("TICKETNEST_USER_RATE_LIMIT", bad)]).unwrap_err();
+            assert!(
+                e.to_string().starts_with("TICKETNEST_USER_RATE_LIMIT"),
+                "{bad}: {e}"
+            );
+        }
+        let e = api(&[("TICKETNEST_AUTH_RATE_BURST", "0")]).unwrap_err();
+        assert!(
+            e.to_string().starts_with("TICKETNEST_AUTH_RATE_BURST"),
+            "{e}"
+        );
     }
 
     #[test]

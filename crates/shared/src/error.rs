@@ -21,6 +21,8 @@ pub enum SharedError {
     Migration(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("queue unavailable")]
     QueueUnavailable(#[source] redis::RedisError),
+    #[error("{0}")]
+    UnsuitableRedis(String),
     #[error("password hashing failed: {0}")]
     PasswordHash(String),
     #[error("token signing failed")]

@@ -77,12 +77,21 @@ impl Keys {
     }
 
     /// `tn:{s3}:req:<uuid>` — status hash of one booking request of shard 3, for
-    /// polling. Written `queued` by pub-api in the same pipeline as the XADD, overwritten
-    /// with the decision by the worker after commit; expires after
-    /// `TICKETNEST_STATUS_TTL_SECS`. It shares the shard's hash tag so both pipelines
-    /// stay in one cluster slot.
+    /// polling. Written `queued` (without expiry) by pub-api in the same script as the
+    /// XADD, overwritten with the decision by the worker after commit; a decided status
+    /// expires after `TICKETNEST_STATUS_TTL_SECS`. It shares the shard's hash tag so
+    /// both steps stay in one cluster slot.
     pub fn request_status(&self, shard: Shard, request_id: Uuid) -> String {
         format!("{}:{{s{shard}}}:req:{}", self.prefix, request_id.simple())
+    }
+
+    /// `tn:{s3}:rate:<user>` — one user's request budget on shard 3 (the per-user rate
+    /// limit's theoretical arrival time, in microseconds of Redis time), read and
+    /// advanced by the enqueue script; expires when the budget is full again. It
+    /// shares the shard's hash tag so the script stays in one cluster slot, which
+    /// makes the limit per user and shard.
+    pub fn user_rate(&self, shard: Shard, user_id: i64) -> String {
+        format!("{}:{{s{shard}}}:rate:{user_id}", self.prefix)
     }
 
     /// A new request id for a booking on `shard`: a time-ordered UUIDv7 whose last two
@@ -144,6 +153,7 @@ mod tests {
         assert_eq!(keys.stream(s(3)), "tn:{s3}:stream");
         assert_eq!(keys.lease(s(3)), "tn:{s3}:lease");
         assert_eq!(keys.dead_letter(s(3)), "tn:{s3}:dead");
+        assert_eq!(keys.user_rate(s(3), 7), "tn:{s3}:rate:7");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Redis connections shared by both sides, and the startup check on eviction.
+//! Redis connections shared by both sides, and the startup check of the server
+//! (version, eviction policy) that also feeds the API's memory guard.
 //!
 //! [`QueueConnection`] hides whether TicketNest talks to one Redis server or to a Redis
 //! Cluster: every command and pipeline is written once against it. Pipelines and
@@ -138,25 +139,164 @@ pub async fn connect_dedicated(
     }
 }
 
-/// Logs a warning when Redis may evict keys: an evicted stream entry is an accepted
-/// booking lost. TicketNest needs `maxmemory-policy noeviction`. (On a cluster this
-/// asks one node; configure every node alike.)
-pub async fn warn_if_eviction_possible(conn: &mut QueueConnection) {
-    let reply: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
-        .arg("GET")
-        .arg("maxmemory-policy")
+/// The oldest Redis TicketNest runs on: 7.0 reports a consumer group's `lag` (the
+/// backlog check), takes `XTRIM MINID` (trimming) and script flags.
+pub const MIN_REDIS_VERSION: (u32, u32) = (7, 0);
+
+/// What one Redis server says about itself (`INFO server` and `INFO memory`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerInfo {
+    /// `redis_version`, as reported.
+    pub version: String,
+    /// Bytes in use (`used_memory`).
+    pub used_memory: u64,
+    /// The memory limit in bytes (`maxmemory`); 0 means none.
+    pub max_memory: u64,
+    /// `maxmemory_policy`.
+    pub policy: String,
+}
+
+impl ServerInfo {
+    /// Reads the fields TicketNest needs from an `INFO` reply.
+    pub fn parse(info: &str) -> Self {
+        let mut fields = std::collections::HashMap::new();
+        for line in info.lines() {
+            if let Some((name, value)) = line.trim().split_once(':') {
+                fields.insert(name, value);
+            }
+        }
+        let number = |name: &str| {
+            fields
+                .get(name)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_default()
+        };
+        Self {
+            version: fields.get("redis_version").unwrap_or(&"").to_string(),
+            used_memory: number("used_memory"),
+            max_memory: number("maxmemory"),
+            policy: fields.get("maxmemory_policy").unwrap_or(&"").to_string(),
+        }
+    }
+
+    /// Used memory as a percentage of `maxmemory`; `None` without a limit.
+    pub fn memory_percent(&self) -> Option<u64> {
+        (self.max_memory > 0).then(|| self.used_memory.saturating_mul(100) / self.max_memory)
+    }
+
+    /// Why TicketNest cannot run on this server, if it cannot: a version older than
+    /// [`MIN_REDIS_VERSION`], or a `maxmemory-policy` that may evict keys (an evicted
+    /// stream entry is an accepted booking lost; an evicted status tells a waiting
+    /// client its request does not exist).
+    pub fn unsuitable(&self) -> Option<String> {
+        let mut parts = self.version.split('.').map(|p| p.parse::<u32>().ok());
+        let version = (parts.next().flatten(), parts.next().flatten());
+        let (want_major, want_minor) = MIN_REDIS_VERSION;
+        match version {
+            (Some(major), Some(minor)) if (major, minor) >= MIN_REDIS_VERSION => {}
+            _ => {
+                return Some(format!(
+                    "Redis {} is too old: TicketNest needs {want_major}.{want_minor} or newer",
+                    self.version
+                ))
+            }
+        }
+        if self.policy != "noeviction" {
+            return Some(format!(
+                "Redis maxmemory-policy is `{}`: it may evict queued bookings; set it to noeviction",
+                self.policy
+            ));
+        }
+        None
+    }
+}
+
+/// Asks every server behind `conn` (one, or each node of a cluster) for `INFO server`
+/// and `INFO memory`.
+///
+/// # Errors
+/// Redis unreachable.
+pub async fn server_info(conn: &mut QueueConnection) -> redis::RedisResult<Vec<ServerInfo>> {
+    let reply: Value = redis::cmd("INFO")
+        .arg("server")
+        .arg("memory")
         .query_async(conn)
-        .await;
-    match reply {
-        Ok(pair) => match pair.get(1).map(String::as_str) {
-            Some("noeviction") => {}
-            Some(policy) => tracing::warn!(
-                policy,
-                "Redis maxmemory-policy may evict queue keys and lose accepted bookings; set it to noeviction"
-            ),
-            None => tracing::warn!("Redis did not report its maxmemory-policy"),
-        },
-        // Managed Redis services often disable CONFIG; say so rather than fail.
-        Err(e) => tracing::warn!(error = %e, "could not read Redis maxmemory-policy"),
+        .await?;
+    let text = |v: &Value| -> Option<String> { redis::from_redis_value_ref::<String>(v).ok() };
+    let replies: Vec<String> = match &reply {
+        // A cluster answers one reply per node.
+        Value::Map(nodes) => nodes.iter().filter_map(|(_, v)| text(v)).collect(),
+        other => text(other).into_iter().collect(),
+    };
+    Ok(replies.iter().map(|info| ServerInfo::parse(info)).collect())
+}
+
+/// Refuses to start on a Redis TicketNest cannot run on ([`ServerInfo::unsuitable`]),
+/// checking every node of a cluster.
+///
+/// # Errors
+/// Redis unreachable, or unsuitable (the reason is in the error).
+pub async fn check_server(conn: &mut QueueConnection) -> Result<(), SharedError> {
+    let servers = server_info(conn)
+        .await
+        .map_err(SharedError::QueueUnavailable)?;
+    if servers.is_empty() {
+        return Err(SharedError::UnsuitableRedis(
+            "Redis did not answer INFO".into(),
+        ));
+    }
+    match servers.iter().find_map(ServerInfo::unsuitable) {
+        Some(reason) => Err(SharedError::UnsuitableRedis(reason)),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INFO: &str = "# Server\r\nredis_version:7.0.15\r\nredis_mode:standalone\r\n\r\n# Memory\r\nused_memory:1186272\r\nmaxmemory:2000000\r\nmaxmemory_policy:noeviction\r\n";
+
+    #[test]
+    fn info_gives_version_memory_and_policy() {
+        let info = ServerInfo::parse(INFO);
+        assert_eq!(info.version, "7.0.15");
+        assert_eq!(info.used_memory, 1_186_272);
+        assert_eq!(info.memory_percent(), Some(59));
+        assert_eq!(info.unsuitable(), None);
+        let unlimited = ServerInfo {
+            max_memory: 0,
+            ..info.clone()
+        };
+        assert_eq!(unlimited.memory_percent(), None);
+    }
+
+    #[test]
+    fn old_servers_and_evicting_policies_are_refused_by_name() {
+        let info = ServerInfo::parse(INFO);
+        for old in ["6.2.14", "5.0.0", "", "garbage"] {
+            let reason = ServerInfo {
+                version: old.into(),
+                ..info.clone()
+            }
+            .unsuitable()
+            .expect("refused");
+            assert!(reason.contains("needs 7.0 or newer"), "{old}: {reason}");
+        }
+        assert_eq!(
+            ServerInfo {
+                version: "10.1.0".into(),
+                ..info.clone()
+            }
+            .unsuitable(),
+            None
+        );
+        let reason = ServerInfo {
+            policy: "allkeys-lru".into(),
+            ..info
+        }
+        .unsuitable()
+        .expect("refused");
+        assert!(reason.contains("`allkeys-lru`"), "{reason}");
     }
 }

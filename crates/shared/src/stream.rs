@@ -5,8 +5,11 @@
 //!   version and kind it knows and dead-letters the rest with the reason
 //!   ([`DecodeError`]), never blocking the shard and never dropping an entry silently.
 //! * **The status hash** ([`StatusRecord`]): one hash per request for polling, written
-//!   `queued` by the API in the same round trip as the XADD ([`enqueue`]) and
-//!   overwritten with the decision by the worker after COMMIT ([`settle`]).
+//!   `queued` by the API in the same atomic step as the XADD ([`enqueue`], which also
+//!   enforces the per-user rate limit) and overwritten with the decision by the worker
+//!   after COMMIT ([`settle`]).
+//! * **Trimming** ([`trim`]): decided entries leave the stream (after an optional
+//!   retention); undecided ones never do.
 //! * **Dead letters** ([`DeadLetter`]): entries that cannot be decided, copied with the
 //!   reason to the shard's dead-letter stream.
 //! * **Names**: the consumer group and the special ids Redis gives meaning to.
@@ -16,10 +19,11 @@
 
 use std::{collections::HashMap, fmt, time::Duration};
 
-use redis::{aio::ConnectionLike, Pipeline, RedisResult};
+use redis::{aio::ConnectionLike, streams::StreamMaxlen, Pipeline, RedisResult};
 use uuid::Uuid;
 
 use crate::{
+    config::RateLimit,
     decision::{Decision, DecisionRow, RejectReason, RequestStatus},
     keys::Keys,
     shard::Shard,
@@ -398,29 +402,100 @@ impl StatusRecord {
     }
 }
 
-/// Accepts a booking: writes its status `queued`, then appends it to its shard's stream,
-/// in one round trip. The status goes first so that a worker deciding the request at
-/// once can never have its decision overwritten by a late `queued`.
+/// What became of a request offered to [`enqueue`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Written: status `queued`, entry appended.
+    Accepted,
+    /// Nothing written: the user is over their rate limit; try again after this long.
+    RateLimited { retry_after: Duration },
+}
+
+/// Accepts a booking in one round trip and one atomic step (a script): checks and
+/// spends the user's rate-limit budget, writes the status `queued` (with no expiry:
+/// its owner must never be told "not found" while it waits), then appends the entry
+/// to its shard's stream. Either all of it happens or none of it: Redis refuses the
+/// whole script, before it writes anything, when it is out of memory.
 ///
 /// # Errors
-/// Redis unreachable or refusing the pipeline.
+/// Redis unreachable or refusing the script.
 pub async fn enqueue<C: ConnectionLike>(
     conn: &mut C,
     keys: &Keys,
     request: BookingRequestV1,
-    status_ttl: Duration,
-) -> RedisResult<()> {
+    limit: Option<RateLimit>,
+) -> RedisResult<Enqueued> {
+    use fields::status as f;
     let shard = keys.shard_of(request.goods_id);
-    let mut pipe = redis::pipe();
-    StatusRecord::queued(&request).write(&mut pipe, keys, shard, status_ttl);
-    pipe.xadd(
-        keys.stream(shard),
-        AUTO_ID,
-        &Message::Book(request).to_fields(),
-    )
-    .ignore();
-    pipe.query_async(conn).await
+    let script = redis::Script::new(ENQUEUE);
+    let mut invocation = script.key(keys.request_status(shard, request.request_id));
+    invocation
+        .key(keys.stream(shard))
+        .key(keys.user_rate(shard, request.user_id));
+    match limit {
+        Some(limit) => invocation
+            .arg(
+                u64::try_from(limit.interval.as_micros())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+            )
+            .arg(limit.burst),
+        None => invocation.arg(0).arg(0),
+    };
+    invocation
+        .arg(f::USER)
+        .arg(request.user_id)
+        .arg(f::GOODS)
+        .arg(request.goods_id)
+        .arg(f::QUANTITY)
+        .arg(request.quantity)
+        .arg(f::STATUS)
+        .arg(RequestStatus::Queued.as_str());
+    for (name, value) in Message::Book(request).to_fields() {
+        invocation.arg(name).arg(value);
+    }
+    let (accepted, retry_after_ms): (i64, u64) = invocation.invoke_async(conn).await?;
+    Ok(if accepted == 1 {
+        Enqueued::Accepted
+    } else {
+        Enqueued::RateLimited {
+            retry_after: Duration::from_millis(retry_after_ms),
+        }
+    })
 }
+
+/// KEYS: the status hash, the stream, the user's rate key. ARGV: the rate limit's
+/// interval in microseconds (0: no limit) and burst, then 4 status field/value pairs,
+/// then the entry's field/value pairs. Returns {1, 0} when accepted, {0, ms to wait}
+/// when over the limit.
+///
+/// The limit is the generic cell rate algorithm: the key holds the theoretical arrival
+/// time (TAT) of the next request; each accepted request pushes it one interval on; a
+/// request is refused while the TAT would run more than `burst` intervals ahead of now.
+/// Refused requests spend nothing. Time is Redis's own, the same for every API copy.
+const ENQUEUE: &str = r"#!lua
+local interval = tonumber(ARGV[1])
+if interval > 0 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local tat = tonumber(redis.call('GET', KEYS[3]) or now) or now
+  if tat < now then tat = now end
+  local next_tat = tat + interval
+  local excess = next_tat - now - interval * tonumber(ARGV[2])
+  if excess > 0 then
+    return {0, math.ceil(excess / 1000)}
+  end
+  redis.call('SET', KEYS[3], string.format('%.0f', next_tat),
+    'PX', math.ceil((next_tat - now) / 1000) + 1)
+end
+local status = {}
+for i = 3, 10 do status[#status + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(status))
+redis.call('PERSIST', KEYS[1])
+local entry = {}
+for i = 11, #ARGV do entry[#entry + 1] = ARGV[i] end
+redis.call('XADD', KEYS[2], '*', unpack(entry))
+return {1, 0}";
 
 /// Reads a request's status hash (the shard comes from the request id); `None` when
 /// there is none (expired, never written, or an id naming no shard).
@@ -440,8 +515,20 @@ pub async fn read_status<C: ConnectionLike>(
     Ok(StatusRecord::from_fields(request_id, &hash))
 }
 
+/// How long what the workers write stays in Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// A decided request's status hash (`TICKETNEST_STATUS_TTL_SECS`).
+    pub status: Duration,
+    /// A decided entry in its shard stream (`TICKETNEST_STREAM_RETENTION_SECS`).
+    pub entries: Duration,
+    /// Most copies a shard's dead-letter stream keeps (`TICKETNEST_DEAD_LETTER_MAX_LEN`).
+    pub dead_letters: u64,
+}
+
 /// After COMMIT, in one round trip: the statuses of decided requests, the dead letters
-/// (and their owners' statuses), then XACK of every entry handled.
+/// (and their owners' statuses), XACK of every entry handled, then the trim of what
+/// is decided and older than the retention ([`trim`]).
 ///
 /// # Errors
 /// Redis unreachable or refusing the pipeline; nothing is acknowledged then, and the
@@ -453,14 +540,14 @@ pub async fn settle<C: ConnectionLike>(
     statuses: &[StatusRecord],
     dead: &[DeadLetter],
     handled: &[String],
-    status_ttl: Duration,
+    retention: Retention,
 ) -> RedisResult<()> {
     let mut pipe = redis::pipe();
     for status in statuses
         .iter()
         .chain(dead.iter().filter_map(|d| d.status.as_ref()))
     {
-        status.write(&mut pipe, keys, shard, status_ttl);
+        status.write(&mut pipe, keys, shard, retention.status);
     }
     let dead_key = keys.dead_letter(shard);
     for letter in dead {
@@ -469,14 +556,97 @@ pub async fn settle<C: ConnectionLike>(
             (fields::dead::SOURCE_ID, letter.source_id.as_str()),
         ];
         entry.extend(letter.fields.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        pipe.xadd(&dead_key, AUTO_ID, &entry).ignore();
+        pipe.xadd_maxlen(
+            &dead_key,
+            StreamMaxlen::Approx(usize::try_from(retention.dead_letters).unwrap_or(usize::MAX)),
+            AUTO_ID,
+            &entry,
+        )
+        .ignore();
     }
     if !handled.is_empty() {
         pipe.xack(keys.stream(shard), CONSUMER_GROUP, handled)
             .ignore();
+        trim_command(&mut pipe, keys, shard, retention.entries).ignore();
     }
     pipe.query_async(conn).await
 }
+
+/// Trims a shard stream of every entry that is decided and older than `retention`
+/// (by its id's time), in one atomic step; returns how many it removed.
+///
+/// Decided means delivered to the consumer group and no longer pending: a worker
+/// acknowledges an entry only after the transaction that decided it committed. The
+/// script keeps every entry from the oldest pending one (read, not yet decided) and
+/// from the group's last delivered one (everything after it is unread) onwards, so an
+/// undecided entry is never trimmed, whatever other workers do meanwhile. A stream
+/// without a consumer group is left alone.
+///
+/// # Errors
+/// Redis unreachable.
+pub async fn trim<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &Keys,
+    shard: Shard,
+    retention: Duration,
+) -> RedisResult<u64> {
+    let mut pipe = redis::pipe();
+    trim_command(&mut pipe, keys, shard, retention);
+    let (removed,): (u64,) = pipe.query_async(conn).await?;
+    Ok(removed)
+}
+
+/// Adds the trim script to a pipeline (as EVAL: a pipeline cannot fall back from
+/// EVALSHA; Redis caches the compiled script).
+fn trim_command<'a>(
+    pipe: &'a mut Pipeline,
+    keys: &Keys,
+    shard: Shard,
+    retention: Duration,
+) -> &'a mut Pipeline {
+    pipe.cmd("EVAL")
+        .arg(TRIM)
+        .arg(1)
+        .arg(keys.stream(shard))
+        .arg(CONSUMER_GROUP)
+        .arg(u64::try_from(retention.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// KEYS[1] the stream; ARGV[1] the group; ARGV[2] the retention in milliseconds.
+/// Entry ids are `<ms>-<seq>`; both parts fit a Lua number exactly.
+const TRIM: &str = r"#!lua
+local function parse(id)
+  local ms, seq = string.match(id, '^(%d+)%-(%d+)$')
+  return {tonumber(ms), tonumber(seq)}
+end
+local function before(a, b)
+  return a[1] < b[1] or (a[1] == b[1] and a[2] < b[2])
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local floor
+for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local name, last
+  for i = 1, #group, 2 do
+    if group[i] == 'name' then name = group[i + 1] end
+    if group[i] == 'last-delivered-id' then last = group[i + 1] end
+  end
+  local keep = parse(last)
+  local pending = redis.call('XPENDING', KEYS[1], name)
+  if pending[1] > 0 then
+    local oldest = parse(pending[2])
+    if before(oldest, keep) then keep = oldest end
+  end
+  if floor == nil or before(keep, floor) then floor = keep end
+end
+if floor == nil then return 0 end
+local retention = tonumber(ARGV[2])
+if retention > 0 then
+  local t = redis.call('TIME')
+  local oldest_kept = {tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - retention, 0}
+  if before(oldest_kept, floor) then floor = oldest_kept end
+end
+if floor[1] < 0 then return 0 end
+return redis.call('XTRIM', KEYS[1], 'MINID', string.format('%.0f-%.0f', floor[1], floor[2]))";
 
 /// Removes, in one atomic step, every consumer of the shard's group that holds no
 /// pending entry, except `keep`. Two round trips (`XINFO CONSUMERS`, then `XGROUP

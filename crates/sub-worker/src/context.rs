@@ -3,13 +3,12 @@
 //! It depends on nothing else in this crate, so `lease`, `shard` and `startup` all
 //! use it without depending on each other in a circle.
 
-use std::time::Duration;
-
 use deadpool_postgres::Pool;
 use shared::{
     config::{RedisConfig, WorkerConfig},
     keys::Keys,
     queue::QueueConnection,
+    stream::Retention,
 };
 
 pub struct Context {
@@ -20,6 +19,6 @@ pub struct Context {
     pub redis_config: RedisConfig,
     pub keys: Keys,
     pub worker: WorkerConfig,
-    /// How long a request status lives in Redis.
-    pub status_ttl: Duration,
+    /// How long decided statuses, decided entries and dead letters stay in Redis.
+    pub retention: Retention,
 }

@@ -6,7 +6,11 @@
 //! the task when the lease is lost or the worker shuts down; the task then finishes the
 //! batch in hand (or abandons it unacknowledged, to be reclaimed by the next owner).
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use redis::{
     streams::{
@@ -34,6 +38,9 @@ use crate::{
     db::{self, Committed},
     error::WorkerError,
 };
+
+/// How often an idle shard trims entries that aged past the retention.
+const IDLE_TRIM: Duration = Duration::from_secs(1);
 
 /// Exit code used by the `after_commit` crash point, so tests can tell it from a real failure.
 pub const CRASH_EXIT_CODE: i32 = 86;
@@ -123,6 +130,7 @@ impl ShardTask {
             .group(CONSUMER_GROUP, &self.ctx.worker.worker_id)
             .count(self.ctx.worker.batch_size)
             .block(usize::try_from(self.ctx.worker.block.as_millis()).unwrap_or(usize::MAX));
+        let mut last_trim = Instant::now();
         loop {
             if self.cancel.is_cancelled() {
                 return Ok(ShardExit::Cancelled);
@@ -134,6 +142,12 @@ impl ShardTask {
                 .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
                 .unwrap_or_default();
             if batch.is_empty() {
+                // Every settle trims what it decided; with a retention, what ages past
+                // it while the shard is idle is trimmed here.
+                if !self.ctx.retention.entries.is_zero() && last_trim.elapsed() >= IDLE_TRIM {
+                    last_trim = Instant::now();
+                    self.trim(&mut conn).await;
+                }
                 // Nothing new; but entries a stale owner (or a lost read) left pending
                 // must not wait for the next booking to be noticed.
                 if self.pending_before(&mut conn, None).await? {
@@ -223,6 +237,15 @@ impl ShardTask {
         })
     }
 
+    /// Trims decided entries older than the retention (`stream::trim`). Best effort.
+    async fn trim(&self, conn: &mut QueueConnection) {
+        let trimmed =
+            stream::trim(conn, &self.ctx.keys, self.shard, self.ctx.retention.entries).await;
+        if let Err(e) = trimmed {
+            tracing::debug!(error = %e, "could not trim the stream");
+        }
+    }
+
     /// Removes consumers of earlier owners that hold nothing, so the group does not
     /// collect one dead consumer per worker restart (atomically: see
     /// `stream::forget_idle_consumers`). Best effort.
@@ -302,7 +325,7 @@ impl ShardTask {
                 &statuses,
                 &dead,
                 &handled,
-                self.ctx.status_ttl,
+                self.ctx.retention,
             )
             .await;
             match settled {

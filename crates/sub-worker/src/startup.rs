@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use shared::{config::SubWorkerConfig, error::SharedError, keys::Keys};
+use shared::{config::SubWorkerConfig, error::SharedError, keys::Keys, stream::Retention};
 use tokio_util::sync::CancellationToken;
 
 use crate::{context::Context, lease::LeaseManager};
@@ -13,7 +13,7 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Migrates, connects, and warns if Redis may evict queue keys.
+    /// Migrates, connects, and checks that Redis is one TicketNest can run on.
     ///
     /// # Errors
     /// PostgreSQL or Redis unreachable, migrations failing, or a shard count out of range.
@@ -26,13 +26,17 @@ impl Worker {
         let pool = shared::db::build_worker_pool(&config.database, config.worker.lease_ttl)?;
         shared::db::check_shard_count(&pool, config.shards.shards).await?;
         let mut redis = shared::queue::connect_shared(&config.redis).await?;
-        shared::queue::warn_if_eviction_possible(&mut redis).await;
+        shared::queue::check_server(&mut redis).await?;
         Ok(Self {
             ctx: Arc::new(Context {
                 pool,
                 redis,
                 keys,
-                status_ttl: config.redis.status_ttl,
+                retention: Retention {
+                    status: config.redis.status_ttl,
+                    entries: config.worker.stream_retention,
+                    dead_letters: config.worker.dead_letter_max_len,
+                },
                 redis_config: config.redis,
                 worker: config.worker,
             }),

@@ -19,8 +19,8 @@ use secrecy::SecretString;
 use shared::{
     auth::{PasswordHashing, Role, TokenKeys},
     config::{
-        ApiConfig, Argon2Config, AuthConfig, DatabaseConfig, Environment, HttpConfig, RedisConfig,
-        RedisMode, ShardConfig,
+        ApiConfig, Argon2Config, AuthConfig, DatabaseConfig, Environment, HttpConfig, RateLimit,
+        RedisConfig, RedisMode, ShardConfig,
     },
 };
 use tokio_postgres::NoTls;
@@ -378,6 +378,13 @@ pub fn api_config(db: &TestDatabase, redis: &TestRedis, shards: u32) -> ApiConfi
             goods_cache_ttl: Duration::from_secs(1),
             backlog_limit: 1_000_000,
             cors_origins: Vec::new(),
+            redis_memory_limit_percent: 90,
+            // The production default: every test books through the limiter.
+            user_rate: Some(RateLimit::per(5, Duration::from_secs(1), 20)),
+            // Tests sign up many users from one address; the auth limit has its own.
+            auth_rate: None,
+            trust_forwarded_for: false,
+            hashing_concurrency: 2,
         },
         database: db.config(),
         redis: redis.config(),

@@ -3,7 +3,7 @@
 use actix_web::{
     cookie::{time::Duration as CookieDuration, Cookie, SameSite},
     http::StatusCode,
-    web, HttpResponse,
+    web, HttpRequest, HttpResponse,
 };
 use serde::{Deserialize, Serialize};
 
@@ -12,6 +12,7 @@ use crate::{
     domain::{Email, Nickname, Password},
     error::ApiError,
     extract::{ApiJson, AUTH_COOKIE},
+    limits,
     state::AppState,
 };
 
@@ -31,26 +32,33 @@ struct UserResponse {
     role: &'static str,
 }
 
-/// Argon2 is deliberately slow; run it off the async workers so it never stalls the
-/// booking path sharing the same threads.
-async fn blocking<T: Send + 'static>(
+/// Argon2 is deliberately slow and memory-hungry: run it off the async workers so it
+/// never stalls the booking path sharing the same threads, and at most one per core at
+/// once (`limits::hashing_permit`).
+async fn off_the_workers<T: Send + 'static>(
+    state: &AppState,
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    web::block(f)
+    let permit = limits::hashing_permit(state).await?;
+    let result = web::block(f)
         .await
-        .map_err(|e| ApiError::Internal(Box::new(e)))?
+        .map_err(|e| ApiError::Internal(Box::new(e)))?;
+    drop(permit);
+    result
 }
 
 #[tracing::instrument(skip_all)]
 pub async fn signup(
     state: web::Data<AppState>,
+    req: HttpRequest,
     ApiJson(body): ApiJson<SignupBody>,
 ) -> Result<HttpResponse, ApiError> {
+    limits::check_address(&state, &req)?;
     let email = Email::parse(&body.email)?;
     let password = Password::parse(&body.password)?;
     let nickname = Nickname::parse(&body.nickname)?;
     let hashing = state.passwords.clone();
-    let hash = blocking(move || {
+    let hash = off_the_workers(&state, move || {
         hashing
             .hash(password.expose())
             .map_err(|e| ApiError::Internal(Box::new(e)))
@@ -81,8 +89,10 @@ struct LoginResponse {
 #[tracing::instrument(skip_all)]
 pub async fn login(
     state: web::Data<AppState>,
+    req: HttpRequest,
     ApiJson(body): ApiJson<LoginBody>,
 ) -> Result<HttpResponse, ApiError> {
+    limits::check_address(&state, &req)?;
     let found = db::find_login(&state.pool, body.email.trim()).await?;
     let hashing = state.passwords.clone();
     let password = body.password;
@@ -92,7 +102,7 @@ pub async fn login(
         // long as "wrong password" and timing does not reveal who has an account.
         None => (state.dummy_hash.to_string(), None),
     };
-    let matches = blocking(move || Ok(hashing.verify(&password, &stored))).await?;
+    let matches = off_the_workers(&state, move || Ok(hashing.verify(&password, &stored))).await?;
     let (user_id, role) = match (matches, user) {
         (true, Some(user)) => user,
         _ => return Err(ApiError::InvalidCredentials),

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use shared::{
     decision::{RejectReason, RequestStatus},
     keys::Keys,
-    stream::{self, BookingRequestV1, StatusRecord},
+    stream::{self, BookingRequestV1, Enqueued, StatusRecord},
 };
 use uuid::Uuid;
 
@@ -120,6 +120,9 @@ pub async fn create(
     if state.backlog.is_full(shard) {
         return Err(ApiError::QueueFull);
     }
+    if state.backlog.is_memory_full() {
+        return Err(ApiError::QueueMemoryFull);
+    }
     let request_id = match idempotency_key(&req)? {
         Some(key) => Keys::idempotent_request_id(shard, user.id, goods_id, key),
         None => Keys::new_request_id(shard),
@@ -138,7 +141,11 @@ pub async fn create(
             .unwrap_or_default(),
     };
     let mut conn = state.redis.get().await;
-    stream::enqueue(&mut conn, &state.keys, request, state.status_ttl).await?;
+    if let Enqueued::RateLimited { retry_after } =
+        stream::enqueue(&mut conn, &state.keys, request, state.user_rate).await?
+    {
+        return Err(ApiError::RateLimited(retry_after));
+    }
     Ok(HttpResponse::Accepted()
         .insert_header((header::LOCATION, status_url(request_id)))
         .json(Accepted {

@@ -9,5 +9,6 @@ mod bookings;
 mod cross_origin;
 mod goods;
 mod health;
+mod limits;
 mod outage;
 mod startup;

@@ -4,11 +4,35 @@ use std::time::Duration;
 
 use redis::{streams::StreamPendingReply, AsyncCommands};
 use shared::{
+    config::RateLimit,
+    decision::RequestStatus,
     keys::Keys,
     shard::Shard,
-    stream::{self, AUTO_ID, CONSUMER_GROUP, NEW_ENTRIES},
+    stream::{self, BookingRequestV1, Enqueued, AUTO_ID, CONSUMER_GROUP, NEW_ENTRIES},
 };
 use test_support::TestRedis;
+
+/// A Redis prefix of its own with `shards` shards, and shard 0's stream with the
+/// consumer group.
+async fn grouped_stream(
+    shards: u32,
+) -> (
+    TestRedis,
+    Keys,
+    Shard,
+    String,
+    redis::aio::MultiplexedConnection,
+) {
+    let redis = TestRedis::new();
+    let keys = Keys::new(redis.prefix(), shards).expect("keys");
+    let shard = Shard::new(0).expect("shard");
+    let stream = keys.stream(shard);
+    let mut conn = redis.connection().await;
+    stream::ensure_group(&mut conn, &keys, shard)
+        .await
+        .expect("group");
+    (redis, keys, shard, stream, conn)
+}
 
 /// Forgetting idle consumers races with a stale owner that keeps reading: between a
 /// read of the consumer list (the stale consumer holds nothing) and the delete, the
@@ -20,14 +44,7 @@ use test_support::TestRedis;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forgetting_idle_consumers_never_drops_entries_a_stale_consumer_was_handed() {
     const ROUNDS: usize = 1_500;
-    let redis = TestRedis::new();
-    let keys = Keys::new(redis.prefix(), 1).expect("keys");
-    let shard = Shard::new(0).expect("shard");
-    let stream = keys.stream(shard);
-    let mut conn = redis.connection().await;
-    stream::ensure_group(&mut conn, &keys, shard)
-        .await
-        .expect("group");
+    let (redis, keys, shard, stream, mut conn) = grouped_stream(1).await;
 
     let stale = {
         let (mut conn, stream) = (redis.connection().await, stream.clone());
@@ -112,4 +129,194 @@ async fn forgetting_idle_consumers_never_drops_entries_a_stale_consumer_was_hand
         .map(|c| c.name.as_str())
         .collect();
     assert_eq!(names, ["holder"]);
+}
+
+async fn append(
+    conn: &mut redis::aio::MultiplexedConnection,
+    stream: &str,
+    n: usize,
+) -> Vec<String> {
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        ids.push(conn.xadd(stream, AUTO_ID, &[("n", i)]).await.expect("xadd"));
+    }
+    ids
+}
+
+async fn ids_in(conn: &mut redis::aio::MultiplexedConnection, stream: &str) -> Vec<String> {
+    let reply: redis::streams::StreamRangeReply = conn.xrange_all(stream).await.expect("xrange");
+    reply.ids.into_iter().map(|e| e.id).collect()
+}
+
+/// Trimming removes decided entries only: delivered and no longer pending. Entries read
+/// but not acknowledged (a worker deciding them, or one that died holding them) and
+/// entries not yet read stay, whatever their age; a stream no group reads is left
+/// alone; a retention keeps decided entries that long.
+#[tokio::test]
+async fn trimming_removes_decided_entries_only() {
+    let (_redis, keys, shard, stream, mut conn) = grouped_stream(2).await;
+    let ids = append(&mut conn, &stream, 10).await;
+    let now = Duration::ZERO;
+    assert_eq!(
+        stream::trim(&mut conn, &keys, shard, now)
+            .await
+            .expect("trim"),
+        0,
+        "nothing read yet"
+    );
+
+    let _: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+        .arg(&["GROUP", CONSUMER_GROUP, "c", "COUNT", "6", "STREAMS"])
+        .arg(&stream)
+        .arg(NEW_ENTRIES)
+        .query_async(&mut conn)
+        .await
+        .expect("xreadgroup");
+    let _: i64 = conn
+        .xack(&stream, CONSUMER_GROUP, &[&ids[0], &ids[1], &ids[3]])
+        .await
+        .expect("xack");
+    // Entry 2 is pending: it and everything after it stay (3 is decided but newer).
+    assert_eq!(
+        stream::trim(&mut conn, &keys, shard, now)
+            .await
+            .expect("trim"),
+        2
+    );
+    assert_eq!(ids_in(&mut conn, &stream).await, ids[2..]);
+
+    let _: i64 = conn
+        .xack(&stream, CONSUMER_GROUP, &[&ids[2], &ids[4], &ids[5]])
+        .await
+        .expect("xack");
+    // Nothing pending: everything before the last delivered entry goes; 6 to 9 were
+    // never read.
+    let hour = Duration::from_secs(3_600);
+    assert_eq!(
+        stream::trim(&mut conn, &keys, shard, hour)
+            .await
+            .expect("trim"),
+        0,
+        "kept an hour"
+    );
+    assert_eq!(
+        stream::trim(&mut conn, &keys, shard, now)
+            .await
+            .expect("trim"),
+        3
+    );
+    assert_eq!(ids_in(&mut conn, &stream).await, ids[5..]);
+
+    // A stream without a consumer group: nobody has decided anything in it.
+    let other = keys.stream(Shard::new(1).expect("shard"));
+    append(&mut conn, &other, 3).await;
+    assert_eq!(
+        stream::trim(&mut conn, &keys, Shard::new(1).expect("shard"), now)
+            .await
+            .expect("trim"),
+        0
+    );
+    let len: usize = conn.xlen(&other).await.expect("xlen");
+    assert_eq!(len, 3);
+}
+
+fn booking(keys: &Keys, user_id: i64) -> BookingRequestV1 {
+    let goods_id = 4;
+    BookingRequestV1 {
+        request_id: Keys::new_request_id(keys.shard_of(goods_id)),
+        goods_id,
+        user_id,
+        quantity: 1,
+        accepted_at_ms: 1_700_000_000_000,
+        trace_id: String::new(),
+    }
+}
+
+/// The enqueue script spends the user's budget and writes the status and the entry
+/// together, or nothing at all; the budget holds across connections (API copies).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueue_spends_the_users_budget_and_writes_nothing_when_it_is_spent() {
+    let redis = TestRedis::new();
+    let keys = Keys::new(redis.prefix(), 2).expect("keys");
+    let stream_key = keys.stream(keys.shard_of(4));
+    let mut conn = redis.connection().await;
+    let limit = Some(RateLimit::per(1, Duration::from_secs(60), 3));
+
+    for _ in 0..3 {
+        let request = booking(&keys, 7);
+        let id = request.request_id;
+        assert_eq!(
+            stream::enqueue(&mut conn, &keys, request, limit)
+                .await
+                .expect("enqueue"),
+            Enqueued::Accepted
+        );
+        let status = stream::read_status(&mut conn, &keys, id)
+            .await
+            .expect("read");
+        assert_eq!(status.map(|s| s.status), Some(RequestStatus::Queued));
+        let ttl: i64 = conn
+            .ttl(keys.request_status(keys.shard_of(4), id))
+            .await
+            .expect("ttl");
+        assert_eq!(ttl, -1, "a queued status never expires");
+    }
+    let refused = booking(&keys, 7);
+    let refused_id = refused.request_id;
+    match stream::enqueue(&mut conn, &keys, refused, limit)
+        .await
+        .expect("enqueue")
+    {
+        Enqueued::RateLimited { retry_after } => assert!(
+            retry_after > Duration::from_secs(55) && retry_after <= Duration::from_secs(60),
+            "{retry_after:?}"
+        ),
+        Enqueued::Accepted => panic!("the fourth request within a minute was accepted"),
+    }
+    assert_eq!(
+        stream::read_status(&mut conn, &keys, refused_id)
+            .await
+            .expect("read"),
+        None
+    );
+    assert_eq!(
+        stream::enqueue(&mut conn, &keys, booking(&keys, 8), limit)
+            .await
+            .expect("enqueue"),
+        Enqueued::Accepted,
+        "another user has a budget of their own"
+    );
+    assert_eq!(
+        stream::enqueue(&mut conn, &keys, booking(&keys, 7), None)
+            .await
+            .expect("enqueue"),
+        Enqueued::Accepted,
+        "no limit"
+    );
+    let len: usize = conn.xlen(&stream_key).await.expect("xlen");
+    assert_eq!(len, 5);
+
+    // Twenty at once from one user over ten connections: exactly the burst gets in.
+    let limit = Some(RateLimit::per(1, Duration::from_secs(60), 5));
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let (mut conn, keys) = (redis.connection().await, keys.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut accepted = 0;
+            for _ in 0..2 {
+                let outcome = stream::enqueue(&mut conn, &keys, booking(&keys, 9), limit)
+                    .await
+                    .expect("enqueue");
+                accepted += usize::from(outcome == Enqueued::Accepted);
+            }
+            accepted
+        }));
+    }
+    let mut accepted = 0;
+    for task in tasks {
+        accepted += task.await.expect("task");
+    }
+    assert_eq!(accepted, 5);
+    let len: usize = conn.xlen(&stream_key).await.expect("xlen");
+    assert_eq!(len, 10);
 }

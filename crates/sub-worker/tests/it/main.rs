@@ -7,6 +7,7 @@ mod backpressure;
 mod dead_letter;
 mod distributed;
 mod fifo;
+mod memory;
 mod outages;
 mod redelivery;
 mod resilience;

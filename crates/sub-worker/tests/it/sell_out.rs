@@ -19,7 +19,9 @@ async fn sell_out(workers: usize, users: usize, seats: i64) {
     let stack = spawn_stack().await;
     let goods = stack.create_goods(seats, 1).await;
     let customers = stack.customers("fan", users).await;
-    let mut children: Vec<_> = (0..workers).map(|_| stack.worker(&[])).collect();
+    // Decided entries stay in the stream for an hour, so the test can read its order.
+    let keep = [("TICKETNEST_STREAM_RETENTION_SECS", "3600")];
+    let mut children: Vec<_> = (0..workers).map(|_| stack.worker(&keep)).collect();
 
     let accepted = stack.book_all(goods, &customers, 256).await;
     assert_eq!(accepted.len(), users, "every request accepted");
