@@ -5,7 +5,7 @@
 #
 #   bench/ab.sh BEFORE [AFTER] [RUNS]   # AFTER defaults to HEAD, RUNS to 3
 #
-# Builds both commits' release binaries in temporary worktrees (sharing target/), runs
+# Builds both commits' release binaries in temporary worktrees (sharing target/ab), runs
 # each configuration on a fresh database and Redis prefix, prints one line per run and
 # writes bench/results/ab-<stamp>.md. The same ticketnest-load (AFTER's) drives both.
 # Asserts nothing about speed; CI does not run it.
@@ -37,9 +37,11 @@ build() { # label rev
   local dir="$work/src-$1"
   git worktree add -q --detach "$dir" "$2"
   echo "[ab] building $1 = $(git rev-parse --short "$2")"
-  (cd "$dir" && CARGO_TARGET_DIR="$repo/target" cargo build --release --bins -q)
+  # A target dir of its own: sources checked out here are newer than any artifact,
+  # but the main checkout's are not, and cargo decides freshness by mtime.
+  (cd "$dir" && CARGO_TARGET_DIR="$repo/target/ab" cargo build --release --bins -q)
   mkdir -p "$work/bin-$1"
-  cp "$repo"/target/release/{pub-api,sub-worker,ticketnest-admin,ticketnest-load} "$work/bin-$1/"
+  cp "$repo"/target/ab/release/{pub-api,sub-worker,ticketnest-admin,ticketnest-load} "$work/bin-$1/"
 }
 build before "$before"
 build after "$after"

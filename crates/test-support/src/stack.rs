@@ -353,10 +353,45 @@ impl Stack {
 
     /// A handle that books through this stack's API and can move into a task.
     pub fn booker(&self) -> Booker {
+        self.booker_at(&self.address)
+    }
+
+    /// A handle that books through another API copy (`http://host:port`) of this stack.
+    pub fn booker_at(&self, address: &str) -> Booker {
         Booker {
             http: self.http.clone(),
-            address: self.address.clone(),
+            address: address.to_owned(),
         }
+    }
+
+    /// Makes the stack's database read-only, as right after a failover (or writable
+    /// again), and ends every other session: sessions keep the setting they started
+    /// with, so the pools reconnect and get the new one.
+    ///
+    /// # Panics
+    /// On database errors.
+    pub async fn set_read_only(&self, on: bool) {
+        let client = self.db.client().await;
+        // This session may have started read-only itself.
+        client
+            .batch_execute("SET default_transaction_read_only = off")
+            .await
+            .expect("writable session");
+        client
+            .batch_execute(&format!(
+                "ALTER DATABASE {} SET default_transaction_read_only = {on}",
+                self.db.name()
+            ))
+            .await
+            .expect("alter database");
+        client
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .expect("end sessions");
     }
 
     /// Books once per user, up to `concurrency` requests in flight.

@@ -8,6 +8,7 @@ mod dead_letter;
 mod distributed;
 mod fifo;
 mod memory;
+mod nemesis;
 mod outages;
 mod redelivery;
 mod resilience;

@@ -87,32 +87,6 @@ async fn a_worker_started_while_postgres_is_down_waits_and_catches_up() {
     assert_all_decided(&stack, goods, &accepted, 5).await;
 }
 
-/// Makes the stack's database read-only (or writable again), and ends every session
-/// but this one: sessions keep the setting they started with, so the pools reconnect.
-async fn set_read_only(stack: &Stack, on: bool) {
-    let client = stack.db.client().await;
-    // This session may have started read-only itself.
-    client
-        .batch_execute("SET default_transaction_read_only = off")
-        .await
-        .expect("writable session");
-    client
-        .batch_execute(&format!(
-            "ALTER DATABASE {} SET default_transaction_read_only = {on}",
-            stack.db.name()
-        ))
-        .await
-        .expect("alter database");
-    client
-        .execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE datname = current_database() AND pid <> pg_backend_pid()",
-            &[],
-        )
-        .await
-        .expect("end sessions");
-}
-
 /// A read-only database (as right after a failover) is trouble of the database, not of
 /// the requests: the worker must wait it out, holding its batch, and decide every
 /// request normally afterwards. Before, each entry met `TICKETNEST_MAX_ATTEMPTS` quick
@@ -124,7 +98,7 @@ async fn a_read_only_database_mid_sale_delays_decisions_and_dead_letters_nothing
 
     let stack = spawn_stack_on(TestDatabase::new().await, TestRedis::new(), 4, |_| {}).await;
     let spell = async {
-        set_read_only(&stack, true).await;
+        stack.set_read_only(true).await;
         // The worker holds entries it cannot commit, for longer than its attempts took.
         let conn = stack.redis.connection().await;
         let streams: Vec<String> = stack
@@ -152,7 +126,7 @@ async fn a_read_only_database_mid_sale_delays_decisions_and_dead_letters_nothing
             },
         )
         .await;
-        set_read_only(&stack, false).await;
+        stack.set_read_only(false).await;
     };
     sale_through_a_restart(&stack, "ro", spell).await;
     for shard in stack.keys().shards() {
