@@ -63,11 +63,11 @@ sum_over_shards() { # sum_over_shards COMMAND (XLEN or "MEMORY USAGE") KEYSUFFIX
   done
   echo "$total"
 }
-count_keys() { r --scan --pattern "$TICKETNEST_REDIS_PREFIX:*:$1:*" --count 1000 | wc -l; }
+count_keys() { r --scan --pattern "$TICKETNEST_REDIS_PREFIX:*:$1:*" | wc -l; }
 status_bytes() { # total bytes of status hashes, from the size of a sample of 200
   local n=$1 sample
   [ "$n" -eq 0 ] && { echo 0; return; }
-  sample=$(r --scan --pattern "$TICKETNEST_REDIS_PREFIX:*:req:*" --count 1000 | head -n 200 \
+  sample=$(r --scan --pattern "$TICKETNEST_REDIS_PREFIX:*:req:*" | head -n 200 \
     | while read -r key; do r MEMORY USAGE "$key"; done | awk '{ s += $1; n++ } END { if (n) printf "%d", s / n }')
   echo $(( ${sample:-0} * n ))
 }

@@ -51,18 +51,27 @@ pub fn address_limiter(limit: Option<RateLimit>) -> Option<Arc<AddressLimiter>> 
 }
 
 /// The client's address: the peer's, or with `trust_forwarded_for` the last entry of
-/// `X-Forwarded-For` (the one the proxy in front appended; earlier ones are the
-/// client's to invent).
+/// the last `X-Forwarded-For` line (the one the proxy in front added, whether it
+/// appends to the client's line or adds a line of its own; everything before it is
+/// the client's to invent). A port (`1.2.3.4:5`, `[2001:db8::1]:5`) is dropped; an
+/// entry that is no address falls back to the peer.
 pub fn client_address(req: &HttpRequest, trust_forwarded_for: bool) -> IpAddr {
     let forwarded = trust_forwarded_for
-        .then(|| req.headers().get("x-forwarded-for"))
+        .then(|| req.headers().get_all("x-forwarded-for").last())
         .flatten()
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.rsplit(',').next())
-        .and_then(|last| last.trim().parse().ok());
+        .and_then(|last| parse_address(last.trim()));
     forwarded
         .or_else(|| req.peer_addr().map(|a| a.ip()))
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+}
+
+/// An address, with or without a port.
+fn parse_address(raw: &str) -> Option<IpAddr> {
+    raw.parse::<IpAddr>()
+        .ok()
+        .or_else(|| raw.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
 }
 
 /// Spends one unit of the client address's signup and login budget.
@@ -133,6 +142,31 @@ mod tests {
             client_address(&req, true),
             "203.0.113.7".parse::<IpAddr>().expect("ip")
         );
+        // A proxy that adds its own header line after the client's (HAProxy's
+        // `option forwardfor`): the client's line is the client's to invent.
+        let two_lines = TestRequest::default()
+            .peer_addr("10.0.0.9:5555".parse().expect("addr"))
+            .append_header(("x-forwarded-for", "1.2.3.4"))
+            .append_header(("x-forwarded-for", "203.0.113.7"))
+            .to_http_request();
+        assert_eq!(
+            client_address(&two_lines, true),
+            "203.0.113.7".parse::<IpAddr>().expect("ip")
+        );
+        for (written, address) in [
+            ("198.51.100.1:4711", "198.51.100.1"),
+            ("[2001:db8::1]:4711", "2001:db8::1"),
+            ("2001:db8::2", "2001:db8::2"),
+        ] {
+            let req = TestRequest::default()
+                .insert_header(("x-forwarded-for", written))
+                .to_http_request();
+            assert_eq!(
+                client_address(&req, true),
+                address.parse::<IpAddr>().expect("ip"),
+                "{written}"
+            );
+        }
         let garbage = TestRequest::default()
             .peer_addr("10.0.0.9:5555".parse().expect("addr"))
             .insert_header(("x-forwarded-for", "not-an-address"))

@@ -77,7 +77,7 @@ impl Keys {
     }
 
     /// `tn:{s3}:req:<uuid>` — status hash of one booking request of shard 3, for
-    /// polling. Written `queued` (without expiry) by pub-api in the same script as the
+    /// polling. Written `queued` (kept a week) by pub-api in the same script as the
     /// XADD, overwritten with the decision by the worker after commit; a decided status
     /// expires after `TICKETNEST_STATUS_TTL_SECS`. It shares the shard's hash tag so
     /// both steps stay in one cluster slot.

@@ -245,10 +245,16 @@ pub async fn check_server(conn: &mut QueueConnection) -> Result<(), SharedError>
             "Redis did not answer INFO".into(),
         ));
     }
-    match servers.iter().find_map(ServerInfo::unsuitable) {
-        Some(reason) => Err(SharedError::UnsuitableRedis(reason)),
-        None => Ok(()),
+    if let Some(reason) = servers.iter().find_map(ServerInfo::unsuitable) {
+        return Err(SharedError::UnsuitableRedis(reason));
     }
+    if servers.iter().any(|s| s.max_memory == 0) {
+        tracing::warn!(
+            "Redis has no maxmemory: the API cannot refuse bookings before Redis runs out of \
+             memory (set maxmemory, keeping maxmemory-policy noeviction)"
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

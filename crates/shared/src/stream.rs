@@ -19,7 +19,7 @@
 
 use std::{collections::HashMap, fmt, time::Duration};
 
-use redis::{aio::ConnectionLike, streams::StreamMaxlen, Pipeline, RedisResult};
+use redis::{aio::ConnectionLike, RedisResult};
 use uuid::Uuid;
 
 use crate::{
@@ -252,6 +252,9 @@ pub fn decode(raw: &redis::streams::StreamId) -> Result<Entry, Box<DeadLetter>> 
         (None, Some(id)) => Message::from_fields(&map).map(|message| Entry { id, message }),
     };
     decoded.map_err(|e| {
+        let request_id = map
+            .get(fields::REQUEST)
+            .and_then(|r| Uuid::try_parse(r).ok());
         let mut fields: Vec<(String, String)> = map.into_iter().collect();
         fields.sort();
         Box::new(DeadLetter {
@@ -259,6 +262,7 @@ pub fn decode(raw: &redis::streams::StreamId) -> Result<Entry, Box<DeadLetter>> 
             reason: e.to_string(),
             fields,
             status: None,
+            request_id,
         })
     })
 }
@@ -274,6 +278,10 @@ pub struct DeadLetter {
     /// What its owner is told, when the entry decoded (`rejected`, `unprocessable`, as
     /// recorded in the decision log).
     pub status: Option<StatusRecord>,
+    /// The request id an undecodable entry still carries, if any: its status hash, if
+    /// the API wrote one, is marked `rejected`, `unprocessable` instead of staying
+    /// `queued`.
+    pub request_id: Option<Uuid>,
 }
 
 impl DeadLetter {
@@ -292,6 +300,7 @@ impl DeadLetter {
                 entry.message.request(),
                 RejectReason::Unprocessable,
             )),
+            request_id: Some(entry.message.request().request_id),
         }
     }
 }
@@ -345,29 +354,36 @@ impl StatusRecord {
         }
     }
 
-    /// Adds `HSET` of every field and its `EXPIRE` to a pipeline. A decided status
-    /// writes every field, so nothing of an earlier write survives in the hash.
-    fn write(&self, pipe: &mut Pipeline, keys: &Keys, shard: Shard, ttl: Duration) {
+    /// Every field of a decided status, as field/value pairs: a decided status writes
+    /// every field, so nothing of an earlier write survives in the hash.
+    fn decided_pairs(&self) -> Pairs {
         use fields::status as f;
-        let key = keys.request_status(shard, self.request_id);
-        let hset = pipe.cmd("HSET");
-        hset.arg(&key)
-            .arg(f::USER)
-            .arg(self.user_id)
-            .arg(f::GOODS)
-            .arg(self.goods_id)
-            .arg(f::QUANTITY)
-            .arg(self.quantity)
-            .arg(f::STATUS)
-            .arg(self.status.as_str());
-        if self.status != RequestStatus::Queued {
-            hset.arg(f::REASON)
-                .arg(self.reason.map_or("", RejectReason::as_str))
-                .arg(f::BOOKING)
-                .arg(self.booking_id.map(|b| b.to_string()).unwrap_or_default());
-        }
-        hset.ignore();
-        pipe.cmd("EXPIRE").arg(&key).arg(ttl.as_secs()).ignore();
+        vec![
+            (f::USER, self.user_id.to_string()),
+            (f::GOODS, self.goods_id.to_string()),
+            (f::QUANTITY, self.quantity.to_string()),
+            (f::STATUS, self.status.as_str().to_owned()),
+            (
+                f::REASON,
+                self.reason.map_or("", RejectReason::as_str).to_owned(),
+            ),
+            (
+                f::BOOKING,
+                self.booking_id.map(|b| b.to_string()).unwrap_or_default(),
+            ),
+        ]
+    }
+
+    /// The fields that turn a `queued` status into `rejected`, `unprocessable`, for an
+    /// entry no worker can decode (its goods, user and quantity stay as the API wrote
+    /// them).
+    fn unprocessable_pairs() -> Pairs {
+        use fields::status as f;
+        vec![
+            (f::STATUS, RequestStatus::Rejected.as_str().to_owned()),
+            (f::REASON, RejectReason::Unprocessable.as_str().to_owned()),
+            (f::BOOKING, String::new()),
+        ]
     }
 
     /// Reads a status hash; `None` when it is empty (expired, never written) or not a
@@ -412,9 +428,9 @@ pub enum Enqueued {
 }
 
 /// Accepts a booking in one round trip and one atomic step (a script): checks and
-/// spends the user's rate-limit budget, writes the status `queued` (with no expiry:
-/// its owner must never be told "not found" while it waits), then appends the entry
-/// to its shard's stream. Either all of it happens or none of it: Redis refuses the
+/// spends the user's rate-limit budget, writes the status `queued` (expiring only
+/// after [`QUEUED_STATUS_TTL`]: its owner must never be told "not found" while it
+/// waits), then appends the entry to its shard's stream. Either all of it happens or none of it: Redis refuses the
 /// whole script, before it writes anything, when it is out of memory.
 ///
 /// # Errors
@@ -443,6 +459,7 @@ pub async fn enqueue<C: ConnectionLike>(
         None => invocation.arg(0).arg(0),
     };
     invocation
+        .arg(QUEUED_STATUS_TTL.as_secs())
         .arg(f::USER)
         .arg(request.user_id)
         .arg(f::GOODS)
@@ -464,24 +481,36 @@ pub async fn enqueue<C: ConnectionLike>(
     })
 }
 
+/// How long a `queued` status lives: far longer than any request waits (the backlog
+/// limit sees to that), so its owner never gets "not found" while it is undecided;
+/// but not forever, should its entry ever be deleted undecided by hand.
+pub const QUEUED_STATUS_TTL: Duration = Duration::from_secs(7 * 86_400);
+
 /// KEYS: the status hash, the stream, the user's rate key. ARGV: the rate limit's
-/// interval in microseconds (0: no limit) and burst, then 4 status field/value pairs,
-/// then the entry's field/value pairs. Returns {1, 0} when accepted, {0, ms to wait}
-/// when over the limit.
+/// interval in microseconds (0: no limit) and burst, the `queued` status's TTL in
+/// seconds, then 4 status field/value pairs, then the entry's field/value pairs.
+/// Returns {1, 0} when accepted, {0, ms to wait} when over the limit.
 ///
 /// The limit is the generic cell rate algorithm: the key holds the theoretical arrival
 /// time (TAT) of the next request; each accepted request pushes it one interval on; a
 /// request is refused while the TAT would run more than `burst` intervals ahead of now.
-/// Refused requests spend nothing. Time is Redis's own, the same for every API copy.
+/// Refused requests spend nothing. Time is Redis's own, the same for every API copy; a
+/// TAT further ahead than a full burst (the clock went back, after a failover) is
+/// pulled back to one.
+///
+/// Declared with `#!lua` and no flags: Redis refuses the whole script before it runs
+/// when it is out of memory, so nothing is half written.
 const ENQUEUE: &str = r"#!lua
 local interval = tonumber(ARGV[1])
 if interval > 0 then
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local window = interval * tonumber(ARGV[2])
   local tat = tonumber(redis.call('GET', KEYS[3]) or now) or now
   if tat < now then tat = now end
+  if tat > now + window then tat = now + window end
   local next_tat = tat + interval
-  local excess = next_tat - now - interval * tonumber(ARGV[2])
+  local excess = next_tat - now - window
   if excess > 0 then
     return {0, math.ceil(excess / 1000)}
   end
@@ -489,11 +518,11 @@ if interval > 0 then
     'PX', math.ceil((next_tat - now) / 1000) + 1)
 end
 local status = {}
-for i = 3, 10 do status[#status + 1] = ARGV[i] end
+for i = 4, 11 do status[#status + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(status))
-redis.call('PERSIST', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
 local entry = {}
-for i = 11, #ARGV do entry[#entry + 1] = ARGV[i] end
+for i = 12, #ARGV do entry[#entry + 1] = ARGV[i] end
 redis.call('XADD', KEYS[2], '*', unpack(entry))
 return {1, 0}";
 
@@ -526,12 +555,30 @@ pub struct Retention {
     pub dead_letters: u64,
 }
 
-/// After COMMIT, in one round trip: the statuses of decided requests, the dead letters
-/// (and their owners' statuses), XACK of every entry handled, then the trim of what
-/// is decided and older than the retention ([`trim`]).
+/// Field/value pairs of a hash or a stream entry.
+type Pairs = Vec<(&'static str, String)>;
+
+/// What [`settle`] did besides settling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settled {
+    /// Decided entries trimmed from the stream.
+    pub trimmed: u64,
+    /// Why trimming failed, if it did (the settle itself stands).
+    pub trim_error: Option<String>,
+}
+
+/// After COMMIT, in one round trip and one atomic step (a script): the statuses of
+/// decided requests, the dead letters (and their owners' statuses), XACK of every
+/// entry handled, then the trim of what is decided and older than the retention (as
+/// [`trim`]; a failed trim does not undo the rest).
+///
+/// The script may write over `maxmemory` (`allow-oom`): a worker's writes are bounded
+/// by its batch, and acknowledging and trimming is what frees memory; the API stops
+/// accepting well before the limit. So a full Redis never leaves an entry acknowledged
+/// without its status and dead letter, nor stalls the shard.
 ///
 /// # Errors
-/// Redis unreachable or refusing the pipeline; nothing is acknowledged then, and the
+/// Redis unreachable or refusing the script; nothing is acknowledged then, and the
 /// entries are found decided when read again.
 pub async fn settle<C: ConnectionLike>(
     conn: &mut C,
@@ -541,112 +588,176 @@ pub async fn settle<C: ConnectionLike>(
     dead: &[DeadLetter],
     handled: &[String],
     retention: Retention,
-) -> RedisResult<()> {
-    let mut pipe = redis::pipe();
-    for status in statuses
+) -> RedisResult<Settled> {
+    let script = redis::Script::new(&settle_script());
+    let mut invocation = script.key(keys.stream(shard));
+    invocation.key(keys.dead_letter(shard));
+    // Statuses to write: decided ones in full (`1`: whatever is there); an
+    // undecodable entry's, if it names a request of this shard, marked rejected only
+    // if the API wrote one (`0`: only an existing hash).
+    let mut writes: Vec<(Uuid, u8, Pairs)> = statuses
         .iter()
         .chain(dead.iter().filter_map(|d| d.status.as_ref()))
-    {
-        status.write(&mut pipe, keys, shard, retention.status);
+        .map(|s| (s.request_id, 1, s.decided_pairs()))
+        .collect();
+    writes.extend(
+        dead.iter()
+            .filter(|d| d.status.is_none())
+            .filter_map(|d| d.request_id)
+            .filter(|id| Keys::shard_in_request_id(*id) == Some(shard))
+            .map(|id| (id, 0, StatusRecord::unprocessable_pairs())),
+    );
+    for (request_id, _, _) in &writes {
+        invocation.key(keys.request_status(shard, *request_id));
     }
-    let dead_key = keys.dead_letter(shard);
+    invocation
+        .arg(CONSUMER_GROUP)
+        .arg(retention.status.as_secs())
+        .arg(retention.dead_letters)
+        .arg(u64::try_from(retention.entries.as_millis()).unwrap_or(u64::MAX))
+        .arg(dead.len());
+    for (_, always, pairs) in &writes {
+        invocation.arg(*always).arg(pairs.len());
+        for (name, value) in pairs {
+            invocation.arg(*name).arg(value);
+        }
+    }
     for letter in dead {
-        let mut entry = vec![
-            (fields::dead::REASON, letter.reason.as_str()),
-            (fields::dead::SOURCE_ID, letter.source_id.as_str()),
-        ];
-        entry.extend(letter.fields.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        pipe.xadd_maxlen(
-            &dead_key,
-            StreamMaxlen::Approx(usize::try_from(retention.dead_letters).unwrap_or(usize::MAX)),
-            AUTO_ID,
-            &entry,
-        )
-        .ignore();
+        invocation.arg(letter.fields.len() + 2);
+        invocation
+            .arg(fields::dead::REASON)
+            .arg(&letter.reason)
+            .arg(fields::dead::SOURCE_ID)
+            .arg(&letter.source_id);
+        for (name, value) in &letter.fields {
+            invocation.arg(name).arg(value);
+        }
     }
-    if !handled.is_empty() {
-        pipe.xack(keys.stream(shard), CONSUMER_GROUP, handled)
-            .ignore();
-        trim_command(&mut pipe, keys, shard, retention.entries).ignore();
+    for id in handled {
+        invocation.arg(id);
     }
-    pipe.query_async(conn).await
+    let (trimmed, error): (i64, String) = invocation.invoke_async(conn).await?;
+    Ok(Settled {
+        trimmed: u64::try_from(trimmed).unwrap_or_default(),
+        trim_error: (!error.is_empty()).then_some(error),
+    })
 }
 
 /// Trims a shard stream of every entry that is decided and older than `retention`
 /// (by its id's time), in one atomic step; returns how many it removed.
 ///
-/// Decided means delivered to the consumer group and no longer pending: a worker
-/// acknowledges an entry only after the transaction that decided it committed. The
-/// script keeps every entry from the oldest pending one (read, not yet decided) and
-/// from the group's last delivered one (everything after it is unread) onwards, so an
-/// undecided entry is never trimmed, whatever other workers do meanwhile. A stream
-/// without a consumer group is left alone.
+/// Decided means delivered to the workers' consumer group and no longer pending: a
+/// worker acknowledges an entry only after the transaction that decided it committed.
+/// The script keeps every entry from the group's oldest pending one (read, not yet
+/// decided) and from its last delivered one (everything after it is unread) onwards,
+/// so an undecided entry is never trimmed, whatever other workers do meanwhile. Other
+/// consumer groups are not TicketNest's and do not hold trimming back; a stream
+/// without the workers' group is left alone. It only deletes, so it runs even when
+/// Redis is over `maxmemory`.
+///
+/// The one assumption: nobody moves the group's last delivered id past entries it
+/// never delivered (`XGROUP SETID`, `XCLAIM ... LASTID`, reads with `NOACK`).
 ///
 /// # Errors
-/// Redis unreachable.
+/// Redis unreachable, or refusing the script (for instance an ACL without `XINFO`).
 pub async fn trim<C: ConnectionLike>(
     conn: &mut C,
     keys: &Keys,
     shard: Shard,
     retention: Duration,
 ) -> RedisResult<u64> {
-    let mut pipe = redis::pipe();
-    trim_command(&mut pipe, keys, shard, retention);
-    let (removed,): (u64,) = pipe.query_async(conn).await?;
-    Ok(removed)
-}
-
-/// Adds the trim script to a pipeline (as EVAL: a pipeline cannot fall back from
-/// EVALSHA; Redis caches the compiled script).
-fn trim_command<'a>(
-    pipe: &'a mut Pipeline,
-    keys: &Keys,
-    shard: Shard,
-    retention: Duration,
-) -> &'a mut Pipeline {
-    pipe.cmd("EVAL")
-        .arg(TRIM)
-        .arg(1)
-        .arg(keys.stream(shard))
+    let source = format!(
+        "#!lua flags=allow-oom\n{TRIM_FUNCTION}\nreturn trim(KEYS[1], ARGV[1], tonumber(ARGV[2]))"
+    );
+    let trimmed: i64 = redis::Script::new(&source)
+        .key(keys.stream(shard))
         .arg(CONSUMER_GROUP)
         .arg(u64::try_from(retention.as_millis()).unwrap_or(u64::MAX))
+        .invoke_async(conn)
+        .await?;
+    Ok(u64::try_from(trimmed).unwrap_or_default())
 }
 
-/// KEYS[1] the stream; ARGV[1] the group; ARGV[2] the retention in milliseconds.
-/// Entry ids are `<ms>-<seq>`; both parts fit a Lua number exactly.
-const TRIM: &str = r"#!lua
-local function parse(id)
-  local ms, seq = string.match(id, '^(%d+)%-(%d+)$')
-  return {tonumber(ms), tonumber(seq)}
+/// The settle script: [`SETTLE_BODY`] after the trim function it calls.
+fn settle_script() -> String {
+    format!("#!lua flags=allow-oom\n{TRIM_FUNCTION}\n{SETTLE_BODY}")
+}
+
+/// `trim(stream, group, retention_ms)`. Entry ids are `<ms>-<seq>` with two 64-bit
+/// parts, more than a Lua number holds exactly, so they are compared as strings of
+/// digits (Redis writes them without leading zeros: the longer is the larger, and
+/// equal lengths compare like numbers) and the floor is passed on as written.
+const TRIM_FUNCTION: &str = r"
+local function id_before(a, b)
+  local am, as = string.match(a, '^(%d+)%-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)%-(%d+)$')
+  if #am ~= #bm then return #am < #bm end
+  if am ~= bm then return am < bm end
+  if #as ~= #bs then return #as < #bs end
+  return as < bs
 end
-local function before(a, b)
-  return a[1] < b[1] or (a[1] == b[1] and a[2] < b[2])
-end
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local floor
-for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
-  local name, last
-  for i = 1, #group, 2 do
-    if group[i] == 'name' then name = group[i + 1] end
-    if group[i] == 'last-delivered-id' then last = group[i + 1] end
+local function trim(stream, group, retention_ms)
+  if redis.call('EXISTS', stream) == 0 then return 0 end
+  local last
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+    local name, delivered
+    for i = 1, #g, 2 do
+      if g[i] == 'name' then name = g[i + 1] end
+      if g[i] == 'last-delivered-id' then delivered = g[i + 1] end
+    end
+    if name == group then last = delivered end
   end
-  local keep = parse(last)
-  local pending = redis.call('XPENDING', KEYS[1], name)
-  if pending[1] > 0 then
-    local oldest = parse(pending[2])
-    if before(oldest, keep) then keep = oldest end
+  if last == nil then return 0 end
+  local floor = last
+  local pending = redis.call('XPENDING', stream, group)
+  if pending[1] > 0 and id_before(pending[2], floor) then floor = pending[2] end
+  if retention_ms > 0 then
+    local t = redis.call('TIME')
+    local kept_from = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - retention_ms
+    if kept_from <= 0 then return 0 end
+    local candidate = string.format('%.0f-0', kept_from)
+    if id_before(candidate, floor) then floor = candidate end
   end
-  if floor == nil or before(keep, floor) then floor = keep end
+  return redis.call('XTRIM', stream, 'MINID', floor)
+end";
+
+/// KEYS[1] the stream, KEYS[2] its dead-letter stream, KEYS[3..] status hashes. ARGV:
+/// the group, the decided status TTL (s), the dead-letter stream's length cap, the
+/// entry retention (ms), the number of dead letters; then per status hash `1` (write)
+/// or `0` (write only if the hash exists), a pair count and its pairs; then per dead
+/// letter a pair count and its pairs; then the ids to acknowledge. Returns
+/// {trimmed, ''} or {-1, why trimming failed}.
+const SETTLE_BODY: &str = r"
+local group, ttl, cap = ARGV[1], ARGV[2], ARGV[3]
+local retention_ms, letters = tonumber(ARGV[4]), tonumber(ARGV[5])
+local at = 6
+local function take(n)
+  local out = {}
+  for i = at, at + 2 * n - 1 do out[#out + 1] = ARGV[i] end
+  at = at + 2 * n
+  return out
 end
-if floor == nil then return 0 end
-local retention = tonumber(ARGV[2])
-if retention > 0 then
-  local t = redis.call('TIME')
-  local oldest_kept = {tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - retention, 0}
-  if before(oldest_kept, floor) then floor = oldest_kept end
+for k = 3, #KEYS do
+  local always, n = ARGV[at] == '1', tonumber(ARGV[at + 1]); at = at + 2
+  local pairs = take(n)
+  if always or redis.call('EXISTS', KEYS[k]) == 1 then
+    redis.call('HSET', KEYS[k], unpack(pairs))
+    redis.call('EXPIRE', KEYS[k], ttl)
+  end
 end
-if floor[1] < 0 then return 0 end
-return redis.call('XTRIM', KEYS[1], 'MINID', string.format('%.0f-%.0f', floor[1], floor[2]))";
+for _ = 1, letters do
+  local n = tonumber(ARGV[at]); at = at + 1
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', cap, '*', unpack(take(n)))
+end
+if at <= #ARGV then
+  local ids = {}
+  for i = at, #ARGV do ids[#ids + 1] = ARGV[i] end
+  redis.call('XACK', KEYS[1], group, unpack(ids))
+  local ok, result = pcall(trim, KEYS[1], group, retention_ms)
+  if ok then return {result, ''} end
+  return {-1, type(result) == 'table' and result.err or tostring(result)}
+end
+return {0, ''}";
 
 /// Removes, in one atomic step, every consumer of the shard's group that holds no
 /// pending entry, except `keep`. Two round trips (`XINFO CONSUMERS`, then `XGROUP

@@ -329,7 +329,12 @@ impl ShardTask {
             )
             .await;
             match settled {
-                Ok(()) => return Ok(None),
+                Ok(settled) => {
+                    if let Some(error) = settled.trim_error {
+                        tracing::warn!(%error, "could not trim decided entries from the stream");
+                    }
+                    return Ok(None);
+                }
                 Err(e) => {
                     let delay = backoff.next_delay();
                     tracing::warn!(error = %e, ?delay, "could not acknowledge a committed batch; retrying");

@@ -415,6 +415,29 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// Stops the server with SIGSTOP for `how_long`, then lets it go on with SIGCONT:
+    /// clients see timeouts and lost replies, keys expire on its wall clock meanwhile.
+    ///
+    /// # Panics
+    /// If the server is not running or the signals cannot be sent.
+    pub async fn pause(&self, how_long: Duration) {
+        let pid = self
+            .child
+            .as_ref()
+            .map(Child::id)
+            .expect("RedisServer::pause while the server is not running");
+        let signal = |name: &str| {
+            let sent = Command::new("kill")
+                .args([format!("-{name}"), pid.to_string()])
+                .status()
+                .expect("run kill");
+            assert!(sent.success(), "kill -{name} {pid}");
+        };
+        signal("STOP");
+        tokio::time::sleep(how_long).await;
+        signal("CONT");
+    }
+
     /// Kills the server with SIGKILL (a crash: nothing is saved on the way down) and waits
     /// until the process is gone and the port refuses connections.
     pub async fn kill(&mut self) {

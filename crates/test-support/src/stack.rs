@@ -507,16 +507,21 @@ impl Stack {
             .expect("connect to redis")
     }
 
-    /// Entries read by a consumer but not yet acknowledged, over every shard.
+    /// Entries read by a worker and not yet acknowledged, over every shard;
+    /// `usize::MAX` when Redis cannot tell (down, refusing).
     pub async fn pending(&self) -> usize {
         let mut conn = self.queue().await;
         let mut total = 0;
         for shard in self.keys.shards() {
             let reply: redis::RedisResult<redis::streams::StreamPendingReply> =
                 conn.xpending(self.keys.stream(shard), CONSUMER_GROUP).await;
-            if let Ok(reply) = reply {
-                total += reply.count();
-            }
+            total += match reply {
+                Ok(reply) => reply.count(),
+                // No stream or group yet: nothing was ever read there.
+                Err(e) if e.code() == Some("NOGROUP") => 0,
+                // Anything else is no proof that nothing is pending.
+                Err(_) => return usize::MAX,
+            };
         }
         total
     }

@@ -40,11 +40,14 @@ async fn off_the_workers<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     let permit = limits::hashing_permit(state).await?;
-    let result = web::block(f)
-        .await
-        .map_err(|e| ApiError::Internal(Box::new(e)))?;
-    drop(permit);
-    result
+    // The permit goes with the hash: a client that hangs up does not end the hash
+    // already running, so it must not free its slot either.
+    web::block(move || {
+        let _permit = permit;
+        f()
+    })
+    .await
+    .map_err(|e| ApiError::Internal(Box::new(e)))?
 }
 
 #[tracing::instrument(skip_all)]

@@ -8,9 +8,11 @@ use shared::{
     decision::RequestStatus,
     keys::Keys,
     shard::Shard,
-    stream::{self, BookingRequestV1, Enqueued, AUTO_ID, CONSUMER_GROUP, NEW_ENTRIES},
+    stream::{
+        self, BookingRequestV1, Enqueued, StatusRecord, AUTO_ID, CONSUMER_GROUP, NEW_ENTRIES,
+    },
 };
-use test_support::TestRedis;
+use test_support::{servers::RedisServer, TestRedis};
 
 /// A Redis prefix of its own with `shards` shards, and shard 0's stream with the
 /// consumer group.
@@ -259,7 +261,11 @@ async fn enqueue_spends_the_users_budget_and_writes_nothing_when_it_is_spent() {
             .ttl(keys.request_status(keys.shard_of(4), id))
             .await
             .expect("ttl");
-        assert_eq!(ttl, -1, "a queued status never expires");
+        let week = i64::try_from(stream::QUEUED_STATUS_TTL.as_secs()).expect("secs");
+        assert!(
+            (week - 10..=week).contains(&ttl),
+            "a queued status outlives any wait: {ttl}"
+        );
     }
     let refused = booking(&keys, 7);
     let refused_id = refused.request_id;
@@ -319,4 +325,201 @@ async fn enqueue_spends_the_users_budget_and_writes_nothing_when_it_is_spent() {
     assert_eq!(accepted, 5);
     let len: usize = conn.xlen(&stream_key).await.expect("xlen");
     assert_eq!(len, 10);
+}
+
+/// Sets `maxmemory` below what a private Redis already uses: every write that grows
+/// memory is refused with OOM from now on.
+async fn out_of_memory(conn: &mut redis::aio::MultiplexedConnection) {
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(conn)
+        .await
+        .expect("info");
+    let used = shared::queue::ServerInfo::parse(&info).used_memory;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(used / 2)
+        .query_async(conn)
+        .await
+        .expect("config set");
+}
+
+fn retention() -> stream::Retention {
+    stream::Retention {
+        status: Duration::from_secs(300),
+        entries: Duration::ZERO,
+        dead_letters: 1_000,
+    }
+}
+
+/// A worker settling a decided batch while Redis is over `maxmemory` must still write
+/// its statuses and dead letters, acknowledge and trim (trimming is what frees memory):
+/// all of it or none of it, never the acknowledgement without the writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settling_over_maxmemory_writes_everything_or_nothing_and_trims() {
+    let server = RedisServer::start(false).await;
+    let redis = TestRedis::on(server.url());
+    let keys = Keys::new(redis.prefix(), 1).expect("keys");
+    let shard = Shard::new(0).expect("shard");
+    let stream_key = keys.stream(shard);
+    let mut conn = redis.connection().await;
+    stream::ensure_group(&mut conn, &keys, shard)
+        .await
+        .expect("group");
+    let request = booking(&keys, 7);
+    let id = request.request_id;
+    assert_eq!(
+        stream::enqueue(&mut conn, &keys, request.clone(), None)
+            .await
+            .expect("enqueue"),
+        Enqueued::Accepted
+    );
+    let extra = append(&mut conn, &stream_key, 2).await;
+    let read: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+        .arg(&["GROUP", CONSUMER_GROUP, "w", "COUNT", "3", "STREAMS"])
+        .arg(&stream_key)
+        .arg(NEW_ENTRIES)
+        .query_async(&mut conn)
+        .await
+        .expect("xreadgroup");
+    let raw: Vec<redis::streams::StreamId> = read.keys.into_iter().flat_map(|k| k.ids).collect();
+    assert_eq!(raw.len(), 3);
+    let handled: Vec<String> = raw.iter().map(|e| e.id.clone()).collect();
+    let dead = *stream::decode(&raw[1]).expect_err("not a booking");
+    let decided = StatusRecord {
+        status: RequestStatus::Waitlisted,
+        booking_id: Some(11),
+        ..StatusRecord::queued(&request)
+    };
+    out_of_memory(&mut conn).await;
+
+    stream::settle(
+        &mut conn,
+        &keys,
+        shard,
+        std::slice::from_ref(&decided),
+        &[dead],
+        &handled,
+        retention(),
+    )
+    .await
+    .expect("settled over maxmemory");
+    assert_eq!(
+        stream::read_status(&mut conn, &keys, id)
+            .await
+            .expect("read"),
+        Some(decided)
+    );
+    let ttl: i64 = conn.ttl(keys.request_status(shard, id)).await.expect("ttl");
+    assert!((290..=300).contains(&ttl), "decided status expires: {ttl}");
+    let dead_len: usize = conn.xlen(keys.dead_letter(shard)).await.expect("xlen");
+    assert_eq!(dead_len, 1, "the dead letter was written");
+    let pending: StreamPendingReply = conn
+        .xpending(&stream_key, CONSUMER_GROUP)
+        .await
+        .expect("xpending");
+    assert_eq!(pending.count(), 0, "acknowledged");
+    assert_eq!(
+        ids_in(&mut conn, &stream_key).await,
+        [extra[1].clone()],
+        "trimmed"
+    );
+}
+
+/// Trimming only deletes, so it runs even when Redis is over `maxmemory`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trimming_works_over_maxmemory() {
+    let server = RedisServer::start(false).await;
+    let redis = TestRedis::on(server.url());
+    let keys = Keys::new(redis.prefix(), 1).expect("keys");
+    let shard = Shard::new(0).expect("shard");
+    let stream_key = keys.stream(shard);
+    let mut conn = redis.connection().await;
+    stream::ensure_group(&mut conn, &keys, shard)
+        .await
+        .expect("group");
+    let ids = append(&mut conn, &stream_key, 3).await;
+    let _: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+        .arg(&["GROUP", CONSUMER_GROUP, "w", "COUNT", "3", "STREAMS"])
+        .arg(&stream_key)
+        .arg(NEW_ENTRIES)
+        .query_async(&mut conn)
+        .await
+        .expect("xreadgroup");
+    let _: i64 = conn
+        .xack(&stream_key, CONSUMER_GROUP, &ids)
+        .await
+        .expect("xack");
+    out_of_memory(&mut conn).await;
+    assert_eq!(
+        stream::trim(&mut conn, &keys, shard, Duration::ZERO)
+            .await
+            .expect("trim over maxmemory"),
+        2
+    );
+}
+
+/// Entry ids are two 64-bit numbers; a Lua number holds 53 bits. Ids past that (only
+/// explicit ids make them) must still compare exactly: a pending entry one above a
+/// decided one stays.
+#[tokio::test]
+async fn trimming_compares_ids_exactly_past_53_bits() {
+    let (_redis, keys, shard, stream_key, mut conn) = grouped_stream(1).await;
+    for id in ["5-9007199254740993", "5-9007199254740995"] {
+        let _: String = redis::cmd("XADD")
+            .arg(&stream_key)
+            .arg(id)
+            .arg(&["n", "1"])
+            .query_async(&mut conn)
+            .await
+            .expect("xadd");
+    }
+    let _: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+        .arg(&["GROUP", CONSUMER_GROUP, "w", "COUNT", "2", "STREAMS"])
+        .arg(&stream_key)
+        .arg(NEW_ENTRIES)
+        .query_async(&mut conn)
+        .await
+        .expect("xreadgroup");
+    let _: i64 = conn
+        .xack(&stream_key, CONSUMER_GROUP, &["5-9007199254740993"])
+        .await
+        .expect("xack");
+    stream::trim(&mut conn, &keys, shard, Duration::ZERO)
+        .await
+        .expect("trim");
+    assert_eq!(ids_in(&mut conn, &stream_key).await, ["5-9007199254740995"]);
+}
+
+/// Another consumer group on a shard stream (an operator's monitor) does not hold
+/// trimming back: only the workers' group decides what is decided.
+#[tokio::test]
+async fn another_consumer_group_does_not_pin_the_trim() {
+    let (_redis, keys, shard, stream_key, mut conn) = grouped_stream(1).await;
+    let _: () = redis::cmd("XGROUP")
+        .arg(&["CREATE"])
+        .arg(&stream_key)
+        .arg(&["monitor", "$"])
+        .query_async(&mut conn)
+        .await
+        .expect("second group");
+    let ids = append(&mut conn, &stream_key, 5).await;
+    let _: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+        .arg(&["GROUP", CONSUMER_GROUP, "w", "COUNT", "5", "STREAMS"])
+        .arg(&stream_key)
+        .arg(NEW_ENTRIES)
+        .query_async(&mut conn)
+        .await
+        .expect("xreadgroup");
+    let _: i64 = conn
+        .xack(&stream_key, CONSUMER_GROUP, &ids)
+        .await
+        .expect("xack");
+    assert_eq!(
+        stream::trim(&mut conn, &keys, shard, Duration::ZERO)
+            .await
+            .expect("trim"),
+        4
+    );
 }

@@ -180,3 +180,54 @@ async fn a_decision_this_build_cannot_read_is_retried_and_never_dead_lettered() 
     assert_eq!(status["status"], "confirmed", "{status}");
     stack.assert_invariants(goods).await;
 }
+
+/// A request accepted by an API newer than the workers (a version they cannot read:
+/// the upgrade order broken) is dead-lettered; its owner must not be told `queued` for
+/// good: the status the API wrote becomes `rejected`, `unprocessable`, and expires.
+#[tokio::test]
+async fn an_undecodable_entry_with_a_request_id_tells_its_owner_it_was_rejected() {
+    use redis::AsyncCommands;
+
+    let stack = spawn_stack().await;
+    let goods = stack.create_goods(10, 1).await;
+    let (user, token) = stack.customers("skew", 1).await.remove(0);
+    let shard = stack.shard_of(goods);
+    let request_id = Keys::new_request_id(shard);
+    let status_key = stack.keys().request_status(shard, request_id);
+    let mut conn = stack.redis.connection().await;
+    let _: () = conn
+        .hset_multiple(
+            &status_key,
+            &[
+                ("user", user.to_string()),
+                ("goods", goods.to_string()),
+                ("qty", "1".to_owned()),
+                ("status", "queued".to_owned()),
+            ],
+        )
+        .await
+        .expect("hset");
+    let field = |k: &'static str, v: String| (k, v);
+    stack
+        .append(
+            shard,
+            &[
+                field("v", "2".into()),
+                field("rid", request_id.simple().to_string()),
+            ],
+        )
+        .await;
+
+    let _worker = stack.worker(&[]);
+    test_support::wait_until(
+        "the entry is dead-lettered",
+        Duration::from_secs(30),
+        || async { stack.dead_letters(shard).await.len() == 1 },
+    )
+    .await;
+    let status = stack.status(&request_id, &token).await;
+    assert_eq!(status["status"], "rejected");
+    assert_eq!(status["reason"], "unprocessable");
+    let ttl: i64 = conn.ttl(&status_key).await.expect("ttl");
+    assert!(ttl > 0 && ttl <= 3_600, "the rejection expires: {ttl}");
+}

@@ -1,9 +1,10 @@
 //! The randomized fault test: a sale across several goods, shards, workers and two API
 //! copies, while a seeded nemesis applies a random schedule of faults (kill -9, SIGSTOP
 //! and SIGCONT, inside batch transactions too, a PostgreSQL restart, a read-only
-//! database, a Redis crash and restart with AOF `always`, a new worker, a SIGTERM).
-//! Afterwards the invariant checker finds no breach, every request that got 202 has
-//! exactly one decision, nothing is pending and nothing dead-lettered.
+//! database, a Redis crash and restart with AOF `always`, Redis paused, a new worker, a
+//! SIGTERM). Afterwards the invariant checker finds no breach, every request that got
+//! 202 has exactly one decision, nothing is pending or dead-lettered, Redis keeps no
+//! decided entry and every status is its decision, with an expiry.
 //!
 //! The seed and the schedule are printed first (nextest shows them when the test
 //! fails). `TICKETNEST_NEMESIS_SEED=<seed>` replays a schedule;
@@ -21,6 +22,8 @@ use std::{
 use futures_util::future::join_all;
 use pub_api::startup::Application;
 use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
+use redis::{streams::StreamInfoGroupsReply, AsyncCommands};
+use test_support::shared::stream::CONSUMER_GROUP;
 use test_support::{
     servers::{PgServer, RedisServer},
     shared::decision::Decision,
@@ -56,6 +59,9 @@ enum Fault {
     ReadOnly(Duration),
     /// Redis is killed and started again from its append-only file.
     RedisRestart,
+    /// Redis stops answering (SIGSTOP) for this long: timeouts, lost replies, leases
+    /// expiring all at once.
+    RedisPause(Duration),
 }
 
 impl Fault {
@@ -69,7 +75,8 @@ impl Fault {
             3 => Self::NewWorker,
             4 => Self::PostgresRestart,
             5 => Self::ReadOnly(Duration::from_millis(rng.random_range(300..3_000))),
-            _ => Self::RedisRestart,
+            6 => Self::RedisRestart,
+            _ => Self::RedisPause(Duration::from_millis(rng.random_range(200..3_000))),
         }
     }
 }
@@ -80,7 +87,7 @@ struct Schedule(Vec<(Duration, Fault)>);
 impl Schedule {
     /// Every kind of fault at least once, the rest at random, in random order.
     fn new(rng: &mut StdRng, faults: usize) -> Self {
-        const KINDS: usize = 7;
+        const KINDS: usize = 8;
         let mut kinds: Vec<usize> = (0..KINDS).collect();
         while kinds.len() < faults.max(KINDS) {
             kinds.push(rng.random_range(0..KINDS));
@@ -177,6 +184,7 @@ async fn apply(
             stack.set_read_only(false).await;
         }
         Fault::RedisRestart => servers.redis.restart().await,
+        Fault::RedisPause(for_how_long) => servers.redis.pause(for_how_long).await,
     }
 }
 
@@ -279,11 +287,49 @@ async fn round(stack: &Stack, servers: &mut Servers, second_api: &str, seed: u64
     for shard in stack.keys().shards() {
         assert_eq!(stack.dead_letters(shard).await, [], "nothing dead-lettered");
     }
+    assert_redis_holds_only_decisions(stack, &accepted_by_goods).await;
     eprintln!(
         "  {:>6.1} s  round passed: {total} requests decided, every check clean",
         started.elapsed().as_secs_f64()
     );
     schedule.0.len()
+}
+
+/// Redis after the sale: every shard's group has read everything (lag 0), each stream
+/// keeps at most its last delivered entry (decided entries are trimmed), and every
+/// accepted request's status is its decision, with an expiry.
+async fn assert_redis_holds_only_decisions(stack: &Stack, accepted: &[(i64, Vec<uuid::Uuid>)]) {
+    let mut conn = stack.redis.connection().await;
+    for shard in stack.keys().shards() {
+        let stream = stack.keys().stream(shard);
+        let groups: StreamInfoGroupsReply = conn.xinfo_groups(&stream).await.expect("xinfo");
+        let lag = groups
+            .groups
+            .iter()
+            .find(|g| g.name == CONSUMER_GROUP)
+            .map(|g| (g.lag, g.pending));
+        assert_eq!(lag, Some((Some(0), 0)), "shard {shard}: lag and pending");
+        let len: usize = conn.xlen(&stream).await.expect("xlen");
+        assert!(len <= 1, "shard {shard}: {len} entries left in the stream");
+    }
+    for (goods, ids) in accepted {
+        let shard = stack.shard_of(*goods);
+        for chunk in ids.chunks(500) {
+            let mut pipe = redis::pipe();
+            for id in chunk {
+                let key = stack.keys().request_status(shard, *id);
+                pipe.hget(&key, "status").ttl(&key);
+            }
+            let replies: Vec<(Option<String>, i64)> =
+                pipe.query_async(&mut conn).await.expect("statuses");
+            for (id, (status, ttl)) in chunk.iter().zip(replies) {
+                assert!(
+                    matches!(status.as_deref(), Some("confirmed" | "waitlisted")) && ttl > 0,
+                    "request {id}: status {status:?}, ttl {ttl}"
+                );
+            }
+        }
+    }
 }
 
 fn env_number(name: &str) -> Option<u64> {
