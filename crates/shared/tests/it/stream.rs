@@ -14,18 +14,23 @@ use shared::{
 };
 use test_support::{servers::RedisServer, TestRedis};
 
-/// A Redis prefix of its own with `shards` shards, and shard 0's stream with the
-/// consumer group.
-async fn grouped_stream(
-    shards: u32,
-) -> (
+/// A test's Redis prefix, its keys, shard 0, shard 0's stream and a connection.
+type Grouped = (
     TestRedis,
     Keys,
     Shard,
     String,
     redis::aio::MultiplexedConnection,
-) {
-    let redis = TestRedis::new();
+);
+
+/// A Redis prefix of its own with `shards` shards, and shard 0's stream with the
+/// consumer group.
+async fn grouped_stream(shards: u32) -> Grouped {
+    grouped_stream_on(TestRedis::new(), shards).await
+}
+
+/// [`grouped_stream`] on a given Redis (a private server).
+async fn grouped_stream_on(redis: TestRedis, shards: u32) -> Grouped {
     let keys = Keys::new(redis.prefix(), shards).expect("keys");
     let shard = Shard::new(0).expect("shard");
     let stream = keys.stream(shard);
@@ -57,14 +62,8 @@ async fn forgetting_idle_consumers_never_drops_entries_a_stale_consumer_was_hand
                     .xadd(&stream, AUTO_ID, &[("n", i)])
                     .await
                     .expect("xadd");
-                let read: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
-                    .arg(&["GROUP", CONSUMER_GROUP, "stale", "COUNT", "1", "STREAMS"])
-                    .arg(&stream)
-                    .arg(NEW_ENTRIES)
-                    .query_async(&mut conn)
-                    .await
-                    .expect("xreadgroup");
-                for entry in read.keys.iter().flat_map(|k| &k.ids) {
+                let read = read_new(&mut conn, &stream, "stale", 1).await;
+                for entry in &read {
                     let acked: i64 = conn
                         .xack(&stream, CONSUMER_GROUP, &[&entry.id])
                         .await
@@ -101,13 +100,7 @@ async fn forgetting_idle_consumers_never_drops_entries_a_stale_consumer_was_hand
         .xadd(&stream, AUTO_ID, &[("n", "last")])
         .await
         .expect("xadd");
-    let _: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
-        .arg(&["GROUP", CONSUMER_GROUP, "holder", "COUNT", "1", "STREAMS"])
-        .arg(&stream)
-        .arg(NEW_ENTRIES)
-        .query_async(&mut conn)
-        .await
-        .expect("xreadgroup");
+    let _ = read_new(&mut conn, &stream, "holder", 1).await;
     let _: () = redis::cmd("XGROUP")
         .arg(&["CREATECONSUMER"])
         .arg(&stream)
@@ -145,6 +138,25 @@ async fn append(
     ids
 }
 
+/// Reads up to `count` new entries of `stream` as `consumer` of the workers' group.
+async fn read_new(
+    conn: &mut redis::aio::MultiplexedConnection,
+    stream: &str,
+    consumer: &str,
+    count: usize,
+) -> Vec<redis::streams::StreamId> {
+    let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+        .arg(&["GROUP", CONSUMER_GROUP, consumer, "COUNT"])
+        .arg(count)
+        .arg("STREAMS")
+        .arg(stream)
+        .arg(NEW_ENTRIES)
+        .query_async(conn)
+        .await
+        .expect("xreadgroup");
+    reply.keys.into_iter().flat_map(|k| k.ids).collect()
+}
+
 async fn ids_in(conn: &mut redis::aio::MultiplexedConnection, stream: &str) -> Vec<String> {
     let reply: redis::streams::StreamRangeReply = conn.xrange_all(stream).await.expect("xrange");
     reply.ids.into_iter().map(|e| e.id).collect()
@@ -167,13 +179,7 @@ async fn trimming_removes_decided_entries_only() {
         "nothing read yet"
     );
 
-    let _: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
-        .arg(&["GROUP", CONSUMER_GROUP, "c", "COUNT", "6", "STREAMS"])
-        .arg(&stream)
-        .arg(NEW_ENTRIES)
-        .query_async(&mut conn)
-        .await
-        .expect("xreadgroup");
+    let _ = read_new(&mut conn, &stream, "c", 6).await;
     let _: i64 = conn
         .xack(&stream, CONSUMER_GROUP, &[&ids[0], &ids[1], &ids[3]])
         .await
@@ -359,14 +365,8 @@ fn retention() -> stream::Retention {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settling_over_maxmemory_writes_everything_or_nothing_and_trims() {
     let server = RedisServer::start(false).await;
-    let redis = TestRedis::on(server.url());
-    let keys = Keys::new(redis.prefix(), 1).expect("keys");
-    let shard = Shard::new(0).expect("shard");
-    let stream_key = keys.stream(shard);
-    let mut conn = redis.connection().await;
-    stream::ensure_group(&mut conn, &keys, shard)
-        .await
-        .expect("group");
+    let (_redis, keys, shard, stream_key, mut conn) =
+        grouped_stream_on(TestRedis::on(server.url()), 1).await;
     let request = booking(&keys, 7);
     let id = request.request_id;
     assert_eq!(
@@ -376,14 +376,8 @@ async fn settling_over_maxmemory_writes_everything_or_nothing_and_trims() {
         Enqueued::Accepted
     );
     let extra = append(&mut conn, &stream_key, 2).await;
-    let read: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
-        .arg(&["GROUP", CONSUMER_GROUP, "w", "COUNT", "3", "STREAMS"])
-        .arg(&stream_key)
-        .arg(NEW_ENTRIES)
-        .query_async(&mut conn)
-        .await
-        .expect("xreadgroup");
-    let raw: Vec<redis::streams::StreamId> = read.keys.into_iter().flat_map(|k| k.ids).collect();
+    let read = read_new(&mut conn, &stream_key, "w", 3).await;
+    let raw = read;
     assert_eq!(raw.len(), 3);
     let handled: Vec<String> = raw.iter().map(|e| e.id.clone()).collect();
     let dead = *stream::decode(&raw[1]).expect_err("not a booking");
@@ -431,22 +425,10 @@ async fn settling_over_maxmemory_writes_everything_or_nothing_and_trims() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trimming_works_over_maxmemory() {
     let server = RedisServer::start(false).await;
-    let redis = TestRedis::on(server.url());
-    let keys = Keys::new(redis.prefix(), 1).expect("keys");
-    let shard = Shard::new(0).expect("shard");
-    let stream_key = keys.stream(shard);
-    let mut conn = redis.connection().await;
-    stream::ensure_group(&mut conn, &keys, shard)
-        .await
-        .expect("group");
+    let (_redis, keys, shard, stream_key, mut conn) =
+        grouped_stream_on(TestRedis::on(server.url()), 1).await;
     let ids = append(&mut conn, &stream_key, 3).await;
-    let _: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
-        .arg(&["GROUP", CONSUMER_GROUP, "w", "COUNT", "3", "STREAMS"])
-        .arg(&stream_key)
-        .arg(NEW_ENTRIES)
-        .query_async(&mut conn)
-        .await
-        .expect("xreadgroup");
+    let _ = read_new(&mut conn, &stream_key, "w", 3).await;
     let _: i64 = conn
         .xack(&stream_key, CONSUMER_GROUP, &ids)
         .await
@@ -475,13 +457,7 @@ async fn trimming_compares_ids_exactly_past_53_bits() {
             .await
             .expect("xadd");
     }
-    let _: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
-        .arg(&["GROUP", CONSUMER_GROUP, "w", "COUNT", "2", "STREAMS"])
-        .arg(&stream_key)
-        .arg(NEW_ENTRIES)
-        .query_async(&mut conn)
-        .await
-        .expect("xreadgroup");
+    let _ = read_new(&mut conn, &stream_key, "w", 2).await;
     let _: i64 = conn
         .xack(&stream_key, CONSUMER_GROUP, &["5-9007199254740993"])
         .await
@@ -505,13 +481,7 @@ async fn another_consumer_group_does_not_pin_the_trim() {
         .await
         .expect("second group");
     let ids = append(&mut conn, &stream_key, 5).await;
-    let _: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
-        .arg(&["GROUP", CONSUMER_GROUP, "w", "COUNT", "5", "STREAMS"])
-        .arg(&stream_key)
-        .arg(NEW_ENTRIES)
-        .query_async(&mut conn)
-        .await
-        .expect("xreadgroup");
+    let _ = read_new(&mut conn, &stream_key, "w", 5).await;
     let _: i64 = conn
         .xack(&stream_key, CONSUMER_GROUP, &ids)
         .await
