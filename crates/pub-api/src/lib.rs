@@ -14,7 +14,7 @@
 //! * [`error`]: the one place errors become HTTP responses.
 //! * `state`: what every handler shares; `redis_local`: a Redis connection per actix
 //!   worker thread; `backlog`: per-shard backpressure samples; `revocation`: the set
-//!   of deleted users; `request_id`: the `x-request-id` middleware.
+//!   of deleted users, read incrementally; `request_id`: the `x-request-id` middleware.
 
 mod backlog;
 mod db;

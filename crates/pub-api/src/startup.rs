@@ -68,6 +68,8 @@ pub struct Application {
     port: u16,
     server: Server,
     state: AppState,
+    /// Picks up where the startup load of deleted users left off.
+    revocation: revocation::Refresher,
 }
 
 async fn not_found() -> Result<HttpResponse, ApiError> {
@@ -155,7 +157,9 @@ impl Application {
             secure_cookies: config.environment == Environment::Prod,
             cors_origins: config.http.cors_origins.clone().into(),
         };
-        revocation::refresh(&state)
+        let mut revoked_users = revocation::Refresher::new();
+        revoked_users
+            .refresh(&state)
             .await
             .map_err(StartupError::Revocation)?;
 
@@ -192,6 +196,7 @@ impl Application {
             port,
             server,
             state,
+            revocation: revoked_users,
         })
     }
 
@@ -211,7 +216,11 @@ impl Application {
             self.state.keys.clone(),
             shutdown.child_token(),
         ));
-        let refresher = tokio::spawn(revocation::run(self.state, shutdown.child_token()));
+        let refresher = tokio::spawn(revocation::run(
+            self.state,
+            self.revocation,
+            shutdown.child_token(),
+        ));
         let stopper = {
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
