@@ -16,13 +16,15 @@ before=${1:?usage: bench/ab.sh BEFORE [AFTER] [RUNS]}
 after=${2:-HEAD}
 runs=${3:-3}
 scripts/services.sh
+# psql logs in as the role `ticketnest` (password in .dev/pg-password).
+. scripts/pg-env.sh
 command -v wrk >/dev/null 2>&1 || apt-get install -y -qq wrk >/dev/null
 
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 work=$(mktemp -d)
 repo=$(pwd)
 prefix=""; api_pid=""; worker_pid=""
-psql_admin() { psql -h 127.0.0.1 -U postgres -d postgres -Atq "$@"; }
+psql_admin() { psql -d postgres -Atq "$@"; }
 cleanup() {
   for pid in $api_pid $worker_pid; do kill -TERM "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
@@ -48,7 +50,8 @@ build after "$after"
 load="$work/bin-after/ticketnest-load"
 
 export TICKETNEST_JWT_SECRET="ab-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-export TICKETNEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/ticketnest_bench_ab
+TICKETNEST_DATABASE_URL=$(pg_url ticketnest_bench_ab)
+export TICKETNEST_DATABASE_URL
 export TICKETNEST_HTTP_ADDR=127.0.0.1:18091 TICKETNEST_BACKLOG_LIMIT=1000000000 RUST_LOG=warn
 url="http://$TICKETNEST_HTTP_ADDR"
 

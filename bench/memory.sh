@@ -20,6 +20,8 @@ users=${2:-100000}
 export TICKETNEST_STATUS_TTL_SECS=${TICKETNEST_STATUS_TTL_SECS:-30}
 
 scripts/services.sh
+# psql logs in as the role `ticketnest` (password in .dev/pg-password).
+. scripts/pg-env.sh
 echo "[memory] building release binaries"
 cargo build --release --bins -q
 bin=target/release
@@ -29,7 +31,7 @@ work=$(mktemp -d)
 commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- crates Cargo.toml Cargo.lock || echo "-dirty")
 db=ticketnest_bench_memory
 api_pid=""; worker_pid=""
-psql_admin() { psql -h 127.0.0.1 -U postgres -d postgres -Atq "$@"; }
+psql_admin() { psql -d postgres -Atq "$@"; }
 cleanup() {
   for pid in $api_pid $worker_pid; do kill -TERM "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
@@ -40,7 +42,8 @@ cleanup() {
 trap cleanup EXIT
 
 psql_admin -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"
-export TICKETNEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/$db
+TICKETNEST_DATABASE_URL=$(pg_url "$db")
+export TICKETNEST_DATABASE_URL
 export TICKETNEST_REDIS_PREFIX="tnmem$stamp"
 export TICKETNEST_JWT_SECRET="bench-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 export TICKETNEST_HTTP_ADDR=127.0.0.1:18081

@@ -8,25 +8,28 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh
+# psql logs in as the role `ticketnest` (password in .dev/pg-password).
+. scripts/pg-env.sh
 command -v perf >/dev/null || { echo "perf is needed (Debian: linux-perf)"; exit 1; }
 command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null
 cargo build --release --bins -q
 bin=target/release
 db=tnprofile
 work=$(mktemp -d)
-export TICKETNEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/$db
+TICKETNEST_DATABASE_URL=$(pg_url "$db")
+export TICKETNEST_DATABASE_URL
 export TICKETNEST_REDIS_PREFIX="tnprofile$$"
 export TICKETNEST_JWT_SECRET="profile-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 export TICKETNEST_HTTP_ADDR=127.0.0.1:18081 TICKETNEST_BACKLOG_LIMIT=1000000000 RUST_LOG=warn
 url="http://$TICKETNEST_HTTP_ADDR"
-psql -h 127.0.0.1 -U postgres -d postgres -Atq -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"
+psql -d postgres -Atq -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"
 "$bin/sub-worker" >"$work/worker.log" 2>&1 & worker=$!
 "$bin/pub-api" >"$work/api.log" 2>&1 & api=$!
 cleanup() {
   kill -TERM "$api" "$worker" 2>/dev/null || true
   wait "$api" "$worker" 2>/dev/null || true
   redis-cli --scan --pattern "$TICKETNEST_REDIS_PREFIX:*" | xargs -r -n 5000 redis-cli unlink >/dev/null
-  psql -h 127.0.0.1 -U postgres -d postgres -Atq -c "DROP DATABASE IF EXISTS $db WITH (FORCE)"
+  psql -d postgres -Atq -c "DROP DATABASE IF EXISTS $db WITH (FORCE)"
   rm -rf "$work"
 }
 trap cleanup EXIT

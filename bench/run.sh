@@ -24,6 +24,8 @@ else
 fi
 
 scripts/services.sh
+# psql and pgbench log in as the role `ticketnest` (password in .dev/pg-password).
+. scripts/pg-env.sh
 if ! command -v wrk >/dev/null 2>&1; then
   echo "[bench] installing wrk"
   if [ "$(id -u)" -eq 0 ]; then apt-get install -y -qq wrk >/dev/null; else sudo apt-get install -y -qq wrk >/dev/null; fi
@@ -44,12 +46,12 @@ cleanup() {
   if [ -n "${TICKETNEST_REDIS_PREFIX:-}" ]; then
     redis-cli --scan --pattern "$TICKETNEST_REDIS_PREFIX:*" | xargs -r -n 5000 redis-cli unlink >/dev/null
   fi
-  psql -h 127.0.0.1 -U postgres -d postgres -Atq -c "DROP DATABASE IF EXISTS ticketnest_bench_e2e WITH (FORCE)" || true
+  psql -d postgres -Atq -c "DROP DATABASE IF EXISTS ticketnest_bench_e2e WITH (FORCE)" || true
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-psql_admin() { psql -h 127.0.0.1 -U postgres -d postgres -Atq "$@"; }
+psql_admin() { psql -d postgres -Atq "$@"; }
 recreate_db() { psql_admin -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" -c "CREATE DATABASE $1"; }
 
 # ---------------------------------------------------------------- (a) the parts' limits
@@ -66,8 +68,8 @@ echo "  XADD/s: $xadd_per_s unpipelined, $xadd_pipelined_per_s pipelined (-P 16)
 
 echo "[bench] (a) pgbench: worker-shaped batches of 100 and of 1,000, and the naive shape"
 recreate_db ticketnest_bench
-psql -h 127.0.0.1 -U postgres -d ticketnest_bench -q -f bench/pgbench-schema.sql
-tps() { pgbench -h 127.0.0.1 -U postgres -n "$@" ticketnest_bench 2>/dev/null | awk '/^tps = / {print $3}'; }
+psql -d ticketnest_bench -q -f bench/pgbench-schema.sql
+tps() { pgbench -n "$@" ticketnest_bench 2>/dev/null | awk '/^tps = / {print $3}'; }
 batch_tps=$(tps -c 1 -T "$pg_secs" -f bench/pgbench-batch.sql)
 batch1000_tps=$(tps -c 1 -T "$pg_secs" -D n=1000 -f bench/pgbench-batch.sql)
 naive_tps=$(tps -c 8 -j 2 -T "$pg_secs" -f bench/pgbench-naive.sql)
@@ -80,7 +82,8 @@ psql_admin -c "DROP DATABASE IF EXISTS ticketnest_bench WITH (FORCE)"
 # ---------------------------------------------------------------- (b) TicketNest end to end
 echo "[bench] (b) starting pub-api and sub-worker (release) on a fresh database"
 recreate_db ticketnest_bench_e2e
-export TICKETNEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/ticketnest_bench_e2e
+TICKETNEST_DATABASE_URL=$(pg_url ticketnest_bench_e2e)
+export TICKETNEST_DATABASE_URL
 export TICKETNEST_REDIS_PREFIX="tnbench$stamp"
 export TICKETNEST_JWT_SECRET="bench-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 export TICKETNEST_HTTP_ADDR=127.0.0.1:18080

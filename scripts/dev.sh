@@ -12,13 +12,21 @@ smoke=false
 [ "${1:-}" = "--smoke" ] && smoke=true
 
 scripts/services.sh
-export TICKETNEST_DATABASE_URL="${TICKETNEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/ticketnest}"
+# psql below logs in as the role `ticketnest` (password in .dev/pg-password).
+. scripts/pg-env.sh
+own_url=false
+[ -z "${TICKETNEST_DATABASE_URL:-}" ] && own_url=true
+export TICKETNEST_DATABASE_URL="${TICKETNEST_DATABASE_URL:-$(pg_url ticketnest)}"
 export TICKETNEST_HTTP_ADDR="${TICKETNEST_HTTP_ADDR:-127.0.0.1:8080}"
 db_name="${TICKETNEST_DATABASE_URL##*/}"
 db_name="${db_name%%\?*}"
-if ! psql -h 127.0.0.1 -U postgres -d postgres -Atqc "SELECT 1 FROM pg_database WHERE datname = '$db_name'" | grep -q 1; then
+owner=$(psql -d postgres -Atq -v db="$db_name" <<<"SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = :'db'")
+if [ -z "$owner" ]; then
   echo "[dev] creating database $db_name"
-  psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE \"$db_name\""
+  psql -d postgres -q -v ON_ERROR_STOP=1 -v db="$db_name" <<<'CREATE DATABASE :"db"'
+elif $own_url && [ "$owner" != "$PGUSER" ]; then
+  echo "[dev] database $db_name belongs to $owner, not $PGUSER: drop it (as $owner) to start afresh"
+  exit 1
 fi
 
 cargo build --release --bins

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure a local PostgreSQL and Redis are running on their standard ports,
-# installing them from Debian's packages and starting them when needed.
-# Idempotent: does nothing when both already answer.
+# installing them from Debian's packages and starting them when needed, and that the
+# PostgreSQL role `ticketnest` exists with the password in .dev/pg-password.
+# Idempotent: run it as often as you like.
 set -euo pipefail
 
 PG_HOST=127.0.0.1
@@ -46,15 +47,67 @@ if ! pg_isready -h "$PG_HOST" -p "$PG_PORT" -q; then
   as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
   wait_for "PostgreSQL" 30 pg_isready -h "$PG_HOST" -p "$PG_PORT" -q
 fi
-# A fresh Debian install asks for a password on TCP; TicketNest's local setup
-# (like this machine's) uses trust auth on loopback only.
-if ! psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -Atqc 'SELECT 1' >/dev/null 2>&1; then
-  version=$(ls /etc/postgresql | sort -V | tail -n 1)
-  hba="/etc/postgresql/$version/main/pg_hba.conf"
-  log "allowing trust auth on loopback in $hba"
-  as_root sed -i '1i host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust' "$hba"
-  as_root pg_ctlcluster --skip-systemctl-redirect "$version" main reload
-  wait_for "PostgreSQL login" 30 psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -Atqc 'SELECT 1'
+# The role TicketNest's scripts, benches and tests log in as: `ticketnest`, LOGIN and
+# CREATEDB, never superuser (it owns the databases it creates, which is all it needs).
+# Its password is in .dev/pg-password (random, mode 600, git-ignored); each run makes
+# sure the role exists with that password. pg_hba.conf is never touched: the role is
+# set up through the `postgres` account, over TCP where loopback trusts it (a test
+# machine), else as the postgres OS user over the Unix socket (peer auth, Debian's
+# default), and then has to log in with its password over TCP like the apps do.
+PG_ROLE=ticketnest
+root_dir=$(cd "$(dirname "$0")/.." && pwd)
+pw_file="$root_dir/.dev/pg-password"
+
+as_postgres_psql() { # psql as the superuser `postgres` on the maintenance database
+  if psql -w -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -Atqc 'SELECT 1' >/dev/null 2>&1; then
+    psql -w -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres "$@"
+  elif [ "$(id -u)" -eq 0 ]; then
+    (cd / && runuser -u postgres -- psql -w -p "$PG_PORT" -d postgres "$@")
+  else
+    (cd / && sudo -u postgres psql -w -p "$PG_PORT" -d postgres "$@")
+  fi
+}
+
+mkdir -p "$root_dir/.dev"
+if [ ! -s "$pw_file" ]; then
+  log "creating a password for the PostgreSQL role $PG_ROLE in .dev/pg-password"
+  random=$(LC_ALL=C tr -dc 'A-Za-z0-9' < <(head -c 4096 /dev/urandom))
+  [ "${#random}" -ge 32 ] || { log "could not read enough random bytes from /dev/urandom"; exit 1; }
+  rm -f "$pw_file.tmp"
+  (umask 077 && printf '%s\n' "${random:0:32}" >"$pw_file.tmp" && mv "$pw_file.tmp" "$pw_file")
+fi
+chmod 600 "$pw_file"
+pg_password=$(cat "$pw_file")
+# Alphanumeric only: it goes into URLs and psql scripts unescaped.
+if ! [[ "$pg_password" =~ ^[A-Za-z0-9]{16,}$ ]]; then
+  log "$pw_file must hold one line of 16 or more letters and digits; delete it to get a new one"
+  exit 1
+fi
+
+# The password goes through psql's standard input, never its command line (which
+# every local user can read in /proc), and into statements as a quoted psql variable.
+set_role() {
+  printf '\\set password %s\n' "$pg_password"
+  cat <<'EOSQL'
+SELECT NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'role') AS missing \gset
+\if :missing
+CREATE ROLE :"role" LOGIN CREATEDB NOSUPERUSER NOCREATEROLE PASSWORD :'password';
+\else
+ALTER ROLE :"role" LOGIN CREATEDB NOSUPERUSER NOCREATEROLE PASSWORD :'password';
+\endif
+EOSQL
+}
+if ! set_role | as_postgres_psql -v ON_ERROR_STOP=1 -v role="$PG_ROLE" -Atq >/dev/null; then
+  log "could not create or update the PostgreSQL role $PG_ROLE as postgres (tried TCP on"
+  log "$PG_HOST:$PG_PORT, then the postgres OS user over the Unix socket)"
+  exit 1
+fi
+if ! PGPASSWORD=$pg_password psql -w -h "$PG_HOST" -p "$PG_PORT" -U "$PG_ROLE" -d postgres \
+  -Atqc 'SELECT 1' >/dev/null; then
+  log "PostgreSQL refuses a TCP login as $PG_ROLE with the password in .dev/pg-password:"
+  log "its pg_hba.conf must allow password logins (scram-sha-256 or md5, as Debian's default"
+  log "does) from $PG_HOST; this script does not change it"
+  exit 1
 fi
 
 # Redis (nothing on disk: a development and test instance)
@@ -65,4 +118,4 @@ if ! redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping >/dev/null 2>&1; then
     --save "" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log
   wait_for "Redis" 30 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping
 fi
-log "PostgreSQL on $PG_HOST:$PG_PORT and Redis on 127.0.0.1:$REDIS_PORT are up"
+log "PostgreSQL on $PG_HOST:$PG_PORT (role $PG_ROLE, password in .dev/pg-password) and Redis on 127.0.0.1:$REDIS_PORT are up"

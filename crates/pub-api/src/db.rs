@@ -154,17 +154,50 @@ pub async fn user_role(pool: &Pool, user_id: i64) -> Result<Option<Role>, ApiErr
     }
 }
 
-/// Ids of every deleted user.
+/// Deleted users read by [`deleted_users`], and where the next incremental read starts.
+pub struct DeletedUsers {
+    pub ids: Vec<i64>,
+    /// The oldest transaction id still running when these were read (the reading
+    /// snapshot's xmin): every deletion this read could not see was made by a
+    /// transaction with this id or a newer one.
+    pub next_since: i64,
+}
+
+/// Every deleted user (`since` = `None`), or those deleted by a transaction whose id is
+/// `since` or newer (`users.deleted_xid`, migration V3), in one statement so the ids
+/// and `next_since` come from one snapshot. See `revocation` for why this misses none.
 ///
 /// # Errors
 /// A database failure.
-pub async fn revoked_user_ids(pool: &Pool) -> Result<Vec<i64>, ApiError> {
+pub async fn deleted_users(pool: &Pool, since: Option<i64>) -> Result<DeletedUsers, ApiError> {
     let client = pool.get().await?;
-    let stmt = client
-        .prepare_cached("SELECT id FROM users WHERE deleted_at IS NOT NULL")
-        .await?;
-    let rows = client.query(&stmt, &[]).await?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    // xid8 has no binary mapping in tokio-postgres: it travels as bigint (an xid8 is
+    // epoch << 32 | xid, far below 2^63 in practice).
+    let row = match since {
+        None => {
+            let stmt = client
+                .prepare_cached(
+                    "SELECT ARRAY(SELECT id FROM users WHERE deleted_at IS NOT NULL), \
+                     pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
+                )
+                .await?;
+            client.query_one(&stmt, &[]).await?
+        }
+        Some(since) => {
+            let stmt = client
+                .prepare_cached(
+                    "SELECT ARRAY(SELECT id FROM users \
+                                  WHERE deleted_xid >= $1::bigint::text::xid8), \
+                     pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
+                )
+                .await?;
+            client.query_one(&stmt, &[&since]).await?
+        }
+    };
+    Ok(DeletedUsers {
+        ids: row.try_get(0)?,
+        next_since: row.try_get(1)?,
+    })
 }
 
 /// # Errors

@@ -13,9 +13,10 @@
 //! * `domain`: validated input types; `db`: every SQL statement the API runs.
 //! * [`error`]: the one place errors become HTTP responses.
 //! * `state`: what every handler shares; `redis_local`: a Redis connection per actix
-//!   worker thread; `backlog`: per-shard backpressure and Redis memory samples; `revocation`: the set
-//!   of deleted users; `request_id`: the `x-request-id` middleware; `limits`: the
-//!   per-address signup/login budget and the bound on concurrent password hashing.
+//!   worker thread; `backlog`: per-shard backpressure and Redis memory samples;
+//!   `revocation`: the set of deleted users, read incrementally; `request_id`: the
+//!   `x-request-id` middleware; `limits`: the per-address signup/login budget and the
+//!   bound on concurrent password hashing.
 
 mod backlog;
 mod db;

@@ -69,6 +69,8 @@ pub struct Application {
     port: u16,
     server: Server,
     state: AppState,
+    /// Picks up where the startup load of deleted users left off.
+    revocation: revocation::Refresher,
 }
 
 async fn not_found() -> Result<HttpResponse, ApiError> {
@@ -163,7 +165,9 @@ impl Application {
             secure_cookies: config.environment == Environment::Prod,
             cors_origins: config.http.cors_origins.clone().into(),
         };
-        revocation::refresh(&state)
+        let mut revoked_users = revocation::Refresher::new();
+        revoked_users
+            .refresh(&state)
             .await
             .map_err(StartupError::Revocation)?;
 
@@ -200,6 +204,7 @@ impl Application {
             port,
             server,
             state,
+            revocation: revoked_users,
         })
     }
 
@@ -224,7 +229,11 @@ impl Application {
             .auth_limiter
             .clone()
             .map(|limiter| tokio::spawn(limits::run(limiter, shutdown.child_token())));
-        let refresher = tokio::spawn(revocation::run(self.state, shutdown.child_token()));
+        let refresher = tokio::spawn(revocation::run(
+            self.state,
+            self.revocation,
+            shutdown.child_token(),
+        ));
         let stopper = {
             let shutdown = shutdown.clone();
             tokio::spawn(async move {

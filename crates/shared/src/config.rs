@@ -166,7 +166,7 @@ impl FromVars for DatabaseConfig {
     /// An invalid pool size or a URL tokio-postgres cannot parse.
     fn from_vars(vars: Lookup<'_>) -> Result<Self, ConfigError> {
         let url = var(vars, "TICKETNEST_DATABASE_URL")
-            .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/ticketnest".into());
+            .unwrap_or_else(|| "postgres://ticketnest@127.0.0.1:5432/ticketnest".into());
         url.parse::<tokio_postgres::Config>()
             .map_err(|e| ConfigError::Invalid {
                 name: "TICKETNEST_DATABASE_URL",

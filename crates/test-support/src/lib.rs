@@ -1,8 +1,10 @@
 //! Test helpers shared by every crate's integration tests (dev-dependency only).
 //!
 //! * [`TestDatabase`]: a fresh PostgreSQL database per test, copied from a template that
-//!   is migrated once per schema (named after the migrations' fingerprint) and dropped
-//!   when the test ends.
+//!   is migrated once per schema (named after the migrations' fingerprint and the role)
+//!   and dropped when the test ends. The server is reached as the role `ticketnest`
+//!   that `scripts/services.sh` sets up (password in `.dev/pg-password`), or through
+//!   `TICKETNEST_TEST_DATABASE_URL`.
 //! * [`TestRedis`]: a unique key prefix per test; every key under it is deleted on drop.
 //! * [`wait_until`]: poll a condition until a deadline, then fail naming what was awaited.
 //! * [`create_users`]: many users in one statement, without paying argon2 per user
@@ -29,10 +31,72 @@ pub use shared;
 pub mod servers;
 pub mod stack;
 
-/// Maintenance connection used to create and drop test databases.
-fn admin_url() -> String {
-    std::env::var("TICKETNEST_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+/// The role `scripts/services.sh` sets up (LOGIN, CREATEDB, not a superuser).
+const TEST_ROLE: &str = "ticketnest";
+
+/// Maintenance connection used to create and drop test databases:
+/// `TICKETNEST_TEST_DATABASE_URL` if set, else the role `ticketnest` on
+/// 127.0.0.1:5432 with the password `scripts/services.sh` keeps in `.dev/pg-password`
+/// at the workspace root.
+///
+/// # Errors
+/// Neither the variable nor the password file is there.
+fn admin_url() -> anyhow::Result<String> {
+    if let Ok(url) = std::env::var("TICKETNEST_TEST_DATABASE_URL") {
+        return Ok(url);
+    }
+    // CARGO_MANIFEST_DIR is crates/test-support: the workspace root is two levels up.
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.dev/pg-password");
+    let password = std::fs::read_to_string(&file).with_context(|| {
+        format!(
+            "reading the PostgreSQL password of the role {TEST_ROLE} from {} \
+             (run scripts/services.sh, or set TICKETNEST_TEST_DATABASE_URL)",
+            file.display()
+        )
+    })?;
+    Ok(format!(
+        "postgres://{TEST_ROLE}:{}@127.0.0.1:5432/postgres",
+        percent_encode(password.trim_end_matches(['\n', '\r']))
+    ))
+}
+
+/// `s` with every byte but URL-unreserved ones (`A-Z a-z 0-9 - . _ ~`) as `%XX`, for
+/// the userinfo part of a URL (services.sh's passwords are alphanumeric anyway).
+fn percent_encode(s: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+/// `url` with its password, if any, replaced by `***` (for error messages).
+fn redacted(url: &str) -> String {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let Some(at) = url[start..].find('@').map(|i| start + i) else {
+        return url.to_owned();
+    };
+    match url[start..at].find(':') {
+        Some(colon) => format!("{}:***{}", &url[..start + colon], &url[at..]),
+        None => url.to_owned(),
+    }
+}
+
+/// A string usable inside an identifier: lower-case letters, digits and `_`, at most
+/// 24 characters.
+fn identifier_part(s: &str) -> String {
+    s.chars()
+        .map(|c| c.to_ascii_lowercase())
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .take(24)
+        .collect()
 }
 
 /// Redis used by tests.
@@ -58,7 +122,7 @@ fn with_database(url: &str, db: &str) -> String {
 async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     let (client, connection) = tokio_postgres::connect(url, NoTls)
         .await
-        .with_context(|| format!("connecting to {url}"))?;
+        .with_context(|| format!("connecting to {}", redacted(url)))?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
@@ -84,9 +148,19 @@ impl TestDatabase {
     }
 
     async fn try_new() -> anyhow::Result<Self> {
-        let admin = admin_url();
-        let template = format!("tn_tpl_{:016x}", shared::db::migrations_fingerprint());
+        let admin = admin_url()?;
         let client = connect(&admin).await?;
+        // One template per role: a database copied from a template takes along its
+        // tables' owners, and only a template's owner (or a superuser) may copy it.
+        let role: String = client
+            .query_one("SELECT current_user::text", &[])
+            .await?
+            .try_get(0)?;
+        let template = format!(
+            "tn_tpl_{:016x}_{}",
+            shared::db::migrations_fingerprint(),
+            identifier_part(&role)
+        );
         client
             .execute("SELECT pg_advisory_lock($1)", &[&TEMPLATE_LOCK_KEY])
             .await?;
@@ -155,7 +229,7 @@ impl TestDatabase {
     /// # Panics
     /// If PostgreSQL is unreachable.
     pub async fn empty() -> Self {
-        let admin = admin_url();
+        let admin = admin_url().expect("test database URL");
         let name = format!("tn_test_{}", uuid::Uuid::new_v4().simple());
         connect(&admin)
             .await
@@ -222,7 +296,7 @@ impl Drop for TestDatabase {
                 .build()
                 .ok()?;
             rt.block_on(async move {
-                let client = connect(&admin_url()).await.ok()?;
+                let client = connect(&admin_url().ok()?).await.ok()?;
                 client
                     .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
                     .await
@@ -455,5 +529,25 @@ where
             "timed out after {timeout:?} waiting for: {what}"
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{identifier_part, percent_encode, redacted};
+
+    #[test]
+    fn passwords_are_percent_encoded_and_redacted() {
+        assert_eq!(percent_encode("aZ09-._~"), "aZ09-._~");
+        assert_eq!(percent_encode("p@ss:w/rd%"), "p%40ss%3Aw%2Frd%25");
+        assert_eq!(
+            redacted("postgres://ticketnest:secret@127.0.0.1:5432/postgres"),
+            "postgres://ticketnest:***@127.0.0.1:5432/postgres"
+        );
+        assert_eq!(
+            redacted("postgres://postgres@127.0.0.1:5432/postgres"),
+            "postgres://postgres@127.0.0.1:5432/postgres"
+        );
+        assert_eq!(identifier_part("TicketNest-CI"), "ticketnestci");
     }
 }

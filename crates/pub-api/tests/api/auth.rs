@@ -7,7 +7,7 @@ use test_support::{
     token_keys, wait_until,
 };
 
-use crate::helpers::{assert_error, assert_invalid_field, parts, spawn_app};
+use crate::helpers::{assert_error, assert_invalid_field, parts, spawn_app, TestApp};
 
 fn signup_body(email: &str, nickname: &str) -> serde_json::Value {
     json!({ "email": email, "password": "Str0ng!pw", "nickname": nickname })
@@ -225,6 +225,60 @@ async fn the_token_of_a_deleted_user_stops_working() {
     .await;
     let (status, body) = parts(app.post_json(&path, &json!({}), Some(&token)).await).await;
     assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+}
+
+/// Whether the API refuses `token` as a revoked one.
+async fn refused(app: &TestApp, goods: i64, token: &str) -> bool {
+    let path = format!("/api/goods/{goods}/bookings");
+    app.post_json(&path, &json!({}), Some(token)).await.status() == StatusCode::UNAUTHORIZED
+}
+
+/// The API picks up deleted users incrementally: a deletion committed after a refresh
+/// by a transaction that began before it, stamped with a `deleted_at` far older than
+/// that refresh (a long transaction's `now()` is its start time), still revokes.
+#[tokio::test]
+async fn a_deletion_committed_late_by_an_older_transaction_still_revokes_the_token() {
+    let app = spawn_app().await;
+    let (_, org) = app.organizer().await;
+    let goods = app.create_goods_as(&org, 10, 1).await;
+    let mut users = app.customers("late", 2).await;
+    let (_, marker_token) = users.pop().expect("second user");
+    let (late, late_token) = users.pop().expect("first user");
+
+    let mut client = app.db.client().await;
+    let slow = client.transaction().await.expect("begin");
+    slow.execute(
+        "UPDATE users SET deleted_at = now() - interval '1 day' WHERE id = $1",
+        &[&late],
+    )
+    .await
+    .expect("delete inside the open transaction");
+
+    // Another user deleted through the operator path and committed: once their token
+    // is refused, a refresh has run while the slow transaction was open.
+    let pool = test_support::shared::db::build_pool(&app.db.config()).expect("pool");
+    let deleted = test_support::shared::db::delete_user(&pool, "late2@load.invalid")
+        .await
+        .expect("delete the marker user");
+    assert!(deleted, "the marker user exists");
+    wait_until(
+        "the committed deletion is picked up",
+        Duration::from_secs(10),
+        || refused(&app, goods, &marker_token),
+    )
+    .await;
+    assert!(
+        !refused(&app, goods, &late_token).await,
+        "an uncommitted deletion revokes nothing"
+    );
+
+    slow.commit().await.expect("commit");
+    wait_until(
+        "the late-committed deletion is picked up",
+        Duration::from_secs(10),
+        || refused(&app, goods, &late_token),
+    )
+    .await;
 }
 
 #[tokio::test]
