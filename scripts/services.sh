@@ -50,13 +50,16 @@ fi
 # The role TicketNest's scripts, benches and tests log in as: `ticketnest`, LOGIN and
 # CREATEDB, never superuser (it owns the databases it creates, which is all it needs).
 # Its password is in .dev/pg-password (random, mode 600, git-ignored); each run makes
-# sure the role exists with that password. pg_hba.conf is never touched: the role is
+# sure the role can log in with it, creating or updating the role only when not. pg_hba.conf is never touched: the role is
 # set up through the `postgres` account, over TCP where loopback trusts it (a test
 # machine), else as the postgres OS user over the Unix socket (peer auth, Debian's
 # default), and then has to log in with its password over TCP like the apps do.
 PG_ROLE=ticketnest
 root_dir=$(cd "$(dirname "$0")/.." && pwd)
 pw_file="$root_dir/.dev/pg-password"
+# Settings a caller's shell may carry (scripts/pg-env.sh exports the role's) must not
+# steer the connections made as postgres below.
+unset PGHOST PGHOSTADDR PGPORT PGUSER PGPASSWORD PGDATABASE PGSERVICE PGPASSFILE PGSSLMODE
 
 as_postgres_psql() { # psql as the superuser `postgres` on the maintenance database
   if psql -w -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -Atqc 'SELECT 1' >/dev/null 2>&1; then
@@ -69,6 +72,15 @@ as_postgres_psql() { # psql as the superuser `postgres` on the maintenance datab
 }
 
 mkdir -p "$root_dir/.dev"
+# One run at a time sets up the password and the role (dev.sh and test.sh may start
+# together on a fresh clone).
+exec 9>"$root_dir/.dev/services.lock"
+flock 9
+if [ -e "$pw_file" ] && [ ! -O "$pw_file" ]; then
+  log "$pw_file belongs to another user (was this script run with sudo?); remove it or"
+  log "run the tests and scripts as its owner"
+  exit 1
+fi
 if [ ! -s "$pw_file" ]; then
   log "creating a password for the PostgreSQL role $PG_ROLE in .dev/pg-password"
   random=$(LC_ALL=C tr -dc 'A-Za-z0-9' < <(head -c 4096 /dev/urandom))
@@ -97,13 +109,18 @@ ALTER ROLE :"role" LOGIN CREATEDB NOSUPERUSER NOCREATEROLE PASSWORD :'password';
 \endif
 EOSQL
 }
-if ! set_role | as_postgres_psql -v ON_ERROR_STOP=1 -v role="$PG_ROLE" -Atq >/dev/null; then
+role_login() {
+  PGPASSWORD=$pg_password psql -w -h "$PG_HOST" -p "$PG_PORT" -U "$PG_ROLE" -d postgres \
+    -Atqc 'SELECT 1' >/dev/null 2>&1
+}
+# Set up only when the role cannot log in with the file's password: a working role is
+# left as it is.
+if ! role_login && ! set_role | as_postgres_psql -v ON_ERROR_STOP=1 -v role="$PG_ROLE" -Atq >/dev/null; then
   log "could not create or update the PostgreSQL role $PG_ROLE as postgres (tried TCP on"
   log "$PG_HOST:$PG_PORT, then the postgres OS user over the Unix socket)"
   exit 1
 fi
-if ! PGPASSWORD=$pg_password psql -w -h "$PG_HOST" -p "$PG_PORT" -U "$PG_ROLE" -d postgres \
-  -Atqc 'SELECT 1' >/dev/null; then
+if ! role_login; then
   log "PostgreSQL refuses a TCP login as $PG_ROLE with the password in .dev/pg-password:"
   log "its pg_hba.conf must allow password logins (scram-sha-256 or md5, as Debian's default"
   log "does) from $PG_HOST; this script does not change it"

@@ -161,6 +161,9 @@ pub struct DeletedUsers {
     /// snapshot's xmin): every deletion this read could not see was made by a
     /// transaction with this id or a newer one.
     pub next_since: i64,
+    /// When the answering PostgreSQL server started: another value means another
+    /// server (a restart, a failover), whose transaction ids may have been reused.
+    pub server_started: String,
 }
 
 /// Every deleted user (`since` = `None`), or those deleted by a transaction whose id is
@@ -178,7 +181,8 @@ pub async fn deleted_users(pool: &Pool, since: Option<i64>) -> Result<DeletedUse
             let stmt = client
                 .prepare_cached(
                     "SELECT ARRAY(SELECT id FROM users WHERE deleted_at IS NOT NULL), \
-                     pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
+                     pg_snapshot_xmin(pg_current_snapshot())::text::bigint, \
+                     pg_postmaster_start_time()::text",
                 )
                 .await?;
             client.query_one(&stmt, &[]).await?
@@ -188,7 +192,8 @@ pub async fn deleted_users(pool: &Pool, since: Option<i64>) -> Result<DeletedUse
                 .prepare_cached(
                     "SELECT ARRAY(SELECT id FROM users \
                                   WHERE deleted_xid >= $1::bigint::text::xid8), \
-                     pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
+                     pg_snapshot_xmin(pg_current_snapshot())::text::bigint, \
+                     pg_postmaster_start_time()::text",
                 )
                 .await?;
             client.query_one(&stmt, &[&since]).await?
@@ -197,6 +202,7 @@ pub async fn deleted_users(pool: &Pool, since: Option<i64>) -> Result<DeletedUse
     Ok(DeletedUsers {
         ids: row.try_get(0)?,
         next_since: row.try_get(1)?,
+        server_started: row.try_get(2)?,
     })
 }
 

@@ -74,6 +74,19 @@ fn parse_address(raw: &str) -> Option<IpAddr> {
         .or_else(|| raw.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
 }
 
+/// The budget an address spends from: an IPv4 address (also written IPv4-mapped,
+/// `::ffff:a.b.c.d`) its own, an IPv6 address its /64 (one subscriber's network: any
+/// host in it is the same client).
+fn budget_key(address: IpAddr) -> IpAddr {
+    match address.to_canonical() {
+        IpAddr::V6(v6) => {
+            let network = u128::from(v6) & !((1_u128 << 64) - 1);
+            IpAddr::V6(network.into())
+        }
+        v4 => v4,
+    }
+}
+
 /// Spends one unit of the client address's signup and login budget.
 ///
 /// # Errors
@@ -82,7 +95,7 @@ pub fn check_address(state: &AppState, req: &HttpRequest) -> Result<(), ApiError
     let Some(limiter) = &state.auth_limiter else {
         return Ok(());
     };
-    let address = client_address(req, state.trust_forwarded_for);
+    let address = budget_key(client_address(req, state.trust_forwarded_for));
     limiter.check_key(&address).map_err(|not_until| {
         tracing::info!(%address, "signup/login rate limit reached");
         ApiError::RateLimited(not_until.wait_time_from(DefaultClock::default().now()))
@@ -175,6 +188,21 @@ mod tests {
             client_address(&garbage, true),
             "10.0.0.9".parse::<IpAddr>().expect("ip")
         );
+    }
+
+    #[test]
+    fn ipv6_clients_share_their_64_and_mapped_ipv4_is_ipv4() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        assert_eq!(
+            budget_key(ip("2001:db8::1")),
+            budget_key(ip("2001:db8::ffff:2"))
+        );
+        assert_ne!(
+            budget_key(ip("2001:db8::1")),
+            budget_key(ip("2001:db8:0:1::1"))
+        );
+        assert_eq!(budget_key(ip("::ffff:192.0.2.1")), ip("192.0.2.1"));
+        assert_eq!(budget_key(ip("192.0.2.1")), ip("192.0.2.1"));
     }
 
     #[test]

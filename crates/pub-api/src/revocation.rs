@@ -24,9 +24,12 @@
 //! deletions of transactions at or above xmin (a long-running transaction elsewhere
 //! holds xmin back, so each refresh rereads at most the deletions made since it began).
 //!
-//! Two backstops:
-//! * If xmin ever goes backwards (the database was replaced: a restore, a failover that
-//!   lost transactions), ids no longer compare, and the next refresh is a full load.
+//! Backstops, for when transaction ids stop comparing (a restore; a crash or a failover
+//! to a lagging replica, after which ids are handed out again):
+//! * A refresh that fails (the server went away) makes the next one a full load.
+//! * Each read also returns when the server started; another server is followed by a
+//!   full load at the next refresh.
+//! * If xmin ever goes backwards, the next refresh is a full load.
 //! * Every `FULL_RELOAD_INTERVAL` the set is loaded whole and replaced. No code path
 //!   restores a deleted user (`ticketnest-admin` only deletes), so the set only grows;
 //!   a user restored by hand in SQL gets in again at the next full load.
@@ -53,6 +56,8 @@ pub struct Refresher {
     since: Option<i64>,
     /// When the last full load succeeded.
     full_at: Option<Instant>,
+    /// When the server that answered the previous read started.
+    server_started: Option<String>,
 }
 
 impl Refresher {
@@ -66,11 +71,19 @@ impl Refresher {
     /// # Errors
     /// The database is unavailable; the set and the starting point are left as they were.
     pub async fn refresh(&mut self, state: &AppState) -> Result<(), ApiError> {
-        let since = match self.full_at {
-            Some(at) if at.elapsed() < FULL_RELOAD_INTERVAL => self.since,
-            _ => None,
+        let since = self.next_since();
+        let read = match db::deleted_users(&state.pool, since).await {
+            Ok(read) => read,
+            Err(e) => {
+                self.start_over();
+                return Err(e);
+            }
         };
-        let read = db::deleted_users(&state.pool, since).await?;
+        let same_server = self.server_started.as_deref() == Some(read.server_started.as_str());
+        if since.is_some() && !same_server {
+            tracing::warn!("PostgreSQL was restarted or replaced; reloading deleted users whole");
+        }
+        self.server_started = Some(read.server_started);
         match since {
             None => {
                 *revoked_set(state) = read.ids.into_iter().collect::<HashSet<_>>();
@@ -92,9 +105,27 @@ impl Refresher {
                 } else {
                     self.since = Some(read.next_since);
                 }
+                if !same_server {
+                    self.start_over();
+                }
             }
         }
         Ok(())
+    }
+
+    /// Where the next read starts: `None` for a full load (the first, every
+    /// `FULL_RELOAD_INTERVAL`, and after [`start_over`](Self::start_over)).
+    fn next_since(&self) -> Option<i64> {
+        match self.full_at {
+            Some(at) if at.elapsed() < FULL_RELOAD_INTERVAL => self.since,
+            _ => None,
+        }
+    }
+
+    /// Makes the next read a full load.
+    fn start_over(&mut self) {
+        self.full_at = None;
+        self.since = None;
     }
 }
 
@@ -119,5 +150,28 @@ pub async fn run(state: AppState, mut refresher: Refresher, shutdown: Cancellati
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_load_comes_first_after_the_interval_and_after_a_failure() {
+        let mut refresher = Refresher::new();
+        assert_eq!(
+            refresher.next_since(),
+            None,
+            "the first read is a full load"
+        );
+        refresher.since = Some(42);
+        refresher.full_at = Some(Instant::now());
+        assert_eq!(refresher.next_since(), Some(42));
+        refresher.full_at = Instant::now().checked_sub(FULL_RELOAD_INTERVAL);
+        assert_eq!(refresher.next_since(), None, "a full load every interval");
+        refresher.full_at = Some(Instant::now());
+        refresher.start_over();
+        assert_eq!(refresher.next_since(), None, "a full load after a failure");
     }
 }

@@ -33,4 +33,9 @@ CREATE TRIGGER users_deleted_xid_on_update BEFORE UPDATE OF deleted_at ON users
     FOR EACH ROW WHEN (OLD.deleted_at IS DISTINCT FROM NEW.deleted_at)
     EXECUTE FUNCTION users_set_deleted_xid();
 
+-- ALWAYS: the triggers fire under session_replication_role = replica too (pg_restore
+-- --disable-triggers, logical replication, an operator's bulk update done that way).
+ALTER TABLE users ENABLE ALWAYS TRIGGER users_deleted_xid_on_insert;
+ALTER TABLE users ENABLE ALWAYS TRIGGER users_deleted_xid_on_update;
+
 CREATE INDEX users_deleted_xid ON users (deleted_xid) WHERE deleted_xid IS NOT NULL;

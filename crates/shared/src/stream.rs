@@ -71,6 +71,8 @@ pub mod fields {
         pub const REASON: &str = "dlq_reason";
         /// The entry's id in its shard stream.
         pub const SOURCE_ID: &str = "dlq_source_id";
+        /// How many fields the entry had, when it had too many to copy them all.
+        pub const TRUNCATED: &str = "dlq_truncated";
     }
 }
 
@@ -255,8 +257,13 @@ pub fn decode(raw: &redis::streams::StreamId) -> Result<Entry, Box<DeadLetter>> 
         let request_id = map
             .get(fields::REQUEST)
             .and_then(|r| Uuid::try_parse(r).ok());
+        let count = map.len();
         let mut fields: Vec<(String, String)> = map.into_iter().collect();
         fields.sort();
+        if count > MAX_DEAD_LETTER_FIELDS {
+            fields.truncate(MAX_DEAD_LETTER_FIELDS);
+            fields.push((fields::dead::TRUNCATED.to_owned(), count.to_string()));
+        }
         Box::new(DeadLetter {
             source_id: raw.id.clone(),
             reason: e.to_string(),
@@ -266,6 +273,10 @@ pub fn decode(raw: &redis::streams::StreamId) -> Result<Entry, Box<DeadLetter>> 
         })
     })
 }
+
+/// Most original fields a dead letter copies; an entry with more (no API writes one)
+/// is copied cut down, with [`fields::dead::TRUNCATED`] saying how many it had.
+pub const MAX_DEAD_LETTER_FIELDS: usize = 256;
 
 /// An entry that cannot be decided, on its way to the shard's dead-letter stream with
 /// the reason and its original fields.
@@ -594,7 +605,7 @@ pub async fn settle<C: ConnectionLike>(
     invocation.key(keys.dead_letter(shard));
     // Statuses to write: decided ones in full (`1`: whatever is there); an
     // undecodable entry's, if it names a request of this shard, marked rejected only
-    // if the API wrote one (`0`: only an existing hash).
+    // over the `queued` the API wrote (`0`), never over a decision.
     let mut writes: Vec<(Uuid, u8, Pairs)> = statuses
         .iter()
         .chain(dead.iter().filter_map(|d| d.status.as_ref()))
@@ -724,7 +735,8 @@ end";
 /// KEYS[1] the stream, KEYS[2] its dead-letter stream, KEYS[3..] status hashes. ARGV:
 /// the group, the decided status TTL (s), the dead-letter stream's length cap, the
 /// entry retention (ms), the number of dead letters; then per status hash `1` (write)
-/// or `0` (write only if the hash exists), a pair count and its pairs; then per dead
+/// or `0` (write only over a `queued` status: never over a decision), a pair count
+/// and its pairs; then per dead
 /// letter a pair count and its pairs; then the ids to acknowledge. Returns
 /// {trimmed, ''} or {-1, why trimming failed}.
 const SETTLE_BODY: &str = r"
@@ -740,7 +752,7 @@ end
 for k = 3, #KEYS do
   local always, n = ARGV[at] == '1', tonumber(ARGV[at + 1]); at = at + 2
   local pairs = take(n)
-  if always or redis.call('EXISTS', KEYS[k]) == 1 then
+  if always or redis.call('HGET', KEYS[k], 'status') == 'queued' then
     redis.call('HSET', KEYS[k], unpack(pairs))
     redis.call('EXPIRE', KEYS[k], ttl)
   end
@@ -750,9 +762,10 @@ for _ = 1, letters do
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', cap, '*', unpack(take(n)))
 end
 if at <= #ARGV then
-  local ids = {}
-  for i = at, #ARGV do ids[#ids + 1] = ARGV[i] end
-  redis.call('XACK', KEYS[1], group, unpack(ids))
+  -- In chunks: Lua's unpack takes a few thousand values at most.
+  for first = at, #ARGV, 1000 do
+    redis.call('XACK', KEYS[1], group, unpack(ARGV, first, math.min(first + 999, #ARGV)))
+  end
   local ok, result = pcall(trim, KEYS[1], group, retention_ms)
   if ok then return {result, ''} end
   return {-1, type(result) == 'table' and result.err or tostring(result)}
@@ -817,8 +830,27 @@ pub async fn ensure_group<C: ConnectionLike>(
         .query_async(conn)
         .await;
     match created {
-        Err(e) if e.code() != Some("BUSYGROUP") => Err(e),
-        _ => Ok(()),
+        Ok(()) => Ok(()),
+        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+        // Over `maxmemory` Redis refuses XGROUP CREATE even when the group exists; a
+        // worker taking over then must still go on.
+        Err(e) if e.code() == Some("OOM") => {
+            let groups: redis::streams::StreamInfoGroupsReply = redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(keys.stream(shard))
+                .query_async(conn)
+                .await
+                .map_err(|_| e)?;
+            if groups.groups.iter().any(|g| g.name == CONSUMER_GROUP) {
+                Ok(())
+            } else {
+                Err(redis::RedisError::from((
+                    redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError),
+                    "cannot create the consumer group: Redis is out of memory",
+                )))
+            }
+        }
+        Err(e) => Err(e),
     }
 }
 

@@ -33,15 +33,19 @@ use crate::{
     shard::{ShardExit, ShardTask},
 };
 
+// The lease scripts are declared `allow-oom`: each writes a few bytes, and when Redis
+// is over its `maxmemory` (the API refusing bookings by then) the workers must still
+// take, keep and hand over shards, since deciding and trimming is what frees memory.
+
 /// Extends the lease only if this instance still holds it.
-const RENEW_SCRIPT: &str = r"
+const RENEW_SCRIPT: &str = r"#!lua flags=allow-oom
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0";
 
 /// Deletes the lease only if this instance still holds it.
-const RELEASE_SCRIPT: &str = r"
+const RELEASE_SCRIPT: &str = r"#!lua flags=allow-oom
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
@@ -49,7 +53,7 @@ return 0";
 
 /// Refreshes this instance's membership, drops expired members (by Redis's clock, so
 /// workers' clocks never matter) and returns how many workers are live.
-const HEARTBEAT_SCRIPT: &str = r"
+const HEARTBEAT_SCRIPT: &str = r"#!lua flags=allow-oom
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
@@ -377,8 +381,12 @@ impl LeaseManager {
     }
 }
 
-/// Takes one shard's lease (`SET NX PX`); returns when, or `None` when another worker
-/// holds it.
+/// Sets the lease if nobody holds it (`SET NX PX`); 1 when taken.
+const TAKE_SCRIPT: &str = r"#!lua flags=allow-oom
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0";
+
+/// Takes one shard's lease; returns when, or `None` when another worker holds it.
 async fn take_lease(
     ctx: &Context,
     instance: &str,
@@ -386,15 +394,13 @@ async fn take_lease(
 ) -> Result<Option<Instant>, WorkerError> {
     let mut conn = ctx.redis.clone();
     let ttl_ms = u64::try_from(ctx.worker.lease_ttl.as_millis()).unwrap_or(u64::MAX);
-    let set: Option<String> = redis::cmd("SET")
-        .arg(ctx.keys.lease(shard))
+    let taken: i64 = Script::new(TAKE_SCRIPT)
+        .key(ctx.keys.lease(shard))
         .arg(instance)
-        .arg("NX")
-        .arg("PX")
         .arg(ttl_ms)
-        .query_async(&mut conn)
+        .invoke_async(&mut conn)
         .await?;
-    Ok(set.map(|_| Instant::now()))
+    Ok((taken == 1).then(Instant::now))
 }
 
 /// Deletes a shard's lease if `instance` still holds it.

@@ -493,3 +493,67 @@ async fn another_consumer_group_does_not_pin_the_trim() {
         4
     );
 }
+
+/// A batch as large as the worker allows (10,000 entries) settles in one step: more
+/// ids than a Lua `unpack` takes at once.
+#[tokio::test]
+async fn settling_the_largest_batch_acknowledges_every_entry() {
+    let (_redis, keys, shard, stream_key, mut conn) = grouped_stream(1).await;
+    let mut pipe = redis::pipe();
+    for i in 0..10_000 {
+        pipe.xadd(&stream_key, AUTO_ID, &[("n", i)]).ignore();
+    }
+    let _: () = pipe.query_async(&mut conn).await.expect("xadd");
+    let handled: Vec<String> = read_new(&mut conn, &stream_key, "w", 10_000)
+        .await
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(handled.len(), 10_000);
+    stream::settle(&mut conn, &keys, shard, &[], &[], &handled, retention())
+        .await
+        .expect("settled");
+    let pending: StreamPendingReply = conn
+        .xpending(&stream_key, CONSUMER_GROUP)
+        .await
+        .expect("xpending");
+    assert_eq!(pending.count(), 0);
+}
+
+/// An undecodable entry that names a request marks its status rejected only while it
+/// is `queued`: a decision written for the same request (a copy that did decode, in
+/// this batch or an earlier one) stands.
+#[tokio::test]
+async fn an_undecodable_copy_never_overwrites_a_decision() {
+    let (_redis, keys, shard, _stream_key, mut conn) = grouped_stream(1).await;
+    let request = booking(&keys, 7);
+    let decided = StatusRecord {
+        status: RequestStatus::Confirmed,
+        booking_id: Some(77),
+        ..StatusRecord::queued(&request)
+    };
+    let copy = stream::DeadLetter {
+        source_id: "1-1".into(),
+        reason: "unsupported message version `2`".into(),
+        fields: vec![("v".into(), "2".into())],
+        status: None,
+        request_id: Some(request.request_id),
+    };
+    stream::settle(
+        &mut conn,
+        &keys,
+        shard,
+        std::slice::from_ref(&decided),
+        &[copy],
+        &[],
+        retention(),
+    )
+    .await
+    .expect("settled");
+    assert_eq!(
+        stream::read_status(&mut conn, &keys, request.request_id)
+            .await
+            .expect("read"),
+        Some(decided)
+    );
+}

@@ -231,3 +231,28 @@ async fn an_undecodable_entry_with_a_request_id_tells_its_owner_it_was_rejected(
     let ttl: i64 = conn.ttl(&status_key).await.expect("ttl");
     assert!(ttl > 0 && ttl <= 3_600, "the rejection expires: {ttl}");
 }
+
+/// An undecodable entry of thousands of fields is dead-lettered (its copy cut down to a
+/// bounded size, saying so) and the shard moves on.
+#[tokio::test]
+async fn an_entry_with_thousands_of_fields_is_dead_lettered_and_the_shard_moves_on() {
+    let stack = spawn_stack().await;
+    let goods = stack.create_goods(10, 1).await;
+    let (user, token) = stack.customers("wide", 1).await.remove(0);
+    let shard = stack.shard_of(goods);
+    let names: Vec<String> = (0..5_000).map(|i| format!("f{i}")).collect();
+    let mut fields: Vec<(&str, String)> = names.iter().map(|n| (n.as_str(), "x".into())).collect();
+    fields.push(("v", "2".into()));
+    stack.append(shard, &fields).await;
+    let accepted = stack.book(goods, user, &token, 1).await;
+
+    let _worker = stack.worker(&[]);
+    stack.wait_for_decisions(1).await;
+    stack.wait_until_nothing_pending().await;
+    let status = stack.status(&accepted.request_id, &token).await;
+    assert_eq!(status["status"], "confirmed");
+    let dead = stack.dead_letters(shard).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["dlq_truncated"], "5001");
+    assert!(dead[0].len() < 1_000, "{} fields copied", dead[0].len());
+}

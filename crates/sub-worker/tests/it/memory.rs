@@ -124,3 +124,47 @@ async fn bookings_are_refused_before_redis_runs_out_of_memory() {
     })
     .await;
 }
+
+/// Redis over its `maxmemory` (the API already refusing bookings) must not stop the
+/// workers: a worker that dies then is replaced, and its successor takes the shard
+/// (lease, membership, consumer group) and decides everything that was accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_works_while_redis_is_over_its_memory_limit() {
+    let server = RedisServer::start(false).await;
+    let redis = TestRedis::on(server.url());
+    let stack = spawn_stack_on(TestDatabase::new().await, redis, 1, |_| {}).await;
+    let goods = stack.create_goods(10, 1).await;
+    let customers = stack.customers("oomtake", 40).await;
+    let mut first = stack.worker(&[]);
+    let early = stack.book_all(goods, &customers[..20], 8).await;
+    stack.wait_for_decisions(early.len() as i64).await;
+    first.start_kill().expect("kill -9");
+    first.wait().await.expect("reap");
+    let late = stack.book_all(goods, &customers[20..], 8).await;
+
+    let mut conn = stack.redis.connection().await;
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(&mut conn)
+        .await
+        .expect("info");
+    let used = shared::queue::ServerInfo::parse(&info).used_memory;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(used / 2)
+        .query_async(&mut conn)
+        .await
+        .expect("config set");
+
+    let _second = stack.worker(&[]);
+    stack
+        .wait_for_decisions((early.len() + late.len()) as i64)
+        .await;
+    stack.assert_invariants(goods).await;
+    stack.wait_until_nothing_pending().await;
+    assert!(
+        stream_len(&stack, goods).await <= 1,
+        "trimmed over the limit too"
+    );
+}
