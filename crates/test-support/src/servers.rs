@@ -415,6 +415,32 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// Sets `maxmemory` to `percent` of the memory the server uses now (below 100: every
+    /// write that grows memory is refused from now on, as when Redis is full).
+    ///
+    /// # Panics
+    /// If the server does not answer.
+    pub async fn limit_memory_to(&self, percent: u64) {
+        let client = redis::Client::open(self.url()).expect("redis url");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to the private redis");
+        let info: String = redis::cmd("INFO")
+            .arg("memory")
+            .query_async(&mut conn)
+            .await
+            .expect("info");
+        let used = shared::queue::ServerInfo::parse(&info).used_memory;
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg(used * percent / 100)
+            .query_async(&mut conn)
+            .await
+            .expect("config set maxmemory");
+    }
+
     /// Stops the server with SIGSTOP for `how_long`, then lets it go on with SIGCONT:
     /// clients see timeouts and lost replies, keys expire on its wall clock meanwhile.
     ///

@@ -333,24 +333,6 @@ async fn enqueue_spends_the_users_budget_and_writes_nothing_when_it_is_spent() {
     assert_eq!(len, 10);
 }
 
-/// Sets `maxmemory` below what a private Redis already uses: every write that grows
-/// memory is refused with OOM from now on.
-async fn out_of_memory(conn: &mut redis::aio::MultiplexedConnection) {
-    let info: String = redis::cmd("INFO")
-        .arg("memory")
-        .query_async(conn)
-        .await
-        .expect("info");
-    let used = shared::queue::ServerInfo::parse(&info).used_memory;
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory")
-        .arg(used / 2)
-        .query_async(conn)
-        .await
-        .expect("config set");
-}
-
 fn retention() -> stream::Retention {
     stream::Retention {
         status: Duration::from_secs(300),
@@ -386,7 +368,7 @@ async fn settling_over_maxmemory_writes_everything_or_nothing_and_trims() {
         booking_id: Some(11),
         ..StatusRecord::queued(&request)
     };
-    out_of_memory(&mut conn).await;
+    server.limit_memory_to(50).await;
 
     stream::settle(
         &mut conn,
@@ -433,7 +415,7 @@ async fn trimming_works_over_maxmemory() {
         .xack(&stream_key, CONSUMER_GROUP, &ids)
         .await
         .expect("xack");
-    out_of_memory(&mut conn).await;
+    server.limit_memory_to(50).await;
     assert_eq!(
         stream::trim(&mut conn, &keys, shard, Duration::ZERO)
             .await

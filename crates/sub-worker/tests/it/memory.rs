@@ -3,7 +3,7 @@
 
 use redis::AsyncCommands;
 use reqwest::StatusCode;
-use test_support::{servers::RedisServer, shared, wait_until, TestDatabase, TestRedis};
+use test_support::{servers::RedisServer, wait_until, TestDatabase, TestRedis};
 
 use crate::helpers::{parts, spawn_stack, spawn_stack_on, Stack, DRAIN_DEADLINE};
 
@@ -76,20 +76,8 @@ async fn bookings_are_refused_before_redis_runs_out_of_memory() {
             .await
             .expect("ballast");
     }
-    // Redis at 95% of its limit: over the API's 90%, with room left for writes.
-    let info: String = redis::cmd("INFO")
-        .arg("memory")
-        .query_async(&mut conn)
-        .await
-        .expect("info");
-    let used = shared::queue::ServerInfo::parse(&info).used_memory;
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory")
-        .arg(used * 100 / 95)
-        .query_async(&mut conn)
-        .await
-        .expect("config set");
+    // Redis at about 95% of its limit: over the API's 90%, with room left for writes.
+    server.limit_memory_to(105).await;
 
     // The API samples memory every 200 ms: a booking or two may get in first.
     let (_, token) = &customers[0];
@@ -142,20 +130,7 @@ async fn a_takeover_works_while_redis_is_over_its_memory_limit() {
     first.wait().await.expect("reap");
     let late = stack.book_all(goods, &customers[20..], 8).await;
 
-    let mut conn = stack.redis.connection().await;
-    let info: String = redis::cmd("INFO")
-        .arg("memory")
-        .query_async(&mut conn)
-        .await
-        .expect("info");
-    let used = shared::queue::ServerInfo::parse(&info).used_memory;
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory")
-        .arg(used / 2)
-        .query_async(&mut conn)
-        .await
-        .expect("config set");
+    server.limit_memory_to(50).await;
 
     let _second = stack.worker(&[]);
     stack
