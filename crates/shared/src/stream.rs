@@ -17,9 +17,9 @@
 //! Every pipeline here touches the keys of one shard only, which share a hash tag, so
 //! it runs unchanged on a Redis Cluster.
 
-use std::{collections::HashMap, fmt, time::Duration};
+use std::{collections::HashMap, fmt, sync::LazyLock, time::Duration};
 
-use redis::{aio::ConnectionLike, RedisResult};
+use redis::{aio::ConnectionLike, RedisResult, Script};
 use uuid::Uuid;
 
 use crate::{
@@ -441,8 +441,9 @@ pub enum Enqueued {
 /// Accepts a booking in one round trip and one atomic step (a script): checks and
 /// spends the user's rate-limit budget, writes the status `queued` (expiring only
 /// after [`QUEUED_STATUS_TTL`]: its owner must never be told "not found" while it
-/// waits), then appends the entry to its shard's stream. Either all of it happens or none of it: Redis refuses the
-/// whole script, before it writes anything, when it is out of memory.
+/// waits), then appends the entry to its shard's stream. Either all of it happens or
+/// none of it: Redis refuses the whole script, before it writes anything, when it is
+/// out of memory.
 ///
 /// # Errors
 /// Redis unreachable or refusing the script.
@@ -454,8 +455,7 @@ pub async fn enqueue<C: ConnectionLike>(
 ) -> RedisResult<Enqueued> {
     use fields::status as f;
     let shard = keys.shard_of(request.goods_id);
-    let script = redis::Script::new(ENQUEUE);
-    let mut invocation = script.key(keys.request_status(shard, request.request_id));
+    let mut invocation = ENQUEUE_SCRIPT.key(keys.request_status(shard, request.request_id));
     invocation
         .key(keys.stream(shard))
         .key(keys.user_rate(shard, request.user_id));
@@ -600,8 +600,7 @@ pub async fn settle<C: ConnectionLike>(
     handled: &[String],
     retention: Retention,
 ) -> RedisResult<Settled> {
-    let script = redis::Script::new(&settle_script());
-    let mut invocation = script.key(keys.stream(shard));
+    let mut invocation = SETTLE_SCRIPT.key(keys.stream(shard));
     invocation.key(keys.dead_letter(shard));
     // Statuses to write: decided ones in full (`1`: whatever is there); an
     // undecodable entry's, if it names a request of this shard, marked rejected only
@@ -677,10 +676,7 @@ pub async fn trim<C: ConnectionLike>(
     shard: Shard,
     retention: Duration,
 ) -> RedisResult<u64> {
-    let source = format!(
-        "#!lua flags=allow-oom\n{TRIM_FUNCTION}\nreturn trim(KEYS[1], ARGV[1], tonumber(ARGV[2]))"
-    );
-    let trimmed: i64 = redis::Script::new(&source)
+    let trimmed: i64 = TRIM_SCRIPT
         .key(keys.stream(shard))
         .arg(CONSUMER_GROUP)
         .arg(u64::try_from(retention.as_millis()).unwrap_or(u64::MAX))
@@ -689,10 +685,19 @@ pub async fn trim<C: ConnectionLike>(
     Ok(u64::try_from(trimmed).unwrap_or_default())
 }
 
-/// The settle script: [`SETTLE_BODY`] after the trim function it calls.
-fn settle_script() -> String {
-    format!("#!lua flags=allow-oom\n{TRIM_FUNCTION}\n{SETTLE_BODY}")
-}
+// The scripts, built (their SHA1 digests computed) once per process.
+static ENQUEUE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(ENQUEUE));
+/// [`SETTLE_BODY`] after the trim function it calls.
+static SETTLE_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "#!lua flags=allow-oom\n{TRIM_FUNCTION}\n{SETTLE_BODY}"
+    ))
+});
+static TRIM_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "#!lua flags=allow-oom\n{TRIM_FUNCTION}\nreturn trim(KEYS[1], ARGV[1], tonumber(ARGV[2]))"
+    ))
+});
 
 /// `trim(stream, group, retention_ms)`. Entry ids are `<ms>-<seq>` with two 64-bit
 /// parts, more than a Lua number holds exactly, so they are compared as strings of
