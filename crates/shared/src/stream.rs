@@ -515,26 +515,19 @@ const ENQUEUE: &str = r"#!lua
 local interval = tonumber(ARGV[1])
 if interval > 0 then
   local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  local window = interval * tonumber(ARGV[2])
-  local tat = tonumber(redis.call('GET', KEYS[3]) or now) or now
-  if tat < now then tat = now end
-  if tat > now + window then tat = now + window end
+  local now = t[1] * 1000000 + t[2]
+  local window = interval * ARGV[2]
+  local tat = tonumber(redis.call('GET', KEYS[3])) or now
+  if tat < now then tat = now elseif tat > now + window then tat = now + window end
   local next_tat = tat + interval
   local excess = next_tat - now - window
-  if excess > 0 then
-    return {0, math.ceil(excess / 1000)}
-  end
+  if excess > 0 then return {0, math.ceil(excess / 1000)} end
   redis.call('SET', KEYS[3], string.format('%.0f', next_tat),
     'PX', math.ceil((next_tat - now) / 1000) + 1)
 end
-local status = {}
-for i = 4, 11 do status[#status + 1] = ARGV[i] end
-redis.call('HSET', KEYS[1], unpack(status))
+redis.call('HSET', KEYS[1], unpack(ARGV, 4, 11))
 redis.call('EXPIRE', KEYS[1], ARGV[3])
-local entry = {}
-for i = 12, #ARGV do entry[#entry + 1] = ARGV[i] end
-redis.call('XADD', KEYS[2], '*', unpack(entry))
+redis.call('XADD', KEYS[2], '*', unpack(ARGV, 12))
 return {1, 0}";
 
 /// Reads a request's status hash (the shard comes from the request id); `None` when
