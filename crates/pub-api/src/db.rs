@@ -24,7 +24,7 @@ pub struct Goods {
 }
 
 const GOODS_COLUMNS: &str = "id, organizer_id, title, content, price, img_url, show_date, \
-     booking_limit, max_per_booking, booked_count, created_at";
+     booking_limit, max_per_booking, booked_count, created_at, sale_opens_at, sale_closes_at";
 
 impl Goods {
     fn from_row(row: &Row) -> Self {
@@ -39,6 +39,8 @@ impl Goods {
                 show_date: row.get(6),
                 booking_limit: row.get(7),
                 max_per_booking: row.get(8),
+                sale_opens_at: row.get(11),
+                sale_closes_at: row.get(12),
             },
             booked_count: row.get(9),
             created_at: row.get(10),
@@ -50,6 +52,9 @@ impl Goods {
 #[derive(Debug, Clone, Copy)]
 pub struct GoodsLimits {
     pub max_per_booking: i32,
+    /// The sale window, if any (bookings outside it get 409 without being enqueued).
+    pub sale_opens_at: Option<DateTime<Utc>>,
+    pub sale_closes_at: Option<DateTime<Utc>>,
 }
 
 /// The fields of a goods an organizer sets, validated (`domain::GoodsInput::parse`);
@@ -64,6 +69,10 @@ pub struct GoodsFields {
     pub show_date: DateTime<Utc>,
     pub booking_limit: i32,
     pub max_per_booking: i32,
+    /// Bookings are taken from this instant on; `null`: from creation.
+    pub sale_opens_at: Option<DateTime<Utc>>,
+    /// No booking is taken from this instant on; `null`: no end.
+    pub sale_closes_at: Option<DateTime<Utc>>,
 }
 
 /// A user row, as signup returns it.
@@ -216,8 +225,8 @@ pub async fn insert_goods(
     let client = pool.get().await?;
     let sql = format!(
         "INSERT INTO goods (organizer_id, title, content, price, img_url, show_date, \
-         booking_limit, max_per_booking) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-         RETURNING {GOODS_COLUMNS}"
+         booking_limit, max_per_booking, sale_opens_at, sale_closes_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {GOODS_COLUMNS}"
     );
     let stmt = client.prepare_cached(&sql).await?;
     let row = client
@@ -232,6 +241,8 @@ pub async fn insert_goods(
                 &g.show_date,
                 &g.booking_limit,
                 &g.max_per_booking,
+                &g.sale_opens_at,
+                &g.sale_closes_at,
             ],
         )
         .await?;
@@ -270,13 +281,17 @@ pub async fn get_goods(pool: &Pool, id: i64) -> Result<Option<Goods>, ApiError> 
 pub async fn goods_limits(pool: &Pool, id: i64) -> Result<Option<GoodsLimits>, ApiError> {
     let client = pool.get().await?;
     let stmt = client
-        .prepare_cached("SELECT max_per_booking FROM goods WHERE id = $1")
+        .prepare_cached(
+            "SELECT max_per_booking, sale_opens_at, sale_closes_at FROM goods WHERE id = $1",
+        )
         .await?;
     Ok(client
         .query_opt(&stmt, &[&id])
         .await?
         .map(|row| GoodsLimits {
             max_per_booking: row.get(0),
+            sale_opens_at: row.get(1),
+            sale_closes_at: row.get(2),
         }))
 }
 

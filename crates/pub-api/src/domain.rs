@@ -5,7 +5,7 @@
 //! characters with an upper-case letter, a lower-case letter, a digit and a symbol;
 //! nicknames of 1 to 10 characters without spaces.
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, SubsecRound, Utc};
 
 use crate::{db::GoodsFields, error::ApiError};
 
@@ -120,6 +120,19 @@ fn parse_show_date(raw: &str) -> Result<DateTime<Utc>, ApiError> {
         })
 }
 
+/// An RFC 3339 instant, kept to the millisecond (the precision of stream entry times,
+/// by which the worker judges arrivals).
+fn parse_instant(field: &'static str, raw: &str) -> Result<DateTime<Utc>, ApiError> {
+    DateTime::parse_from_rfc3339(raw.trim())
+        .map(|d| d.with_timezone(&Utc).trunc_subsecs(3))
+        .map_err(|_| {
+            ApiError::validation(
+                field,
+                format!("{field} must be an RFC 3339 date-time, such as 2026-12-01T10:00:00Z"),
+            )
+        })
+}
+
 fn bounded_text(
     field: &'static str,
     raw: &str,
@@ -162,6 +175,10 @@ pub struct GoodsInput<'a> {
     pub show_date: &'a str,
     pub booking_limit: i64,
     pub max_per_booking: Option<i64>,
+    /// RFC 3339; bookings are taken from then on (none: from creation).
+    pub sale_opens_at: Option<&'a str>,
+    /// RFC 3339; no booking is taken from then on (none: until further notice).
+    pub sale_closes_at: Option<&'a str>,
 }
 
 impl GoodsInput<'_> {
@@ -199,6 +216,22 @@ impl GoodsInput<'_> {
                 "maxPerBooking must be between 1 and {MAX_PER_BOOKING} (and at most bookingLimit)"
             ),
         )?;
+        let sale_opens_at = self
+            .sale_opens_at
+            .map(|raw| parse_instant("saleOpensAt", raw))
+            .transpose()?;
+        let sale_closes_at = self
+            .sale_closes_at
+            .map(|raw| parse_instant("saleClosesAt", raw))
+            .transpose()?;
+        if let (Some(opens), Some(closes)) = (sale_opens_at, sale_closes_at) {
+            if closes <= opens {
+                return Err(ApiError::validation(
+                    "saleClosesAt",
+                    "saleClosesAt must be after saleOpensAt",
+                ));
+            }
+        }
         Ok(GoodsFields {
             title,
             content,
@@ -207,6 +240,8 @@ impl GoodsInput<'_> {
             show_date,
             booking_limit,
             max_per_booking,
+            sale_opens_at,
+            sale_closes_at,
         })
     }
 }
@@ -265,6 +300,8 @@ mod tests {
             show_date: "2026-12-24T19:30:00Z",
             booking_limit: 100,
             max_per_booking: None,
+            sale_opens_at: None,
+            sale_closes_at: None,
         }
     }
 
@@ -329,6 +366,21 @@ mod tests {
                 },
                 "maxPerBooking",
             ),
+            (
+                GoodsInput {
+                    sale_opens_at: Some("soon"),
+                    ..goods()
+                },
+                "saleOpensAt",
+            ),
+            (
+                GoodsInput {
+                    sale_opens_at: Some("2026-12-01T10:00:00Z"),
+                    sale_closes_at: Some("2026-12-01T10:00:00Z"),
+                    ..goods()
+                },
+                "saleClosesAt",
+            ),
         ];
         for (input, field) in cases {
             assert_eq!(field_of(input.parse().unwrap_err()), field);
@@ -345,6 +397,21 @@ mod tests {
             ),
             "title"
         );
+    }
+
+    #[test]
+    fn sale_window_instants_are_kept_to_the_millisecond() {
+        let fields = GoodsInput {
+            sale_opens_at: Some("2026-12-01T10:00:00.123456+01:00"),
+            ..goods()
+        }
+        .parse()
+        .expect("valid");
+        assert_eq!(
+            fields.sale_opens_at.map(|d| d.to_rfc3339()).as_deref(),
+            Some("2026-12-01T09:00:00.123+00:00")
+        );
+        assert_eq!(fields.sale_closes_at, None);
     }
 
     #[test]

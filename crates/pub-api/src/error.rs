@@ -47,6 +47,10 @@ pub enum ApiError {
     RouteNotFound,
     #[error("method not allowed on this route")]
     MethodNotAllowed,
+    #[error("the sale for this show has not opened yet")]
+    SaleNotOpen,
+    #[error("the sale for this show has closed")]
+    SaleClosed,
     #[error("email is already registered")]
     EmailTaken,
     #[error("nickname is already taken")]
@@ -94,6 +98,8 @@ impl ApiError {
             Self::RequestNotFound => (StatusCode::NOT_FOUND, "request_not_found"),
             Self::RouteNotFound => (StatusCode::NOT_FOUND, "not_found"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Self::SaleNotOpen => (StatusCode::CONFLICT, "sale_not_open"),
+            Self::SaleClosed => (StatusCode::CONFLICT, "sale_closed"),
             Self::EmailTaken => (StatusCode::CONFLICT, "email_taken"),
             Self::NicknameTaken => (StatusCode::CONFLICT, "nickname_taken"),
             Self::QueueUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable"),

@@ -396,8 +396,9 @@ fn check_once(goods_id: i64, rows: &[&DecisionRow]) -> Vec<Breach> {
 
 /// Replays the decision rule over one goods' log in stream order: a user holding a
 /// live place is `already_booked`; otherwise a request is confirmed if the seats left
-/// cover it, else waitlisted. Other rejections (deleted user, bad quantity, goods gone)
-/// depend on facts the log does not keep, and take no seat. The n-th decision that
+/// cover it, else waitlisted. Other rejections (deleted user, bad quantity, goods gone,
+/// outside the sale window) depend on facts the log does not keep (a window may have
+/// moved since), and take a turn but no seat. The n-th decision that
 /// took a turn must carry position n; a dead-lettered request (`unprocessable`) takes
 /// none.
 fn replay(goods: &GoodsFacts, rows: &[&DecisionRow]) -> Vec<Breach> {

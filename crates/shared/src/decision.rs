@@ -95,6 +95,10 @@ words!(
         InvalidQuantity => "invalid_quantity",
         /// The entry was dead-lettered: it could not be decided.
         Unprocessable => "unprocessable",
+        /// The request arrived before the goods' `saleOpensAt`.
+        SaleNotOpen => "sale_not_open",
+        /// The request arrived at or after the goods' `saleClosesAt`.
+        SaleClosed => "sale_closed",
     }
 );
 

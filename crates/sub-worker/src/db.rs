@@ -214,6 +214,7 @@ async fn decide_fresh(
             goods_id: f.request.goods_id,
             user_id: f.request.user_id,
             quantity: f.request.quantity,
+            arrived_ms: f.entry.id.ms,
         })
         .collect();
     let verdicts = decide::decide(&asks, &mut goods, &mut held, &live_users);
@@ -290,7 +291,9 @@ async fn lock_goods(
 ) -> Result<HashMap<i64, GoodsState>, WorkerError> {
     let stmt = tx
         .prepare_cached(
-            "SELECT id, booking_limit, booked_count, max_per_booking, decided_count \
+            "SELECT id, booking_limit, booked_count, max_per_booking, decided_count, \
+                    floor(extract(epoch FROM sale_opens_at) * 1000)::int8, \
+                    floor(extract(epoch FROM sale_closes_at) * 1000)::int8 \
              FROM goods WHERE id = ANY($1) ORDER BY id FOR UPDATE",
         )
         .await?;
@@ -306,6 +309,8 @@ async fn lock_goods(
                     booked: r.get(2),
                     max_per_booking: r.get(3),
                     decided: r.get(4),
+                    sale_opens_ms: r.get(5),
+                    sale_closes_ms: r.get(6),
                 },
             )
         })

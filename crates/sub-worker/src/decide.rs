@@ -5,7 +5,10 @@
 //! request may still fit after a larger one waitlisted). A user who already holds a live
 //! booking or a waitlist place for the goods is rejected `already_booked`; a goods that
 //! no longer exists gives `goods_not_found`; a deleted user gives `user_not_found`; a
-//! quantity above the goods' current `maxPerBooking` gives `invalid_quantity`.
+//! quantity above the goods' current `maxPerBooking` gives `invalid_quantity`; a request
+//! that arrived (its stream entry time) before the goods' sale window opens or once it
+//! has closed gives `sale_not_open` or `sale_closed`, whatever the API's cache let
+//! through.
 //! Keeping this free of I/O lets the rule be tested exhaustively without a database.
 
 use std::collections::{HashMap, HashSet};
@@ -20,6 +23,9 @@ pub struct GoodsState {
     pub max_per_booking: i32,
     /// Requests decided so far for this goods; the next decision gets `decided + 1`.
     pub decided: i64,
+    /// The sale window, Unix milliseconds: open from (inclusive), closed from.
+    pub sale_opens_ms: Option<i64>,
+    pub sale_closes_ms: Option<i64>,
 }
 
 /// One request to decide.
@@ -28,6 +34,8 @@ pub struct Ask {
     pub goods_id: i64,
     pub user_id: i64,
     pub quantity: i32,
+    /// When it arrived: its stream entry's time, Unix milliseconds.
+    pub arrived_ms: i64,
 }
 
 /// The verdict on one request and its place in its goods' decision order
@@ -58,7 +66,11 @@ pub fn decide(
             };
             state.decided += 1;
             let position = Some(state.decided);
-            let decision = if !live_users.contains(&ask.user_id) {
+            let decision = if state.sale_opens_ms.is_some_and(|at| ask.arrived_ms < at) {
+                Decision::Rejected(RejectReason::SaleNotOpen)
+            } else if state.sale_closes_ms.is_some_and(|at| ask.arrived_ms >= at) {
+                Decision::Rejected(RejectReason::SaleClosed)
+            } else if !live_users.contains(&ask.user_id) {
                 Decision::Rejected(RejectReason::UserNotFound)
             } else if ask.quantity < 1 || ask.quantity > state.max_per_booking {
                 Decision::Rejected(RejectReason::InvalidQuantity)
@@ -87,6 +99,8 @@ mod tests {
                 booked: 0,
                 max_per_booking,
                 decided: 0,
+                sale_opens_ms: None,
+                sale_closes_ms: None,
             },
         )])
     }
@@ -96,6 +110,7 @@ mod tests {
             goods_id: 1,
             user_id,
             quantity,
+            arrived_ms: 1_000,
         }
     }
 
@@ -162,6 +177,7 @@ mod tests {
                 goods_id: 99,
                 user_id: 1,
                 quantity: 1,
+                arrived_ms: 1_000,
             },
             ask(5, 1),
             ask(1, 3),
@@ -177,5 +193,44 @@ mod tests {
         );
         assert_eq!(v[0].position, None);
         assert_eq!(g[&1].booked, 0);
+    }
+
+    #[test]
+    fn requests_arriving_outside_the_sale_window_are_rejected_and_take_no_seat() {
+        let mut g = goods(10, 1);
+        if let Some(state) = g.get_mut(&1) {
+            state.sale_opens_ms = Some(1_000);
+            state.sale_closes_ms = Some(2_000);
+        }
+        let at = |user_id, arrived_ms| Ask {
+            arrived_ms,
+            ..ask(user_id, 1)
+        };
+        let asks = [
+            at(1, 999),
+            at(2, 1_000),
+            at(3, 1_999),
+            at(4, 2_000),
+            at(1, 1_500),
+        ];
+        let v = decide(&asks, &mut g, &mut HashSet::new(), &users(4));
+        use Decision::*;
+        assert_eq!(
+            outcomes(&v),
+            [
+                Rejected(RejectReason::SaleNotOpen),
+                Confirmed,
+                Confirmed,
+                Rejected(RejectReason::SaleClosed),
+                Confirmed,
+            ],
+            "the opening instant is in, the closing one out; a user refused early may come back"
+        );
+        assert_eq!(g[&1].booked, 3);
+        assert_eq!(
+            v.iter().map(|v| v.position).collect::<Vec<_>>(),
+            [Some(1), Some(2), Some(3), Some(4), Some(5)],
+            "a rejection takes its turn like any decision"
+        );
     }
 }

@@ -93,6 +93,20 @@ fn quantity(body: Option<BookingBody>, limits: GoodsLimits) -> Result<i32, ApiEr
         })
 }
 
+/// Refuses a booking outside the goods' sale window, as far as this process's copy of
+/// the goods knows (the worker decides by the request's stream entry time, with the
+/// goods row locked: a copy cached before a change cannot sell outside the window).
+fn sale_is_open(limits: GoodsLimits, now_ms: i64) -> Result<(), ApiError> {
+    let ms = |at: Option<chrono::DateTime<chrono::Utc>>| at.map(|t| t.timestamp_millis());
+    if ms(limits.sale_opens_at).is_some_and(|opens| now_ms < opens) {
+        return Err(ApiError::SaleNotOpen);
+    }
+    if ms(limits.sale_closes_at).is_some_and(|closes| now_ms >= closes) {
+        return Err(ApiError::SaleClosed);
+    }
+    Ok(())
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -115,7 +129,10 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     tracing::Span::current().record("goods_id", goods_id);
     let body: Option<BookingBody> = parse_optional_json(&req, &body)?;
-    let quantity = quantity(body, goods_limits(&state, goods_id).await?)?;
+    let limits = goods_limits(&state, goods_id).await?;
+    let quantity = quantity(body, limits)?;
+    let accepted_at_ms = now_ms();
+    sale_is_open(limits, accepted_at_ms)?;
     let shard = state.keys.shard_of(goods_id);
     if state.backlog.is_full(shard) {
         return Err(ApiError::QueueFull);
@@ -133,7 +150,7 @@ pub async fn create(
         goods_id,
         user_id: user.id,
         quantity,
-        accepted_at_ms: now_ms(),
+        accepted_at_ms,
         trace_id: req
             .extensions()
             .get::<RequestId>()

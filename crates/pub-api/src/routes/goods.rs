@@ -26,6 +26,8 @@ pub struct CreateGoodsBody {
     show_date: String,
     booking_limit: i64,
     max_per_booking: Option<i64>,
+    sale_opens_at: Option<String>,
+    sale_closes_at: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -76,6 +78,8 @@ pub async fn create(
         show_date: &body.show_date,
         booking_limit: body.booking_limit,
         max_per_booking: body.max_per_booking,
+        sale_opens_at: body.sale_opens_at.as_deref(),
+        sale_closes_at: body.sale_closes_at.as_deref(),
     }
     .parse()?;
     let goods = db::insert_goods(&state.pool, user.id, &new).await?;

@@ -12,5 +12,6 @@ mod nemesis;
 mod outages;
 mod redelivery;
 mod resilience;
+mod sale_window;
 mod sell_out;
 mod shutdown;
