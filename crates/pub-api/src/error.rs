@@ -47,6 +47,8 @@ pub enum ApiError {
     RouteNotFound,
     #[error("method not allowed on this route")]
     MethodNotAllowed,
+    #[error("this Idempotency-Key was used for another request (another quantity); use a new key")]
+    IdempotencyKeyReused,
     #[error("the sale for this show has not opened yet")]
     SaleNotOpen,
     #[error("the sale for this show has closed")]
@@ -98,6 +100,9 @@ impl ApiError {
             Self::RequestNotFound => (StatusCode::NOT_FOUND, "request_not_found"),
             Self::RouteNotFound => (StatusCode::NOT_FOUND, "not_found"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Self::IdempotencyKeyReused => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
+            }
             Self::SaleNotOpen => (StatusCode::CONFLICT, "sale_not_open"),
             Self::SaleClosed => (StatusCode::CONFLICT, "sale_closed"),
             Self::EmailTaken => (StatusCode::CONFLICT, "email_taken"),

@@ -110,6 +110,12 @@ impl Keys {
         with_shard(Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, name.as_bytes()), shard)
     }
 
+    /// Whether a request id was made from an idempotency key
+    /// ([`idempotent_request_id`](Self::idempotent_request_id): a UUIDv5).
+    pub fn is_idempotent_request_id(request_id: Uuid) -> bool {
+        request_id.get_version_num() == 5
+    }
+
     /// The shard a request id made by `new_request_id` carries; `None` when its last
     /// two bytes name no shard (an id TicketNest did not make).
     pub fn shard_in_request_id(request_id: Uuid) -> Option<Shard> {
@@ -181,6 +187,8 @@ mod tests {
         assert_ne!(id, Keys::idempotent_request_id(s(3), 7, 43, "retry-1"));
         assert_ne!(id, Keys::idempotent_request_id(s(3), 7, 42, "retry-2"));
         assert_eq!(Keys::shard_in_request_id(id), Some(s(3)));
+        assert!(Keys::is_idempotent_request_id(id));
+        assert!(!Keys::is_idempotent_request_id(Keys::new_request_id(s(3))));
     }
 
     #[test]

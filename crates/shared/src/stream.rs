@@ -430,12 +430,18 @@ impl StatusRecord {
 }
 
 /// What became of a request offered to [`enqueue`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Enqueued {
     /// Written: status `queued`, entry appended.
     Accepted,
     /// Nothing written: the user is over their rate limit; try again after this long.
     RateLimited { retry_after: Duration },
+    /// Nothing written: this idempotent request was accepted before, with the same
+    /// quantity; its status now (a status word, as stored).
+    Existing { status: String },
+    /// Nothing written: this idempotent request was accepted before with another
+    /// quantity (the key was reused for another request).
+    KeyReused,
 }
 
 /// Accepts a booking in one round trip and one atomic step (a script): checks and
@@ -469,8 +475,10 @@ pub async fn enqueue<C: ConnectionLike>(
             .arg(limit.burst),
         None => invocation.arg(0).arg(0),
     };
+    let keyed = Keys::is_idempotent_request_id(request.request_id);
     invocation
         .arg(QUEUED_STATUS_TTL.as_secs())
+        .arg(u8::from(keyed))
         .arg(f::USER)
         .arg(request.user_id)
         .arg(f::GOODS)
@@ -482,13 +490,15 @@ pub async fn enqueue<C: ConnectionLike>(
     for (name, value) in Message::Book(request).to_fields() {
         invocation.arg(name).arg(value);
     }
-    let (accepted, retry_after_ms): (i64, u64) = invocation.invoke_async(conn).await?;
-    Ok(if accepted == 1 {
-        Enqueued::Accepted
-    } else {
-        Enqueued::RateLimited {
+    let (outcome, retry_after_ms, status): (i64, u64, String) =
+        invocation.invoke_async(conn).await?;
+    Ok(match outcome {
+        1 => Enqueued::Accepted,
+        2 => Enqueued::Existing { status },
+        3 => Enqueued::KeyReused,
+        _ => Enqueued::RateLimited {
             retry_after: Duration::from_millis(retry_after_ms),
-        }
+        },
     })
 }
 
@@ -499,8 +509,12 @@ pub const QUEUED_STATUS_TTL: Duration = Duration::from_secs(7 * 86_400);
 
 /// KEYS: the status hash, the stream, the user's rate key. ARGV: the rate limit's
 /// interval in microseconds (0: no limit) and burst, the `queued` status's TTL in
-/// seconds, then 4 status field/value pairs, then the entry's field/value pairs.
-/// Returns {1, 0} when accepted, {0, ms to wait} when over the limit.
+/// seconds, `1` when the request id comes from an idempotency key, then 4 status
+/// field/value pairs (user, goods, qty, status), then the entry's field/value pairs.
+/// Returns {1, 0, ''} when accepted, {0, ms to wait, ''} when over the limit, and for
+/// an idempotent request whose status hash exists (accepted before; nothing is
+/// written, no budget spent) {2, 0, its status} when the quantity is the same, else
+/// {3, 0, ''}.
 ///
 /// The limit is the generic cell rate algorithm: the key holds the theoretical arrival
 /// time (TAT) of the next request; each accepted request pushes it one interval on; a
@@ -512,6 +526,13 @@ pub const QUEUED_STATUS_TTL: Duration = Duration::from_secs(7 * 86_400);
 /// Declared with `#!lua` and no flags: Redis refuses the whole script before it runs
 /// when it is out of memory, so nothing is half written.
 const ENQUEUE: &str = r"#!lua
+if ARGV[4] == '1' then
+  local held = redis.call('HMGET', KEYS[1], ARGV[9], ARGV[11])
+  if held[2] then
+    if held[1] == ARGV[10] then return {2, 0, held[2]} end
+    return {3, 0, ''}
+  end
+end
 local interval = tonumber(ARGV[1])
 if interval > 0 then
   local t = redis.call('TIME')
@@ -521,14 +542,14 @@ if interval > 0 then
   if tat < now then tat = now elseif tat > now + window then tat = now + window end
   local next_tat = tat + interval
   local excess = next_tat - now - window
-  if excess > 0 then return {0, math.ceil(excess / 1000)} end
+  if excess > 0 then return {0, math.ceil(excess / 1000), ''} end
   redis.call('SET', KEYS[3], string.format('%.0f', next_tat),
     'PX', math.ceil((next_tat - now) / 1000) + 1)
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 4, 11))
+redis.call('HSET', KEYS[1], unpack(ARGV, 5, 12))
 redis.call('EXPIRE', KEYS[1], ARGV[3])
-redis.call('XADD', KEYS[2], '*', unpack(ARGV, 12))
-return {1, 0}";
+redis.call('XADD', KEYS[2], '*', unpack(ARGV, 13))
+return {1, 0, ''}";
 
 /// Reads a request's status hash (the shard comes from the request id); `None` when
 /// there is none (expired, never written, or an id naming no shard).
@@ -557,6 +578,20 @@ pub struct Retention {
     pub entries: Duration,
     /// Most copies a shard's dead-letter stream keeps (`TICKETNEST_DEAD_LETTER_MAX_LEN`).
     pub dead_letters: u64,
+}
+
+/// How long a request sent with an idempotency key is remembered in Redis after its
+/// decision: a retry within it is answered from its status hash, with no new entry.
+pub const KEYED_STATUS_TTL: Duration = Duration::from_secs(86_400);
+
+/// How long a decided status lives: the configured TTL, and at least
+/// [`KEYED_STATUS_TTL`] for a request sent with an idempotency key.
+fn status_ttl(request_id: Uuid, configured: Duration) -> Duration {
+    if Keys::is_idempotent_request_id(request_id) {
+        configured.max(KEYED_STATUS_TTL)
+    } else {
+        configured
+    }
 }
 
 /// Field/value pairs of a hash or a stream entry.
@@ -615,12 +650,14 @@ pub async fn settle<C: ConnectionLike>(
     }
     invocation
         .arg(CONSUMER_GROUP)
-        .arg(retention.status.as_secs())
         .arg(retention.dead_letters)
         .arg(u64::try_from(retention.entries.as_millis()).unwrap_or(u64::MAX))
         .arg(dead.len());
-    for (_, always, pairs) in &writes {
-        invocation.arg(*always).arg(pairs.len());
+    for (request_id, always, pairs) in &writes {
+        invocation
+            .arg(*always)
+            .arg(status_ttl(*request_id, retention.status).as_secs())
+            .arg(pairs.len());
         for (name, value) in pairs {
             invocation.arg(*name).arg(value);
         }
@@ -731,16 +768,15 @@ local function trim(stream, group, retention_ms)
 end";
 
 /// KEYS[1] the stream, KEYS[2] its dead-letter stream, KEYS[3..] status hashes. ARGV:
-/// the group, the decided status TTL (s), the dead-letter stream's length cap, the
-/// entry retention (ms), the number of dead letters; then per status hash `1` (write)
-/// or `0` (write only over a `queued` status: never over a decision), a pair count
-/// and its pairs; then per dead
+/// the group, the dead-letter stream's length cap, the entry retention (ms), the
+/// number of dead letters; then per status hash `1` (write) or `0` (write only over a
+/// `queued` status: never over a decision), its TTL (s), a pair count and its pairs; then per dead
 /// letter a pair count and its pairs; then the ids to acknowledge. Returns
 /// {trimmed, ''} or {-1, why trimming failed}.
 const SETTLE_BODY: &str = r"
-local group, ttl, cap = ARGV[1], ARGV[2], ARGV[3]
-local retention_ms, letters = tonumber(ARGV[4]), tonumber(ARGV[5])
-local at = 6
+local group, cap = ARGV[1], ARGV[2]
+local retention_ms, letters = tonumber(ARGV[3]), tonumber(ARGV[4])
+local at = 5
 local function take(n)
   local out = {}
   for i = at, at + 2 * n - 1 do out[#out + 1] = ARGV[i] end
@@ -748,7 +784,7 @@ local function take(n)
   return out
 end
 for k = 3, #KEYS do
-  local always, n = ARGV[at] == '1', tonumber(ARGV[at + 1]); at = at + 2
+  local always, ttl, n = ARGV[at] == '1', ARGV[at + 1], tonumber(ARGV[at + 2]); at = at + 3
   local pairs = take(n)
   if always or redis.call('HGET', KEYS[k], 'status') == 'queued' then
     redis.call('HSET', KEYS[k], unpack(pairs))

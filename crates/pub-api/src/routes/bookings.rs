@@ -35,7 +35,8 @@ struct BookingBody {
 #[serde(rename_all = "camelCase")]
 struct Accepted {
     request_id: Uuid,
-    status: RequestStatus,
+    /// `queued`, or for a retry of an idempotent request, its status now.
+    status: String,
     status_url: String,
 }
 
@@ -158,16 +159,17 @@ pub async fn create(
             .unwrap_or_default(),
     };
     let mut conn = state.redis.get().await;
-    if let Enqueued::RateLimited { retry_after } =
-        stream::enqueue(&mut conn, &state.keys, request, state.user_rate).await?
-    {
-        return Err(ApiError::RateLimited(retry_after));
-    }
+    let status = match stream::enqueue(&mut conn, &state.keys, request, state.user_rate).await? {
+        Enqueued::Accepted => RequestStatus::Queued.as_str().to_owned(),
+        Enqueued::Existing { status } => status,
+        Enqueued::KeyReused => return Err(ApiError::IdempotencyKeyReused),
+        Enqueued::RateLimited { retry_after } => return Err(ApiError::RateLimited(retry_after)),
+    };
     Ok(HttpResponse::Accepted()
         .insert_header((header::LOCATION, status_url(request_id)))
         .json(Accepted {
             request_id,
-            status: RequestStatus::Queued,
+            status,
             status_url: status_url(request_id),
         }))
 }

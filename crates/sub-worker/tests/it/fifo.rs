@@ -207,7 +207,7 @@ async fn a_retried_booking_with_the_same_idempotency_key_is_decided_once() {
     let _worker = stack.worker(&[]);
     stack.wait_for_decisions(1).await;
     stack.wait_until_nothing_pending().await;
-    assert_eq!(stack.decided_count().await, 1, "two entries, one decision");
+    assert_eq!(stack.decided_count().await, 1, "one entry, one decision");
     let status = stack.status(&ids[0], &token).await;
     assert_eq!(status["status"], "confirmed");
     assert_eq!(stack.seats(goods).await, (1, 10));

@@ -7,6 +7,7 @@ mod backpressure;
 mod dead_letter;
 mod distributed;
 mod fifo;
+mod idempotency;
 mod memory;
 mod nemesis;
 mod outages;
