@@ -5,7 +5,7 @@
 //! characters with an upper-case letter, a lower-case letter, a digit and a symbol;
 //! nicknames of 1 to 10 characters without spaces.
 
-use chrono::{DateTime, NaiveDate, SubsecRound, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::{db::GoodsFields, error::ApiError};
 
@@ -120,17 +120,26 @@ fn parse_show_date(raw: &str) -> Result<DateTime<Utc>, ApiError> {
         })
 }
 
-/// An RFC 3339 instant, kept to the millisecond (the precision of stream entry times,
-/// by which the worker judges arrivals).
+/// An RFC 3339 instant between 1970 and 9999 (UTC), kept to the millisecond (the
+/// precision of stream entry times, by which the worker judges arrivals). Normalised
+/// through its millisecond count, so a leap second (`10:00:60`) is the instant
+/// PostgreSQL will store (`10:01:00`).
 fn parse_instant(field: &'static str, raw: &str) -> Result<DateTime<Utc>, ApiError> {
-    DateTime::parse_from_rfc3339(raw.trim())
-        .map(|d| d.with_timezone(&Utc).trunc_subsecs(3))
-        .map_err(|_| {
-            ApiError::validation(
-                field,
-                format!("{field} must be an RFC 3339 date-time, such as 2026-12-01T10:00:00Z"),
-            )
-        })
+    let invalid = || {
+        ApiError::validation(
+            field,
+            format!(
+                "{field} must be an RFC 3339 date-time between 1970 and 9999, such as 2026-12-01T10:00:00Z"
+            ),
+        )
+    };
+    let parsed = DateTime::parse_from_rfc3339(raw.trim()).map_err(|_| invalid())?;
+    let ms = parsed.timestamp_millis();
+    let last_ms = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
+    if !(0..=last_ms).contains(&ms) {
+        return Err(invalid());
+    }
+    DateTime::from_timestamp_millis(ms).ok_or_else(invalid)
 }
 
 fn bounded_text(
@@ -397,6 +406,31 @@ mod tests {
             ),
             "title"
         );
+    }
+
+    #[test]
+    fn sale_window_instants_are_normalised_and_bounded() {
+        // A leap second is the next minute's first second, as PostgreSQL stores it:
+        // equal bounds are refused here, not by the database's CHECK (a 500).
+        let leap = GoodsInput {
+            sale_opens_at: Some("2026-06-01T10:00:60Z"),
+            sale_closes_at: Some("2026-06-01T10:01:00Z"),
+            ..goods()
+        };
+        assert_eq!(field_of(leap.parse().unwrap_err()), "saleClosesAt");
+        for (raw, ok) in [
+            ("9999-12-31T23:59:59-23:59", false),
+            ("0000-01-01T00:00:00+23:59", false),
+            ("1969-12-31T23:59:59Z", false),
+            ("1970-01-01T00:00:00Z", true),
+            ("9999-12-31T23:59:59.999Z", true),
+        ] {
+            let input = GoodsInput {
+                sale_opens_at: Some(raw),
+                ..goods()
+            };
+            assert_eq!(input.parse().is_ok(), ok, "{raw}");
+        }
     }
 
     #[test]

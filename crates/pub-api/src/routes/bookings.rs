@@ -133,19 +133,32 @@ pub async fn create(
     let limits = goods_limits(&state, goods_id).await?;
     let quantity = quantity(body, limits)?;
     let accepted_at_ms = now_ms();
-    sale_is_open(limits, accepted_at_ms)?;
     let shard = state.keys.shard_of(goods_id);
+    let key = idempotency_key(&req)?;
+    let request_id = match key {
+        Some(key) => Keys::idempotent_request_id(shard, user.id, goods_id, key),
+        None => Keys::new_request_id(shard),
+    };
+    tracing::Span::current().record("request_id", tracing::field::display(request_id));
+    if let Err(outside) = sale_is_open(limits, accepted_at_ms) {
+        // A retry of a request accepted while the sale was open gets that request.
+        if key.is_some() {
+            let mut conn = state.redis.get().await;
+            if let Some(known) = stream::read_status(&mut conn, &state.keys, request_id).await? {
+                if known.quantity != quantity {
+                    return Err(ApiError::IdempotencyKeyReused);
+                }
+                return Ok(accepted(request_id, known.status.as_str().to_owned()));
+            }
+        }
+        return Err(outside);
+    }
     if state.backlog.is_full(shard) {
         return Err(ApiError::QueueFull);
     }
     if state.backlog.is_memory_full() {
         return Err(ApiError::QueueMemoryFull);
     }
-    let request_id = match idempotency_key(&req)? {
-        Some(key) => Keys::idempotent_request_id(shard, user.id, goods_id, key),
-        None => Keys::new_request_id(shard),
-    };
-    tracing::Span::current().record("request_id", tracing::field::display(request_id));
     let request = BookingRequestV1 {
         request_id,
         goods_id,
@@ -165,13 +178,18 @@ pub async fn create(
         Enqueued::KeyReused => return Err(ApiError::IdempotencyKeyReused),
         Enqueued::RateLimited { retry_after } => return Err(ApiError::RateLimited(retry_after)),
     };
-    Ok(HttpResponse::Accepted()
+    Ok(accepted(request_id, status))
+}
+
+/// `202` for an accepted request, with where to poll it.
+fn accepted(request_id: Uuid, status: String) -> HttpResponse {
+    HttpResponse::Accepted()
         .insert_header((header::LOCATION, status_url(request_id)))
         .json(Accepted {
             request_id,
             status,
             status_url: status_url(request_id),
-        }))
+        })
 }
 
 #[derive(Serialize)]

@@ -105,7 +105,8 @@ async fn the_worker_rejects_what_a_stale_cache_let_through_by_arrival_time() {
     let client = stack.db.client().await;
     client
         .execute(
-            "UPDATE goods SET sale_closes_at = now() - interval '1 hour' WHERE id = $1",
+            "UPDATE goods SET sale_closes_at = date_trunc('milliseconds', now()) - interval '1 hour' \
+             WHERE id = $1",
             &[&goods],
         )
         .await
@@ -114,8 +115,9 @@ async fn the_worker_rejects_what_a_stale_cache_let_through_by_arrival_time() {
     stack.wait_for_decisions(2).await;
     client
         .execute(
-            "UPDATE goods SET sale_opens_at = now() + interval '1 hour', \
-                              sale_closes_at = now() + interval '2 hours' WHERE id = $1",
+            "UPDATE goods SET sale_opens_at = date_trunc('milliseconds', now()) + interval '1 hour', \
+                 sale_closes_at = date_trunc('milliseconds', now()) + interval '2 hours' \
+             WHERE id = $1",
             &[&goods],
         )
         .await
@@ -136,4 +138,78 @@ async fn the_worker_rejects_what_a_stale_cache_let_through_by_arrival_time() {
     let status = stack.status(&rows[1].request_id, &users[1].1).await;
     assert_eq!(status["status"], "rejected");
     assert_eq!(status["reason"], "sale_closed");
+}
+
+/// A client that got no answer retries with its Idempotency-Key after the sale closed:
+/// it is told about the request it made while the sale was open, not 409.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_retry_after_the_close_gets_the_request_made_before_it() {
+    let stack = crate::helpers::spawn_stack().await;
+    let users = stack.customers("late", 2).await;
+    let (_, created) = goods_with_window(&stack, None, None).await;
+    let goods = created["id"].as_i64().expect("id");
+    let _worker = stack.worker(&[]);
+    let book = |token: String, key: &'static str| {
+        let request = stack
+            .http
+            .post(stack.url(&format!("/api/goods/{goods}/bookings")))
+            .bearer_auth(token)
+            .header("idempotency-key", key);
+        async move { parts(request.send().await.expect("send")).await }
+    };
+    let (status, first) = book(users[0].1.clone(), "k1").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{first}");
+    stack.wait_for_decisions(1).await;
+    stack
+        .db
+        .client()
+        .await
+        .execute(
+            "UPDATE goods SET sale_closes_at = date_trunc('milliseconds', now()) WHERE id = $1",
+            &[&goods],
+        )
+        .await
+        .expect("close the sale");
+    // Once this API copy's cached goods has caught up, new bookings are refused...
+    test_support::wait_until(
+        "the API sees the sale closed",
+        std::time::Duration::from_secs(30),
+        || {
+            let probe = stack.post_booking(goods, &users[1].1, None);
+            async move { probe.await.status() == StatusCode::CONFLICT }
+        },
+    )
+    .await;
+    // ...but the retry is answered with its request, now decided.
+    let (status, again) = book(users[0].1.clone(), "k1").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{again}");
+    assert_eq!(again["requestId"], first["requestId"]);
+    assert_eq!(again["status"], "confirmed");
+}
+
+/// Bounds every reader can hold: no 'infinity', no sub-millisecond instants, nothing
+/// outside 1970 to 9999 (the worker's arithmetic on such a value would stall the shard).
+#[tokio::test]
+async fn the_database_refuses_windows_no_reader_could_hold() {
+    let stack = crate::helpers::spawn_stack().await;
+    let (_, created) = goods_with_window(&stack, None, None).await;
+    let goods = created["id"].as_i64().expect("id");
+    let client = stack.db.client().await;
+    for bad in [
+        "sale_closes_at = 'infinity'",
+        "sale_opens_at = '-infinity'",
+        "sale_opens_at = '2030-01-01T00:00:00.000700Z'",
+        "sale_closes_at = '10000-01-01T00:00:00Z'",
+        "sale_opens_at = '1960-01-01T00:00:00Z'",
+    ] {
+        let refused = client
+            .execute(&format!("UPDATE goods SET {bad} WHERE id = $1"), &[&goods])
+            .await
+            .expect_err(bad);
+        assert_eq!(
+            refused.code(),
+            Some(&tokio_postgres::error::SqlState::CHECK_VIOLATION),
+            "{bad}"
+        );
+    }
 }
