@@ -79,7 +79,8 @@ impl Keys {
     /// `tn:{s3}:req:<uuid>` — status hash of one booking request of shard 3, for
     /// polling. Written `queued` (kept a week) by pub-api in the same script as the
     /// XADD, overwritten with the decision by the worker after commit; a decided status
-    /// expires after `TICKETNEST_STATUS_TTL_SECS`. It shares the shard's hash tag so
+    /// expires after `TICKETNEST_STATUS_TTL_SECS` (a request sent with an idempotency
+    /// key: after a day at the least, `stream::KEYED_STATUS_TTL`). It shares the shard's hash tag so
     /// both steps stay in one cluster slot.
     pub fn request_status(&self, shard: Shard, request_id: Uuid) -> String {
         format!("{}:{{s{shard}}}:req:{}", self.prefix, request_id.simple())

@@ -400,9 +400,9 @@ impl StatusRecord {
     /// Reads a status hash; `None` when it is empty (expired, never written) or not a
     /// status this build can read.
     ///
-    /// A `queued` status ignores `reason` and `booking`: an idempotent retry writes
-    /// `queued` again over an earlier decision's fields, and the request is queued
-    /// until the worker settles it again.
+    /// A `queued` status ignores `reason` and `booking`, should a hash carry both (a
+    /// build before idempotent retries were answered from the hash wrote `queued` over
+    /// an earlier decision's fields).
     pub fn from_fields(request_id: Uuid, hash: &HashMap<String, String>) -> Option<Self> {
         use fields::status as f;
         let num = |field: &str| hash.get(field).and_then(|v| v.parse::<i64>().ok());

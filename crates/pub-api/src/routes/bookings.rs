@@ -1,10 +1,10 @@
 //! `POST /api/goods/{id}/bookings` (the hot path) and `GET /api/bookings/requests/{id}`.
 //!
-//! Accepting a booking costs one Redis round trip: a pipeline that writes the status
-//! hash (`queued`) and then appends the request to the goods' shard stream. The status
-//! is written first so a worker that decides the request at once can never have its
-//! decision overwritten by a late `queued`. PostgreSQL is touched only when the goods
-//! cache misses. The API never writes booking tables: the worker decides.
+//! Accepting a booking costs one Redis round trip: the enqueue script
+//! (`shared::stream::enqueue`) answers a retry of an idempotent request from its status
+//! hash, or spends the user's rate budget, writes the status hash (`queued`) and
+//! appends the request to the goods' shard stream. PostgreSQL is touched only when the
+//! goods cache misses. The API never writes booking tables: the worker decides.
 
 use std::time::SystemTime;
 
@@ -140,8 +140,19 @@ pub async fn create(
         None => Keys::new_request_id(shard),
     };
     tracing::Span::current().record("request_id", tracing::field::display(request_id));
-    if let Err(outside) = sale_is_open(limits, accepted_at_ms) {
-        // A retry of a request accepted while the sale was open gets that request.
+    let refusal = sale_is_open(limits, accepted_at_ms).err().or_else(|| {
+        if state.backlog.is_full(shard) {
+            Some(ApiError::QueueFull)
+        } else if state.backlog.is_memory_full() {
+            Some(ApiError::QueueMemoryFull)
+        } else {
+            None
+        }
+    });
+    if let Some(refusal) = refusal {
+        // New requests are turned away (outside the sale window, a full shard, a full
+        // Redis); a retry of a request accepted before is answered with it, since that
+        // is when clients retry most. A status read works even on a full Redis.
         if key.is_some() {
             let mut conn = state.redis.get().await;
             if let Some(known) = stream::read_status(&mut conn, &state.keys, request_id).await? {
@@ -151,13 +162,7 @@ pub async fn create(
                 return Ok(accepted(request_id, known.status.as_str().to_owned()));
             }
         }
-        return Err(outside);
-    }
-    if state.backlog.is_full(shard) {
-        return Err(ApiError::QueueFull);
-    }
-    if state.backlog.is_memory_full() {
-        return Err(ApiError::QueueMemoryFull);
+        return Err(refusal);
     }
     let request = BookingRequestV1 {
         request_id,

@@ -99,3 +99,44 @@ async fn one_key_is_one_request_one_entry_and_one_decision_whatever_the_retries(
         .expect("ttl");
     assert!(ttl > 23 * 3_600, "kept a day: {ttl}");
 }
+
+/// A retry arrives when the shard is over its backlog limit (the rush in which clients
+/// retry most): it is answered with the request it made, not 503; new requests are
+/// still turned away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_retry_is_answered_even_when_new_bookings_are_turned_away() {
+    let stack = crate::helpers::spawn_stack_configured(2, |c| c.http.backlog_limit = 1).await;
+    let goods = stack.create_goods(10, 2).await;
+    let users = stack.customers("rush", 2).await;
+    let (status, first) = post(&stack, goods, &users[0].1, "rush-1", 1).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{first}");
+    // No worker: the backlog stays at one; the API refuses new bookings once it
+    // has sampled it.
+    test_support::wait_until(
+        "new bookings are refused",
+        std::time::Duration::from_secs(30),
+        || async {
+            stack.post_booking(goods, &users[1].1, None).await.status()
+                == StatusCode::SERVICE_UNAVAILABLE
+        },
+    )
+    .await;
+    // (The probes accepted before the API sampled the backlog added entries too.)
+    let before = entries_added(&stack, goods).await;
+    let (status, again) = post(&stack, goods, &users[0].1, "rush-1", 1).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{again}");
+    assert_eq!(again["requestId"], first["requestId"]);
+    assert_eq!(again["status"], "queued");
+    let (status, body) = post(&stack, goods, &users[0].1, "rush-1", 2).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_reused",
+    );
+    assert_eq!(
+        entries_added(&stack, goods).await,
+        before,
+        "the retries added nothing"
+    );
+}
