@@ -6,7 +6,7 @@
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use serde::Serialize;
-use shared::{auth::Role, decision::DecisionRow};
+use shared::auth::Role;
 use tokio_postgres::{error::SqlState, Row};
 use uuid::Uuid;
 
@@ -295,21 +295,41 @@ pub async fn goods_limits(pool: &Pool, id: i64) -> Result<Option<GoodsLimits>, A
         }))
 }
 
-/// The decision-log row of a request, for the status fallback.
-///
+/// A request's decision as the log holds it, its words as written: a poll must be
+/// answered even when a newer build wrote a status or reason this one does not know
+/// (a rolling upgrade updates workers first).
+#[derive(Debug)]
+pub struct DecisionAsWritten {
+    pub user_id: i64,
+    pub goods_id: i64,
+    pub quantity: i32,
+    pub status: String,
+    pub reason: Option<String>,
+    pub booking_id: Option<i64>,
+}
+
 /// # Errors
 /// A database failure.
-pub async fn decision(pool: &Pool, request_id: Uuid) -> Result<Option<DecisionRow>, ApiError> {
+pub async fn decision_as_written(
+    pool: &Pool,
+    request_id: Uuid,
+) -> Result<Option<DecisionAsWritten>, ApiError> {
     let client = pool.get().await?;
-    let sql = format!(
-        "SELECT {} FROM booking_requests WHERE request_id = $1",
-        DecisionRow::COLUMNS
-    );
-    let stmt = client.prepare_cached(&sql).await?;
-    client
-        .query_opt(&stmt, &[&request_id])
-        .await?
-        .map(|row| DecisionRow::from_row(&row))
-        .transpose()
-        .map_err(|e| ApiError::Internal(Box::new(e)))
+    let stmt = client
+        .prepare_cached(
+            "SELECT user_id, goods_id, quantity, decision, reason, booking_id \
+             FROM booking_requests WHERE request_id = $1",
+        )
+        .await?;
+    let Some(row) = client.query_opt(&stmt, &[&request_id]).await? else {
+        return Ok(None);
+    };
+    Ok(Some(DecisionAsWritten {
+        user_id: row.try_get(0)?,
+        goods_id: row.try_get(1)?,
+        quantity: row.try_get(2)?,
+        status: row.try_get(3)?,
+        reason: row.try_get(4)?,
+        booking_id: row.try_get(5)?,
+    }))
 }

@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use actix_web::{http::header, web, HttpMessage, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use shared::{
-    decision::{RejectReason, RequestStatus},
+    decision::RequestStatus,
     keys::Keys,
     stream::{self, BookingRequestV1, Enqueued, StatusRecord},
 };
@@ -200,12 +200,16 @@ fn accepted(request_id: Uuid, status: String) -> HttpResponse {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct StatusResponse {
+    #[serde(skip)]
+    user_id: i64,
     request_id: Uuid,
     goods_id: i64,
     quantity: i32,
-    status: RequestStatus,
+    /// A status word; one this build does not know (a newer build wrote it) is passed
+    /// on as written.
+    status: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<RejectReason>,
+    reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     booking_id: Option<i64>,
 }
@@ -213,12 +217,27 @@ struct StatusResponse {
 impl From<StatusRecord> for StatusResponse {
     fn from(r: StatusRecord) -> Self {
         Self {
+            user_id: r.user_id,
             request_id: r.request_id,
             goods_id: r.goods_id,
             quantity: r.quantity,
-            status: r.status,
-            reason: r.reason,
+            status: r.status.as_str().to_owned(),
+            reason: r.reason.map(|reason| reason.as_str().to_owned()),
             booking_id: r.booking_id,
+        }
+    }
+}
+
+impl StatusResponse {
+    fn as_written(request_id: Uuid, d: db::DecisionAsWritten) -> Self {
+        Self {
+            user_id: d.user_id,
+            request_id,
+            goods_id: d.goods_id,
+            quantity: d.quantity,
+            status: d.status,
+            reason: d.reason,
+            booking_id: d.booking_id,
         }
     }
 }
@@ -236,16 +255,18 @@ pub async fn status(
         )
     })?;
     let mut conn = state.redis.get().await;
-    let record = match stream::read_status(&mut conn, &state.keys, request_id).await? {
-        Some(record) => record,
-        None => db::decision(&state.pool, request_id)
+    let response = match stream::read_status(&mut conn, &state.keys, request_id).await? {
+        Some(record) => StatusResponse::from(record),
+        // Expired (or written with words this build does not know): the log answers,
+        // as written.
+        None => db::decision_as_written(&state.pool, request_id)
             .await?
-            .map(|row| StatusRecord::decided(&row))
+            .map(|d| StatusResponse::as_written(request_id, d))
             .ok_or(ApiError::RequestNotFound)?,
     };
     // Someone else's request is "not found": its existence is none of the caller's business.
-    if record.user_id != user.id {
+    if response.user_id != user.id {
         return Err(ApiError::RequestNotFound);
     }
-    Ok(HttpResponse::Ok().json(StatusResponse::from(record)))
+    Ok(HttpResponse::Ok().json(response))
 }

@@ -266,3 +266,39 @@ async fn an_entry_with_thousands_of_fields_is_dead_lettered_and_the_shard_moves_
     assert_eq!(dead[0]["dlq_truncated"], "5001");
     assert!(dead[0].len() < 1_000, "{} fields copied", dead[0].len());
 }
+
+/// Readers tolerate words a newer build writes (a rolling upgrade: workers first):
+/// a decision whose reason this build does not know is still answered, as written,
+/// not with a 500.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_with_a_word_this_build_does_not_know_is_answered_as_written() {
+    let stack = spawn_stack().await;
+    let goods = stack.create_goods(1, 1).await;
+    let users = stack.customers("words", 2).await;
+    let _worker = stack.worker(&[]);
+    stack.book(goods, users[0].0, &users[0].1, 1).await;
+    let second = stack.book(goods, users[1].0, &users[1].1, 1).await;
+    stack.wait_for_decisions(2).await;
+    stack.wait_until_nothing_pending().await;
+    stack
+        .db
+        .client()
+        .await
+        .execute(
+            "UPDATE booking_requests SET decision = 'rejected', reason = 'waitlist_full' \
+             WHERE request_id = $1",
+            &[&second.request_id],
+        )
+        .await
+        .expect("a newer build's word");
+    let key = stack
+        .keys()
+        .request_status(stack.shard_of(goods), second.request_id);
+    let mut conn = stack.redis.connection().await;
+    let _: () = redis::AsyncCommands::del(&mut conn, &key)
+        .await
+        .expect("expire");
+    let status = stack.status(&second.request_id, &users[1].1).await;
+    assert_eq!(status["status"], "rejected", "{status}");
+    assert_eq!(status["reason"], "waitlist_full", "{status}");
+}
