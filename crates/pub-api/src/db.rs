@@ -297,15 +297,18 @@ pub async fn goods_limits(pool: &Pool, id: i64) -> Result<Option<GoodsLimits>, A
 
 /// A request's decision as the log holds it, its words as written: a poll must be
 /// answered even when a newer build wrote a status or reason this one does not know
-/// (a rolling upgrade updates workers first).
+/// (a rolling upgrade updates workers first). A booking request's status is its
+/// booking's now (promoted, cancelled).
 #[derive(Debug)]
 pub struct DecisionAsWritten {
     pub user_id: i64,
     pub goods_id: i64,
+    pub kind: String,
     pub quantity: i32,
     pub status: String,
     pub reason: Option<String>,
     pub booking_id: Option<i64>,
+    pub promoted_at_ms: Option<i64>,
 }
 
 /// # Errors
@@ -316,10 +319,17 @@ pub async fn decision_as_written(
 ) -> Result<Option<DecisionAsWritten>, ApiError> {
     let client = pool.get().await?;
     let stmt = client
-        .prepare_cached(
-            "SELECT user_id, goods_id, quantity, decision, reason, booking_id \
-             FROM booking_requests WHERE request_id = $1",
-        )
+        .prepare_cached(&format!(
+            "SELECT r.user_id, r.goods_id, r.quantity, \
+               CASE WHEN r.kind = 'book' AND r.decision IN {live} AND b.status IS NOT NULL \
+                 THEN b.status ELSE r.decision END, \
+               r.reason, r.booking_id, r.kind, \
+               CASE WHEN r.kind = 'book' \
+                 THEN floor(extract(epoch FROM b.promoted_at) * 1000)::int8 END \
+             FROM booking_requests r LEFT JOIN bookings b ON b.id = r.booking_id \
+             WHERE r.request_id = $1",
+            live = shared::live_statuses!()
+        ))
         .await?;
     let Some(row) = client.query_opt(&stmt, &[&request_id]).await? else {
         return Ok(None);
@@ -331,5 +341,7 @@ pub async fn decision_as_written(
         status: row.try_get(3)?,
         reason: row.try_get(4)?,
         booking_id: row.try_get(5)?,
+        kind: row.try_get(6)?,
+        promoted_at_ms: row.try_get(7)?,
     }))
 }

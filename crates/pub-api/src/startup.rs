@@ -104,8 +104,15 @@ fn routes(cfg: &mut web::ServiceConfig) {
                         .route(web::post().to(goods::create)),
                 )
                 .service(resource("/goods/{id}").route(web::get().to(goods::detail)))
+                .service(
+                    resource("/goods/{id}/bookings/me").route(web::delete().to(bookings::cancel)),
+                )
                 // The original TicketNest's route, kept for its clients.
-                .service(resource("/booking/{id}").route(web::post().to(bookings::create)))
+                .service(
+                    resource("/booking/{id}")
+                        .route(web::post().to(bookings::create))
+                        .route(web::delete().to(bookings::cancel)),
+                )
                 .service(
                     resource("/bookings/requests/{request_id}")
                         .route(web::get().to(bookings::status)),

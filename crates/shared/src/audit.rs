@@ -27,7 +27,7 @@ use tokio_postgres::{GenericClient, IsolationLevel};
 use uuid::Uuid;
 
 use crate::{
-    decision::{BookingStatus, Decision, DecisionRow, RejectReason, RowError},
+    decision::{BookingStatus, Decision, DecisionRow, RejectReason, RequestKind, RowError},
     error::SharedError,
     stream::EntryId,
 };
@@ -50,6 +50,10 @@ pub struct BookingFacts {
     pub request_id: Uuid,
     pub quantity: i32,
     pub status: BookingStatus,
+    /// Whether it was promoted from the waitlist (`promoted_at` is set).
+    pub promoted: bool,
+    /// The cancel request that released it.
+    pub cancel_request_id: Option<Uuid>,
 }
 
 /// Everything the checker looks at, for some goods or all.
@@ -137,9 +141,9 @@ pub async fn read(
     let decisions = client
         .query(
             &format!(
-                "SELECT {} FROM booking_requests WHERE $1::int8[] IS NULL OR goods_id = ANY($1) \
-                 ORDER BY goods_id, stream_ms, stream_seq",
-                DecisionRow::COLUMNS
+                "{} WHERE $1::int8[] IS NULL OR r.goods_id = ANY($1) \
+                 ORDER BY r.goods_id, r.stream_ms, r.stream_seq",
+                DecisionRow::SELECT
             ),
             &[&goods],
         )
@@ -167,7 +171,8 @@ pub async fn read(
         .collect();
     let bookings = client
         .query(
-            "SELECT id, goods_id, user_id, request_id, quantity, status FROM bookings \
+            "SELECT id, goods_id, user_id, request_id, quantity, status, \
+               promoted_at IS NOT NULL, cancel_request_id FROM bookings \
              WHERE $1::int8[] IS NULL OR goods_id = ANY($1) ORDER BY id",
             &[&goods],
         )
@@ -182,6 +187,8 @@ pub async fn read(
                 request_id: r.get(3),
                 quantity: r.get(4),
                 status: r.get::<_, &str>(5).parse()?,
+                promoted: r.get(6),
+                cancel_request_id: r.get(7),
             })
         })
         .collect::<Result<_, crate::decision::UnknownValue>>()
@@ -286,7 +293,8 @@ fn check_goods(
     let mut breaches = Vec::new();
     let goods_id = goods.id;
     breaches.extend(check_once(goods_id, rows));
-    breaches.extend(replay(goods, rows));
+    let replayed = replay(goods, rows);
+    breaches.extend(replayed.breaches);
 
     let confirmed: i64 = bookings
         .iter()
@@ -346,13 +354,45 @@ fn check_goods(
         });
     };
     for row in rows {
-        match (row.decision, by_request.get(&row.request_id)) {
+        let booking = by_request.get(&row.request_id);
+        if row.kind == RequestKind::Cancel {
+            if booking.is_some() {
+                mismatch(row.request_id, "cancel request has a booking");
+            }
+            let released = replayed.released.get(&row.request_id);
+            let target = row
+                .booking_id
+                .and_then(|id| bookings.iter().find(|b| b.id == id));
+            match (released, target) {
+                (None, None) => {}
+                (Some(want), Some(b))
+                    if b.request_id == *want
+                        && b.status == BookingStatus::Cancelled
+                        && b.cancel_request_id == Some(row.request_id) => {}
+                _ => mismatch(
+                    row.request_id,
+                    "cancel differs from the booking it released",
+                ),
+            }
+            continue;
+        }
+        let due = replayed
+            .bookings
+            .get(&row.request_id)
+            .filter(|_| !replayed.misdecided.contains(&row.request_id));
+        match (row.decision, booking) {
             (d, None) if d.is_live() => mismatch(row.request_id, "live decision without a booking"),
             (d, Some(_)) if !d.is_live() => {
                 mismatch(row.request_id, "rejected request has a booking")
             }
-            (d, Some(b)) if d.booking() != Some(b.status) || row.booking_id != Some(b.id) => {
+            (_, Some(b)) if row.booking_id != Some(b.id) => {
                 mismatch(row.request_id, "booking differs from its decision");
+            }
+            (_, Some(b)) if due.is_some_and(|due| due.status != b.status) => {
+                mismatch(row.request_id, "booking status differs from the replay");
+            }
+            (_, Some(b)) if due.is_some_and(|due| due.promoted != b.promoted) => {
+                mismatch(row.request_id, "promotion differs from the replay");
             }
             _ => {}
         }
@@ -394,23 +434,48 @@ fn check_once(goods_id: i64, rows: &[&DecisionRow]) -> Vec<Breach> {
     breaches
 }
 
-/// Replays the decision rule over one goods' log in stream order: a user holding a
-/// live place is `already_booked`; otherwise a request is confirmed if the seats left
-/// cover it, else waitlisted. Other rejections (deleted user, bad quantity, goods gone,
-/// outside the sale window) depend on facts the log does not keep (a window may have
-/// moved since), and take a turn but no seat. The n-th decision that
+/// A booking as the replay says it must be now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Due {
+    status: BookingStatus,
+    promoted: bool,
+}
+
+/// What [`replay`] found and what it says the bookings must be.
+#[derive(Debug, Default)]
+struct Replayed {
+    breaches: Vec<Breach>,
+    /// Every booking request's booking, as it must be now.
+    bookings: HashMap<Uuid, Due>,
+    /// Per cancel that released a booking, the request of that booking.
+    released: HashMap<Uuid, Uuid>,
+    /// Requests whose logged decision is not the one due (named already as
+    /// `OutOfOrder`): their bookings are not compared again.
+    misdecided: HashSet<Uuid>,
+}
+
+/// Replays the rules over one goods' log in stream order. A booking: a user holding a
+/// live place is `already_booked`; otherwise confirmed if the seats left cover it,
+/// else waitlisted. A cancel: the user's live place is `cancelled` (else `no_booking`);
+/// the seats it frees go to the waitlist in order, each waitlisted request that fits
+/// the seats then free is promoted. Other rejections (deleted user, bad quantity,
+/// goods gone, outside the sale window) depend on facts the log does not keep (a
+/// window may have moved since), and take a turn but no seat. The n-th decision that
 /// took a turn must carry position n; a dead-lettered request (`unprocessable`) takes
 /// none.
-fn replay(goods: &GoodsFacts, rows: &[&DecisionRow]) -> Vec<Breach> {
-    let mut breaches = Vec::new();
+fn replay(goods: &GoodsFacts, rows: &[&DecisionRow]) -> Replayed {
+    let mut out = Replayed::default();
     let mut left = i64::from(goods.booking_limit);
-    let mut live_users = HashSet::new();
+    // The live place of each user: its request and seats.
+    let mut live: HashMap<i64, (Uuid, i64)> = HashMap::new();
+    // The waitlist in decision order: (position, request, seats, user).
+    let mut waitlist: Vec<(i64, Uuid, i64, i64)> = Vec::new();
     let took_a_turn =
         |r: &&&DecisionRow| r.decision != Decision::Rejected(RejectReason::Unprocessable);
     for (i, row) in rows.iter().filter(took_a_turn).enumerate() {
         let turn = i + 1;
         if row.position != i64::try_from(turn).ok() {
-            breaches.push(Breach::PositionOutOfOrder {
+            out.breaches.push(Breach::PositionOutOfOrder {
                 goods_id: goods.id,
                 turn,
                 request_id: row.request_id,
@@ -418,16 +483,25 @@ fn replay(goods: &GoodsFacts, rows: &[&DecisionRow]) -> Vec<Breach> {
             });
         }
         let quantity = i64::from(row.quantity);
-        let expected = match row.decision {
-            Decision::Rejected(reason) if reason != RejectReason::AlreadyBooked => row.decision,
-            _ if live_users.contains(&row.user_id) => {
-                Decision::Rejected(RejectReason::AlreadyBooked)
+        let place = live.get(&row.user_id).copied();
+        let expected = match (row.kind, row.decision) {
+            (_, Decision::Rejected(reason))
+                if !matches!(
+                    reason,
+                    RejectReason::AlreadyBooked | RejectReason::NoBooking
+                ) =>
+            {
+                row.decision
             }
+            (RequestKind::Cancel, _) if place.is_some() => Decision::Cancelled,
+            (RequestKind::Cancel, _) => Decision::Rejected(RejectReason::NoBooking),
+            _ if place.is_some() => Decision::Rejected(RejectReason::AlreadyBooked),
             _ if quantity <= left => Decision::Confirmed,
             _ => Decision::Waitlisted,
         };
         if row.decision != expected {
-            breaches.push(Breach::OutOfOrder {
+            out.misdecided.insert(row.request_id);
+            out.breaches.push(Breach::OutOfOrder {
                 goods_id: goods.id,
                 turn,
                 request_id: row.request_id,
@@ -438,14 +512,52 @@ fn replay(goods: &GoodsFacts, rows: &[&DecisionRow]) -> Vec<Breach> {
         }
         // Go on from what was due, as the correct rule would have: one swapped pair
         // of decisions is two breaches, not a cascade over every later turn.
-        if expected == Decision::Confirmed {
-            left -= quantity;
-        }
-        if expected.is_live() {
-            live_users.insert(row.user_id);
+        let due = |status, promoted| Due { status, promoted };
+        match expected {
+            Decision::Confirmed => {
+                left -= quantity;
+                live.insert(row.user_id, (row.request_id, quantity));
+                out.bookings
+                    .insert(row.request_id, due(BookingStatus::Confirmed, false));
+            }
+            Decision::Waitlisted => {
+                live.insert(row.user_id, (row.request_id, quantity));
+                waitlist.push((
+                    row.position.unwrap_or_default(),
+                    row.request_id,
+                    quantity,
+                    row.user_id,
+                ));
+                out.bookings
+                    .insert(row.request_id, due(BookingStatus::Waitlisted, false));
+            }
+            Decision::Cancelled => {
+                let Some((cancelled, seats)) = live.remove(&row.user_id) else {
+                    continue;
+                };
+                let promoted = out.bookings.get(&cancelled).is_some_and(|d| d.promoted);
+                if out.bookings.get(&cancelled).map(|d| d.status) == Some(BookingStatus::Confirmed)
+                {
+                    left += seats;
+                }
+                waitlist.retain(|w| w.1 != cancelled);
+                out.bookings
+                    .insert(cancelled, due(BookingStatus::Cancelled, promoted));
+                out.released.insert(row.request_id, cancelled);
+                waitlist.retain(|&(_, request_id, seats, _)| {
+                    if seats > left {
+                        return true;
+                    }
+                    left -= seats;
+                    out.bookings
+                        .insert(request_id, due(BookingStatus::Confirmed, true));
+                    false
+                });
+            }
+            Decision::Rejected(_) => {}
         }
     }
-    breaches
+    out
 }
 
 fn describe(decision: Decision) -> String {
@@ -492,7 +604,10 @@ mod tests {
                 },
                 position: Some(i as i64 + 1),
                 decision,
+                kind: RequestKind::Book,
                 booking_id: Some(booking_id),
+                booking_status: decision.booking(),
+                promoted_at_s: None,
                 accepted_at_s: 1.0,
                 decided_at_s: 2.0,
             });
@@ -503,6 +618,8 @@ mod tests {
                 request_id,
                 quantity: 1,
                 status: decision.booking().unwrap(),
+                promoted: false,
+                cancel_request_id: None,
             });
         }
         facts
@@ -662,5 +779,72 @@ mod tests {
                 problem: "live decision without a booking"
             }]
         );
+    }
+
+    /// `sale(5, 3)` and then user 1 cancels: its seat goes to request 4, next in line.
+    fn sale_with_a_cancel() -> Facts {
+        let mut facts = sale(5, 3);
+        let cancel_id = Uuid::from_u128(100);
+        let mut row = facts.decisions[0].clone();
+        row.request_id = cancel_id;
+        row.kind = RequestKind::Cancel;
+        row.decision = Decision::Cancelled;
+        row.entry_id = EntryId { ms: 2_000, seq: 0 };
+        row.position = Some(6);
+        row.booking_status = Some(BookingStatus::Cancelled);
+        facts.decisions.push(row);
+        facts.bookings[0].status = BookingStatus::Cancelled;
+        facts.bookings[0].cancel_request_id = Some(cancel_id);
+        facts.bookings[3].status = BookingStatus::Confirmed;
+        facts.bookings[3].promoted = true;
+        facts.goods[0].decided_count = 6;
+        facts
+    }
+
+    #[test]
+    fn a_cancel_and_the_promotion_it_causes_are_no_breach() {
+        let facts = sale_with_a_cancel();
+        assert_eq!(check(&facts, Some(&accepted(&facts))), []);
+    }
+
+    #[test]
+    fn a_missed_promotion_and_a_cancel_naming_another_booking_are_named() {
+        let mut facts = sale_with_a_cancel();
+        facts.bookings[3].status = BookingStatus::Waitlisted;
+        facts.bookings[3].promoted = false;
+        facts.goods[0].booked_count = 2;
+        let breaches = check(&facts, None);
+        assert!(breaches.contains(&Breach::BookingMismatch {
+            goods_id: 1,
+            request_id: Uuid::from_u128(4),
+            problem: "booking status differs from the replay"
+        }));
+
+        let mut facts = sale_with_a_cancel();
+        facts.decisions[5].booking_id = Some(101);
+        let breaches = check(&facts, None);
+        assert_eq!(
+            breaches,
+            [Breach::BookingMismatch {
+                goods_id: 1,
+                request_id: Uuid::from_u128(100),
+                problem: "cancel differs from the booking it released"
+            }]
+        );
+
+        // The later request (5) promoted instead of the earlier one (4).
+        let mut facts = sale_with_a_cancel();
+        facts.bookings[3].status = BookingStatus::Waitlisted;
+        facts.bookings[3].promoted = false;
+        facts.bookings[4].status = BookingStatus::Confirmed;
+        facts.bookings[4].promoted = true;
+        let problems: Vec<Uuid> = check(&facts, None)
+            .iter()
+            .filter_map(|b| match b {
+                Breach::BookingMismatch { request_id, .. } => Some(*request_id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(problems, [Uuid::from_u128(4), Uuid::from_u128(5)]);
     }
 }

@@ -79,6 +79,19 @@ words!(
         Confirmed => "confirmed",
         Waitlisted => "waitlisted",
         Rejected => "rejected",
+        /// A booking request whose booking was cancelled since; a cancel request that
+        /// released a booking.
+        Cancelled => "cancelled",
+    }
+);
+
+words!(
+    /// What a request asks for.
+    RequestKind, "request kind" {
+        /// Seats of one goods.
+        Book => "book",
+        /// Releasing the user's live booking of one goods.
+        Cancel => "cancel",
     }
 );
 
@@ -99,6 +112,8 @@ words!(
         SaleNotOpen => "sale_not_open",
         /// The request arrived at or after the goods' `saleClosesAt`.
         SaleClosed => "sale_closed",
+        /// A cancel found no live booking of its user for the goods.
+        NoBooking => "no_booking",
     }
 );
 
@@ -121,13 +136,17 @@ impl BookingStatus {
     }
 }
 
-/// The worker's decision on one request.
+/// The worker's decision on one request: its first and only decision, which the
+/// decision log keeps. (A booking can change afterwards, promoted or cancelled: that
+/// is its booking's status.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Decision {
     /// Holds seats.
     Confirmed,
     /// Holds a place in the goods' waitlist.
     Waitlisted,
+    /// A cancel that released its user's live booking.
+    Cancelled,
     Rejected(RejectReason),
 }
 
@@ -137,6 +156,7 @@ impl Decision {
         match self {
             Self::Confirmed => RequestStatus::Confirmed,
             Self::Waitlisted => RequestStatus::Waitlisted,
+            Self::Cancelled => RequestStatus::Cancelled,
             Self::Rejected(_) => RequestStatus::Rejected,
         }
     }
@@ -144,7 +164,7 @@ impl Decision {
     pub fn reason(self) -> Option<RejectReason> {
         match self {
             Self::Rejected(reason) => Some(reason),
-            Self::Confirmed | Self::Waitlisted => None,
+            Self::Confirmed | Self::Waitlisted | Self::Cancelled => None,
         }
     }
 
@@ -153,7 +173,7 @@ impl Decision {
         match self {
             Self::Confirmed => Some(BookingStatus::Confirmed),
             Self::Waitlisted => Some(BookingStatus::Waitlisted),
-            Self::Rejected(_) => None,
+            Self::Cancelled | Self::Rejected(_) => None,
         }
     }
 
@@ -179,6 +199,7 @@ impl Decision {
             (RequestStatus::Queued, None) => Ok(None),
             (RequestStatus::Confirmed, None) => Ok(Some(Self::Confirmed)),
             (RequestStatus::Waitlisted, None) => Ok(Some(Self::Waitlisted)),
+            (RequestStatus::Cancelled, None) => Ok(Some(Self::Cancelled)),
             (RequestStatus::Rejected, Some(reason)) => Ok(Some(Self::Rejected(reason))),
             _ => Err(mismatch()),
         }
@@ -201,8 +222,14 @@ pub struct DecisionRow {
     /// Its turn among its goods' decisions (`None` when the goods did not exist).
     pub position: Option<i64>,
     pub decision: Decision,
-    /// The booking row of a live decision.
+    /// What it asked for.
+    pub kind: RequestKind,
+    /// The booking row it made (a live decision) or released (a cancel).
     pub booking_id: Option<i64>,
+    /// That booking's status now (a promotion or a cancel changes it).
+    pub booking_status: Option<BookingStatus>,
+    /// When that booking was promoted from the waitlist, Unix seconds.
+    pub promoted_at_s: Option<f64>,
     /// When the API accepted it (API clock), Unix seconds with microseconds.
     pub accepted_at_s: f64,
     /// When its batch transaction started (PostgreSQL's `now()`, within one batch of
@@ -225,11 +252,28 @@ pub enum RowError {
 }
 
 impl DecisionRow {
-    /// The columns [`DecisionRow::from_row`] reads, in its order (for `SELECT` and
-    /// `RETURNING`).
-    pub const COLUMNS: &'static str = "request_id, goods_id, user_id, quantity, shard, \
-         stream_ms, stream_seq, position, decision, reason, booking_id, \
-         extract(epoch from accepted_at)::float8, extract(epoch from decided_at)::float8";
+    /// The query [`DecisionRow::from_row`] reads, up to its `WHERE`: the log (`r`)
+    /// with the booking each row names (`b`).
+    pub const SELECT: &'static str = "SELECT r.request_id, r.goods_id, r.user_id, \
+         r.quantity, r.shard, r.stream_ms, r.stream_seq, r.position, r.decision, r.reason, \
+         r.booking_id, extract(epoch from r.accepted_at)::float8, \
+         extract(epoch from r.decided_at)::float8, r.kind, b.status, \
+         extract(epoch from b.promoted_at)::float8 \
+         FROM booking_requests r LEFT JOIN bookings b ON b.id = r.booking_id";
+
+    /// The request's status now: a booking request that made a booking has its
+    /// booking's (promoted, cancelled), anything else its decision's.
+    pub fn status_now(&self) -> RequestStatus {
+        if !self.decision.is_live() {
+            return self.decision.status();
+        }
+        match (self.kind, self.booking_status) {
+            (RequestKind::Book, Some(BookingStatus::Confirmed)) => RequestStatus::Confirmed,
+            (RequestKind::Book, Some(BookingStatus::Waitlisted)) => RequestStatus::Waitlisted,
+            (RequestKind::Book, Some(BookingStatus::Cancelled)) => RequestStatus::Cancelled,
+            _ => self.decision.status(),
+        }
+    }
 
     /// # Errors
     /// A column of an unexpected type, or a value this build does not know.
@@ -255,6 +299,12 @@ impl DecisionRow {
             booking_id: row.try_get(10)?,
             accepted_at_s: row.try_get(11)?,
             decided_at_s: row.try_get(12)?,
+            kind: row.try_get::<_, &str>(13)?.parse()?,
+            booking_status: row
+                .try_get::<_, Option<&str>>(14)?
+                .map(str::parse)
+                .transpose()?,
+            promoted_at_s: row.try_get(15)?,
         })
     }
 }

@@ -24,9 +24,9 @@ use uuid::Uuid;
 
 use crate::{
     config::RateLimit,
-    decision::{Decision, DecisionRow, RejectReason, RequestStatus},
+    decision::{Decision, DecisionRow, RejectReason, RequestKind, RequestStatus},
     keys::Keys,
-    shard::Shard,
+    shard::{FenceToken, Shard},
 };
 
 /// The consumer group every worker joins on every shard stream.
@@ -63,6 +63,14 @@ pub mod fields {
         pub const STATUS: &str = "status";
         pub const REASON: &str = "reason";
         pub const BOOKING: &str = "booking";
+        /// The request's kind (absent in hashes written before kinds existed: `book`).
+        pub const KIND: &str = "kind";
+        /// When its booking was promoted from the waitlist, Unix milliseconds.
+        pub const PROMOTED: &str = "promoted";
+        /// The fencing token of the worker that wrote it: a worker writes over a status
+        /// only when its token is at least the one there, so the late write of a
+        /// worker that lost the shard never undoes a newer owner's.
+        pub const FENCE: &str = "fence";
     }
 
     /// Added to the original fields of a dead-lettered entry.
@@ -76,10 +84,13 @@ pub mod fields {
     }
 }
 
-/// The schema version this build writes.
-const VERSION: &str = "1";
-/// The kind word of a booking request.
-const KIND_BOOK: &str = "book";
+/// The schema version of bookings: version 1, which every worker build decodes.
+const VERSION_1: &str = "1";
+/// The schema version of every kind added after bookings (`cancel`): workers that
+/// predate kinds read `k`-less version 1 and would take any version-1 entry for a
+/// booking, so a new kind is written as version 2, which they refuse (dead letter)
+/// instead.
+const VERSION_2: &str = "2";
 
 /// The id of a stream entry, `<ms>-<seq>`: its place in stream order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -105,13 +116,14 @@ impl fmt::Display for EntryId {
     }
 }
 
-/// One booking request as accepted by the API.
+/// One request as accepted by the API (a booking, or a cancel: see [`Message`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BookingRequestV1 {
     /// Made by the API; the decision is stored under it (exactly-once effect).
     pub request_id: Uuid,
     pub goods_id: i64,
     pub user_id: i64,
+    /// Seats asked for; 0 for a cancel (its entry carries no quantity).
     pub quantity: i32,
     /// When the API accepted it, in Unix milliseconds.
     pub accepted_at_ms: i64,
@@ -124,6 +136,8 @@ pub struct BookingRequestV1 {
 pub enum Message {
     /// A request to book seats of one goods.
     Book(BookingRequestV1),
+    /// A request to release the user's live booking of one goods (quantity 0).
+    Cancel(BookingRequestV1),
 }
 
 /// Why an entry could not be decoded; stored with the entry in the dead-letter stream.
@@ -147,24 +161,40 @@ impl Message {
     /// The request this message carries.
     pub fn request(&self) -> &BookingRequestV1 {
         match self {
-            Self::Book(request) => request,
+            Self::Book(request) | Self::Cancel(request) => request,
+        }
+    }
+
+    pub fn kind(&self) -> RequestKind {
+        match self {
+            Self::Book(_) => RequestKind::Book,
+            Self::Cancel(_) => RequestKind::Cancel,
         }
     }
 
     /// The flat field list for XADD.
     pub fn to_fields(&self) -> Vec<(&'static str, String)> {
-        match self {
-            Self::Book(m) => vec![
-                (fields::VERSION, VERSION.to_owned()),
-                (fields::KIND, KIND_BOOK.to_owned()),
-                (fields::REQUEST, m.request_id.simple().to_string()),
-                (fields::GOODS, m.goods_id.to_string()),
-                (fields::USER, m.user_id.to_string()),
-                (fields::QUANTITY, m.quantity.to_string()),
-                (fields::ACCEPTED_AT, m.accepted_at_ms.to_string()),
-                (fields::TRACE, m.trace_id.clone()),
-            ],
+        let m = self.request();
+        let mut out = vec![
+            (
+                fields::VERSION,
+                match self {
+                    Self::Book(_) => VERSION_1,
+                    Self::Cancel(_) => VERSION_2,
+                }
+                .to_owned(),
+            ),
+            (fields::KIND, self.kind().as_str().to_owned()),
+            (fields::REQUEST, m.request_id.simple().to_string()),
+            (fields::GOODS, m.goods_id.to_string()),
+            (fields::USER, m.user_id.to_string()),
+        ];
+        if let Self::Book(_) = self {
+            out.push((fields::QUANTITY, m.quantity.to_string()));
         }
+        out.push((fields::ACCEPTED_AT, m.accepted_at_ms.to_string()));
+        out.push((fields::TRACE, m.trace_id.clone()));
+        out
     }
 
     /// Decodes the fields of one stream entry.
@@ -178,32 +208,40 @@ impl Message {
                 .ok_or(DecodeError::MissingField(name))
         };
         let version = get(fields::VERSION)?;
-        if version != VERSION {
-            return Err(DecodeError::UnsupportedVersion(clip(version)));
-        }
-        match map.get(fields::KIND).map_or(KIND_BOOK, String::as_str) {
-            KIND_BOOK => {
-                let request_id = Uuid::try_parse(get(fields::REQUEST)?).map_err(|e| {
-                    DecodeError::InvalidField {
-                        field: fields::REQUEST,
-                        reason: e.to_string(),
-                    }
-                })?;
-                let quantity = positive(get(fields::QUANTITY)?, fields::QUANTITY)?;
-                Ok(Self::Book(BookingRequestV1 {
-                    request_id,
-                    goods_id: positive(get(fields::GOODS)?, fields::GOODS)?,
-                    user_id: positive(get(fields::USER)?, fields::USER)?,
-                    quantity: i32::try_from(quantity).map_err(|_| DecodeError::InvalidField {
-                        field: fields::QUANTITY,
-                        reason: "out of range".into(),
-                    })?,
-                    accepted_at_ms: positive(get(fields::ACCEPTED_AT)?, fields::ACCEPTED_AT)?,
-                    trace_id: map.get(fields::TRACE).cloned().unwrap_or_default(),
-                }))
-            }
-            other => Err(DecodeError::UnknownKind(clip(other))),
-        }
+        let kind = match (version, map.get(fields::KIND).map(String::as_str)) {
+            (VERSION_1, None | Some("book")) => RequestKind::Book,
+            (VERSION_1, Some(word)) => return Err(DecodeError::UnknownKind(clip(word))),
+            (VERSION_2, Some(word)) => word
+                .parse()
+                .map_err(|_| DecodeError::UnknownKind(clip(word)))?,
+            (VERSION_2, None) => return Err(DecodeError::MissingField(fields::KIND)),
+            (other, _) => return Err(DecodeError::UnsupportedVersion(clip(other))),
+        };
+        let request_id =
+            Uuid::try_parse(get(fields::REQUEST)?).map_err(|e| DecodeError::InvalidField {
+                field: fields::REQUEST,
+                reason: e.to_string(),
+            })?;
+        let quantity = match kind {
+            RequestKind::Book => i32::try_from(positive(get(fields::QUANTITY)?, fields::QUANTITY)?)
+                .map_err(|_| DecodeError::InvalidField {
+                    field: fields::QUANTITY,
+                    reason: "out of range".into(),
+                })?,
+            RequestKind::Cancel => 0,
+        };
+        let request = BookingRequestV1 {
+            request_id,
+            goods_id: positive(get(fields::GOODS)?, fields::GOODS)?,
+            user_id: positive(get(fields::USER)?, fields::USER)?,
+            quantity,
+            accepted_at_ms: positive(get(fields::ACCEPTED_AT)?, fields::ACCEPTED_AT)?,
+            trace_id: map.get(fields::TRACE).cloned().unwrap_or_default(),
+        };
+        Ok(match kind {
+            RequestKind::Book => Self::Book(request),
+            RequestKind::Cancel => Self::Cancel(request),
+        })
     }
 }
 
@@ -308,7 +346,7 @@ impl DeadLetter {
                 .map(|(k, v)| (k.to_owned(), v))
                 .collect(),
             status: Some(StatusRecord::rejected(
-                entry.message.request(),
+                &entry.message,
                 RejectReason::Unprocessable,
             )),
             request_id: Some(entry.message.request().request_id),
@@ -323,45 +361,57 @@ pub struct StatusRecord {
     /// The owner: nobody else may read it.
     pub user_id: i64,
     pub goods_id: i64,
+    /// Seats asked for (a booking), or released (a cancel; 0 when nothing was).
     pub quantity: i32,
+    pub kind: RequestKind,
     pub status: RequestStatus,
     pub reason: Option<RejectReason>,
+    /// The booking it made, or (a cancel) released.
     pub booking_id: Option<i64>,
+    /// When its booking was promoted from the waitlist, Unix milliseconds.
+    pub promoted_at_ms: Option<i64>,
 }
 
 impl StatusRecord {
     /// A request just accepted.
-    pub fn queued(request: &BookingRequestV1) -> Self {
+    pub fn queued(message: &Message) -> Self {
+        let request = message.request();
         Self {
             request_id: request.request_id,
             user_id: request.user_id,
             goods_id: request.goods_id,
             quantity: request.quantity,
+            kind: message.kind(),
             status: RequestStatus::Queued,
             reason: None,
             booking_id: None,
+            promoted_at_ms: None,
         }
     }
 
     /// A request rejected without a decision-log row (a dead letter).
-    pub fn rejected(request: &BookingRequestV1, reason: RejectReason) -> Self {
+    pub fn rejected(message: &Message, reason: RejectReason) -> Self {
         Self {
             status: RequestStatus::Rejected,
             reason: Some(reason),
-            ..Self::queued(request)
+            ..Self::queued(message)
         }
     }
 
-    /// What the decision log says.
+    /// What the decision log says, with the booking as it is now (promoted,
+    /// cancelled).
     pub fn decided(row: &DecisionRow) -> Self {
         Self {
             request_id: row.request_id,
             user_id: row.user_id,
             goods_id: row.goods_id,
             quantity: row.quantity,
-            status: row.decision.status(),
+            kind: row.kind,
+            status: row.status_now(),
             reason: row.decision.reason(),
             booking_id: row.booking_id,
+            #[allow(clippy::cast_possible_truncation)]
+            promoted_at_ms: row.promoted_at_s.map(|s| (s * 1000.0).round() as i64),
         }
     }
 
@@ -381,6 +431,13 @@ impl StatusRecord {
             (
                 f::BOOKING,
                 self.booking_id.map(|b| b.to_string()).unwrap_or_default(),
+            ),
+            (f::KIND, self.kind.as_str().to_owned()),
+            (
+                f::PROMOTED,
+                self.promoted_at_ms
+                    .map(|t| t.to_string())
+                    .unwrap_or_default(),
             ),
         ]
     }
@@ -407,6 +464,10 @@ impl StatusRecord {
         use fields::status as f;
         let num = |field: &str| hash.get(field).and_then(|v| v.parse::<i64>().ok());
         let status: RequestStatus = hash.get(f::STATUS)?.parse().ok()?;
+        let kind = match hash.get(f::KIND).map(String::as_str) {
+            None | Some("") => RequestKind::Book,
+            Some(word) => word.parse().ok()?,
+        };
         let (reason, booking_id) = if status == RequestStatus::Queued {
             (None, None)
         } else {
@@ -422,9 +483,11 @@ impl StatusRecord {
             user_id: num(f::USER)?,
             goods_id: num(f::GOODS)?,
             quantity: i32::try_from(num(f::QUANTITY)?).ok()?,
+            kind,
             status,
             reason,
             booking_id,
+            promoted_at_ms: num(f::PROMOTED),
         })
     }
 }
@@ -436,11 +499,11 @@ pub enum Enqueued {
     Accepted,
     /// Nothing written: the user is over their rate limit; try again after this long.
     RateLimited { retry_after: Duration },
-    /// Nothing written: this idempotent request was accepted before, with the same
-    /// quantity; its status now (a status word, as stored).
+    /// Nothing written: this idempotent request was accepted before, of the same
+    /// kind and (a booking) quantity; its status now (a status word, as stored).
     Existing { status: String },
     /// Nothing written: this idempotent request was accepted before with another
-    /// quantity (the key was reused for another request).
+    /// kind or quantity (the key was reused for another request).
     KeyReused,
 }
 
@@ -456,10 +519,11 @@ pub enum Enqueued {
 pub async fn enqueue<C: ConnectionLike>(
     conn: &mut C,
     keys: &Keys,
-    request: BookingRequestV1,
+    message: &Message,
     limit: Option<RateLimit>,
 ) -> RedisResult<Enqueued> {
     use fields::status as f;
+    let request = message.request();
     let shard = keys.shard_of(request.goods_id);
     let mut invocation = ENQUEUE_SCRIPT.key(keys.request_status(shard, request.request_id));
     invocation
@@ -486,8 +550,10 @@ pub async fn enqueue<C: ConnectionLike>(
         .arg(f::QUANTITY)
         .arg(request.quantity)
         .arg(f::STATUS)
-        .arg(RequestStatus::Queued.as_str());
-    for (name, value) in Message::Book(request).to_fields() {
+        .arg(RequestStatus::Queued.as_str())
+        .arg(f::KIND)
+        .arg(message.kind().as_str());
+    for (name, value) in message.to_fields() {
         invocation.arg(name).arg(value);
     }
     let (outcome, retry_after_ms, status): (i64, u64, String) =
@@ -509,12 +575,13 @@ pub const QUEUED_STATUS_TTL: Duration = Duration::from_secs(7 * 86_400);
 
 /// KEYS: the status hash, the stream, the user's rate key. ARGV: the rate limit's
 /// interval in microseconds (0: no limit) and burst, the `queued` status's TTL in
-/// seconds, `1` when the request id comes from an idempotency key, then 4 status
-/// field/value pairs (user, goods, qty, status), then the entry's field/value pairs.
-/// Returns {1, 0, ''} when accepted, {0, ms to wait, ''} when over the limit, and for
-/// an idempotent request whose status hash exists (accepted before; nothing is
-/// written, no budget spent) {2, 0, its status} when the quantity is the same, else
-/// {3, 0, ''}.
+/// seconds, `1` when the request id comes from an idempotency key, then 5 status
+/// field/value pairs (user, goods, qty, status, kind), then the entry's field/value
+/// pairs. Returns {1, 0, ''} when accepted, {0, ms to wait, ''} when over the limit,
+/// and for an idempotent request whose status hash exists (accepted before; nothing
+/// is written, no budget spent) {2, 0, its status} when it is of the same kind and (a
+/// booking) the same quantity, else {3, 0, ''}. A hash without a kind was written
+/// before kinds existed: a booking.
 ///
 /// The limit is the generic cell rate algorithm: the key holds the theoretical arrival
 /// time (TAT) of the next request; each accepted request pushes it one interval on; a
@@ -527,9 +594,12 @@ pub const QUEUED_STATUS_TTL: Duration = Duration::from_secs(7 * 86_400);
 /// when it is out of memory, so nothing is half written.
 const ENQUEUE: &str = r"#!lua
 if ARGV[4] == '1' then
-  local held = redis.call('HMGET', KEYS[1], ARGV[9], ARGV[11])
+  local held = redis.call('HMGET', KEYS[1], ARGV[9], ARGV[11], ARGV[13])
   if held[2] then
-    if held[1] == ARGV[10] then return {2, 0, held[2]} end
+    local kind = held[3] or 'book'
+    if kind == ARGV[14] and (kind ~= 'book' or held[1] == ARGV[10]) then
+      return {2, 0, held[2]}
+    end
     return {3, 0, ''}
   end
 end
@@ -546,9 +616,9 @@ if interval > 0 then
   redis.call('SET', KEYS[3], string.format('%.0f', next_tat),
     'PX', math.ceil((next_tat - now) / 1000) + 1)
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5, 12))
+redis.call('HSET', KEYS[1], unpack(ARGV, 5, 14))
 redis.call('EXPIRE', KEYS[1], ARGV[3])
-redis.call('XADD', KEYS[2], '*', unpack(ARGV, 13))
+redis.call('XADD', KEYS[2], '*', unpack(ARGV, 15))
 return {1, 0, ''}";
 
 /// Reads a request's status hash (the shard comes from the request id); `None` when
@@ -619,10 +689,12 @@ pub struct Settled {
 /// # Errors
 /// Redis unreachable or refusing the script; nothing is acknowledged then, and the
 /// entries are found decided when read again.
+#[allow(clippy::too_many_arguments)] // one script's inputs, each of its own kind
 pub async fn settle<C: ConnectionLike>(
     conn: &mut C,
     keys: &Keys,
     shard: Shard,
+    fence: FenceToken,
     statuses: &[StatusRecord],
     dead: &[DeadLetter],
     handled: &[String],
@@ -630,9 +702,10 @@ pub async fn settle<C: ConnectionLike>(
 ) -> RedisResult<Settled> {
     let mut invocation = SETTLE_SCRIPT.key(keys.stream(shard));
     invocation.key(keys.dead_letter(shard));
-    // Statuses to write: decided ones in full (`1`: whatever is there); an
-    // undecodable entry's, if it names a request of this shard, marked rejected only
-    // over the `queued` the API wrote (`0`), never over a decision.
+    // Statuses to write: decided ones in full (`1`: over whatever is there, unless a
+    // worker with a newer fencing token wrote it); an undecodable entry's, if it names
+    // a request of this shard, marked rejected only over the `queued` the API wrote
+    // (`0`), never over a decision.
     let mut writes: Vec<(Uuid, u8, Pairs)> = statuses
         .iter()
         .chain(dead.iter().filter_map(|d| d.status.as_ref()))
@@ -650,6 +723,7 @@ pub async fn settle<C: ConnectionLike>(
     }
     invocation
         .arg(CONSUMER_GROUP)
+        .arg(fence.get())
         .arg(retention.dead_letters)
         .arg(u64::try_from(retention.entries.as_millis()).unwrap_or(u64::MAX))
         .arg(dead.len());
@@ -768,15 +842,16 @@ local function trim(stream, group, retention_ms)
 end";
 
 /// KEYS[1] the stream, KEYS[2] its dead-letter stream, KEYS[3..] status hashes. ARGV:
-/// the group, the dead-letter stream's length cap, the entry retention (ms), the
-/// number of dead letters; then per status hash `1` (write) or `0` (write only over a
-/// `queued` status: never over a decision), its TTL (s), a pair count and its pairs; then per dead
-/// letter a pair count and its pairs; then the ids to acknowledge. Returns
+/// the group, the writer's fencing token, the dead-letter stream's length cap, the
+/// entry retention (ms), the number of dead letters; then per status hash `1` (write,
+/// unless the hash's `fence` is newer than ours) or `0` (write only over a `queued`
+/// status: never over a decision), its TTL (s), a pair count and its pairs; then per
+/// dead letter a pair count and its pairs; then the ids to acknowledge. Returns
 /// {trimmed, ''} or {-1, why trimming failed}.
 const SETTLE_BODY: &str = r"
-local group, cap = ARGV[1], ARGV[2]
-local retention_ms, letters = tonumber(ARGV[3]), tonumber(ARGV[4])
-local at = 5
+local group, fence, cap = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local retention_ms, letters = tonumber(ARGV[4]), tonumber(ARGV[5])
+local at = 6
 local function take(n)
   local out = {}
   for i = at, at + 2 * n - 1 do out[#out + 1] = ARGV[i] end
@@ -786,8 +861,11 @@ end
 for k = 3, #KEYS do
   local always, ttl, n = ARGV[at] == '1', ARGV[at + 1], tonumber(ARGV[at + 2]); at = at + 3
   local pairs = take(n)
-  if always or redis.call('HGET', KEYS[k], 'status') == 'queued' then
-    redis.call('HSET', KEYS[k], unpack(pairs))
+  local held = redis.call('HMGET', KEYS[k], 'status', 'fence')
+  local write
+  if always then write = (tonumber(held[2]) or 0) <= fence else write = held[1] == 'queued' end
+  if write then
+    redis.call('HSET', KEYS[k], 'fence', ARGV[2], unpack(pairs))
     redis.call('EXPIRE', KEYS[k], ttl)
   end
 end
@@ -936,6 +1014,27 @@ mod tests {
             Message::from_fields(&fields),
             Err(DecodeError::UnknownKind("refund".into()))
         );
+        // A cancel is version 2 (workers before kinds would read a version-1 entry
+        // as a booking); a version-1 entry of another kind is refused.
+        let cancel = Message::Cancel(BookingRequestV1 {
+            quantity: 0,
+            ..sample()
+        });
+        let mut fields = as_map(cancel.to_fields());
+        assert_eq!(fields["v"], "2");
+        assert!(!fields.contains_key("qty"), "a cancel carries no quantity");
+        assert_eq!(Message::from_fields(&fields), Ok(cancel));
+        fields.insert("v".into(), "1".into());
+        assert_eq!(
+            Message::from_fields(&fields),
+            Err(DecodeError::UnknownKind("cancel".into()))
+        );
+        fields.insert("v".into(), "2".into());
+        fields.remove("k");
+        assert_eq!(
+            Message::from_fields(&fields),
+            Err(DecodeError::MissingField("k"))
+        );
     }
 
     #[test]
@@ -975,8 +1074,9 @@ mod tests {
     #[test]
     fn a_status_hash_reads_back_what_was_written() {
         let request = sample();
-        let queued = StatusRecord::queued(&request);
-        let rejected = StatusRecord::rejected(&request, RejectReason::Unprocessable);
+        let message = Message::Book(request.clone());
+        let queued = StatusRecord::queued(&message);
+        let rejected = StatusRecord::rejected(&message, RejectReason::Unprocessable);
         for record in [queued, rejected] {
             let mut hash = HashMap::from([
                 ("user".to_owned(), "7".to_owned()),
@@ -1008,7 +1108,7 @@ mod tests {
         ]);
         assert_eq!(
             StatusRecord::from_fields(request.request_id, &retried),
-            Some(StatusRecord::queued(&request))
+            Some(StatusRecord::queued(&message))
         );
     }
 }

@@ -4,15 +4,17 @@
 //! whatever its size, each in a function named for its step:
 //! [`check_fence`], [`find_decided`], then for the requests not decided yet
 //! [`lock_goods`] (in id order, so two transactions can never deadlock),
-//! [`read_held_places`], [`read_live_users`], the pure decision rule
-//! ([`crate::decide`]), [`write_decisions`] (bookings and the decision log in one
-//! statement) and [`bump_counters`].
+//! [`read_bookings`] (the batch users' live places and, for goods with a cancel in
+//! the batch, the head of the waitlist), [`read_live_users`], the pure decision rule
+//! ([`crate::decide`]), [`update_bookings`] (promotions and cancels of bookings made
+//! before; only when there are any), [`write_decisions`] (new bookings and the
+//! decision log in one statement) and [`bump_counters`].
 
 use std::collections::{HashMap, HashSet};
 
 use deadpool_postgres::{Pool, Transaction};
 use shared::{
-    decision::{Decision, DecisionRow, RejectReason},
+    decision::{BookingStatus, Decision, DecisionRow, RejectReason, RequestKind, RequestStatus},
     live_statuses,
     shard::{FenceToken, Shard},
     stream::{BookingRequestV1, Entry, StatusRecord},
@@ -20,7 +22,7 @@ use shared::{
 use uuid::Uuid;
 
 use crate::{
-    decide::{self, Ask, GoodsState, Verdict},
+    decide::{self, Ask, Booking, Decided, GoodsState},
     error::WorkerError,
 };
 
@@ -76,7 +78,8 @@ pub async fn acquire_fence(
 }
 
 /// Decides and commits one batch of one shard, in stream order. Returns a decision for
-/// every entry (deduplicated by request id), new or already committed.
+/// every entry (deduplicated by request id), new or already committed, then the new
+/// status of every earlier booking request the batch changed (promoted, cancelled).
 ///
 /// # Errors
 /// `Fenced` if another worker has taken the shard since `fence` was issued; database
@@ -121,7 +124,7 @@ pub async fn commit_batch(
     };
     tx.commit().await?;
 
-    Ok(requests
+    let mut out: Vec<Committed> = requests
         .iter()
         .filter_map(|f| {
             let id = f.request.request_id;
@@ -135,7 +138,14 @@ pub async fn commit_batch(
                     .map(|status| Committed { status, new: true }),
             }
         })
-        .collect())
+        .collect();
+    // What is left: earlier requests whose bookings this batch changed.
+    out.extend(
+        decided
+            .into_values()
+            .map(|status| Committed { status, new: true }),
+    );
+    Ok(out)
 }
 
 /// Records a request whose entry is being dead-lettered as decided `rejected` /
@@ -162,10 +172,10 @@ pub async fn record_dead_letter(
     let stmt = tx
         .prepare_cached(
             "INSERT INTO booking_requests (request_id, goods_id, user_id, quantity, shard, \
-               stream_id, stream_ms, stream_seq, position, decision, reason, booking_id, accepted_at) \
+               stream_id, stream_ms, stream_seq, position, decision, reason, booking_id, accepted_at, kind) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, $10, NULL, \
                CASE WHEN $11::int8 BETWEEN 0 AND 8000000000000000 \
-                    THEN to_timestamp($11::int8 / 1000.0) ELSE now() END) \
+                    THEN to_timestamp($11::int8 / 1000.0) ELSE now() END, $12) \
              ON CONFLICT (request_id) DO NOTHING",
         )
         .await?;
@@ -183,6 +193,7 @@ pub async fn record_dead_letter(
             &decision.status().as_str(),
             &decision.reason().map(RejectReason::as_str),
             &r.accepted_at_ms,
+            &entry.message.kind().as_str(),
         ],
     )
     .await?;
@@ -194,7 +205,8 @@ pub async fn record_dead_letter(
         .ok_or_else(|| WorkerError::UnexpectedValue("the dead letter's decision is missing".into()))
 }
 
-/// Decides the requests not decided before, in order, and writes everything.
+/// Decides the requests not decided before, in order, and writes everything. Returns
+/// the status of each of them, and of every earlier request whose booking changed.
 async fn decide_fresh(
     tx: &Transaction<'_>,
     shard: Shard,
@@ -205,38 +217,92 @@ async fn decide_fresh(
     goods_ids.dedup();
     let mut goods = lock_goods(tx, &goods_ids).await?;
     let before = goods.clone();
-    let mut held = read_held_places(tx, fresh).await?;
+    let read = read_bookings(tx, fresh, &goods).await?;
     let user_ids: Vec<i64> = fresh.iter().map(|f| f.request.user_id).collect();
     let live_users = read_live_users(tx, &user_ids).await?;
     let asks: Vec<Ask> = fresh
         .iter()
         .map(|f| Ask {
+            request_id: f.request.request_id,
+            kind: f.entry.message.kind(),
             goods_id: f.request.goods_id,
             user_id: f.request.user_id,
             quantity: f.request.quantity,
             arrived_ms: f.entry.id.ms,
         })
         .collect();
-    let verdicts = decide::decide(&asks, &mut goods, &mut held, &live_users);
-    let booking_ids = write_decisions(tx, shard, fresh, &verdicts).await?;
+    let decided = decide::decide(&asks, &mut goods, &read, &live_users, now_ms());
+    update_bookings(tx, &decided).await?;
+    let booking_ids = write_decisions(tx, shard, fresh, &decided).await?;
     bump_counters(tx, &before, &goods).await?;
-    Ok(fresh
+
+    let status_of = |b: &Booking| match b.status {
+        BookingStatus::Confirmed => RequestStatus::Confirmed,
+        BookingStatus::Waitlisted => RequestStatus::Waitlisted,
+        BookingStatus::Cancelled => RequestStatus::Cancelled,
+    };
+    let mut out: HashMap<Uuid, StatusRecord> = fresh
         .iter()
-        .zip(&verdicts)
+        .zip(&decided.verdicts)
         .map(|(f, v)| {
             let r = f.request;
+            let booking = v.booking.and_then(|id| decided.bookings.get(&id));
+            let own = booking.filter(|b| b.request_id == r.request_id);
             let status = StatusRecord {
                 request_id: r.request_id,
                 user_id: r.user_id,
                 goods_id: r.goods_id,
-                quantity: r.quantity,
-                status: v.decision.status(),
+                // A cancel: the seats (or places) it released.
+                quantity: booking.map_or(r.quantity, |b| b.quantity),
+                kind: f.entry.message.kind(),
+                status: own.map_or(v.decision.status(), status_of),
                 reason: v.decision.reason(),
-                booking_id: booking_ids.get(&r.request_id).copied().flatten(),
+                booking_id: v.booking.and_then(|id| {
+                    booking_ids
+                        .get(&id)
+                        .copied()
+                        .or_else(|| booking.and_then(|b| b.booking_id))
+                }),
+                promoted_at_ms: own.and_then(|b| b.promoted_at_ms),
             };
             (r.request_id, status)
         })
-        .collect())
+        .collect();
+    for b in decided.bookings.values() {
+        if out.contains_key(&b.request_id) {
+            continue;
+        }
+        let Some(booking_id) = b
+            .booking_id
+            .or_else(|| booking_ids.get(&b.request_id).copied())
+        else {
+            continue;
+        };
+        out.insert(
+            b.request_id,
+            StatusRecord {
+                request_id: b.request_id,
+                user_id: b.user_id,
+                goods_id: b.goods_id,
+                quantity: b.quantity,
+                kind: RequestKind::Book,
+                status: status_of(b),
+                reason: None,
+                booking_id: Some(booking_id),
+                promoted_at_ms: b.promoted_at_ms,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// This process's clock, Unix milliseconds (the time a promotion records).
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_millis()).ok())
+        .unwrap_or_default()
 }
 
 /// Fails with `Fenced` unless `fence` is still the shard's current token. `FOR SHARE`
@@ -269,8 +335,8 @@ async fn find_decided(
 ) -> Result<HashMap<Uuid, DecisionRow>, WorkerError> {
     let stmt = tx
         .prepare_cached(&format!(
-            "SELECT {} FROM booking_requests WHERE request_id = ANY($1)",
-            DecisionRow::COLUMNS
+            "{} WHERE r.request_id = ANY($1)",
+            DecisionRow::SELECT
         ))
         .await?;
     tx.query(&stmt, &[&ids])
@@ -317,28 +383,99 @@ async fn lock_goods(
         .collect())
 }
 
-/// The `(goods, user)` pairs of the batch that already hold a live place.
-async fn read_held_places(
+/// The columns [`booking_from_row`] reads, of `bookings b`.
+const BOOKING_COLUMNS: &str = "b.request_id, b.id, b.goods_id, b.user_id, b.quantity, \
+     b.position, b.status, floor(extract(epoch FROM b.promoted_at) * 1000)::int8";
+
+fn booking_from_row(r: &tokio_postgres::Row) -> Result<Booking, WorkerError> {
+    let status: &str = r.try_get(6)?;
+    Ok(Booking {
+        request_id: r.try_get(0)?,
+        booking_id: Some(r.try_get(1)?),
+        goods_id: r.try_get(2)?,
+        user_id: r.try_get(3)?,
+        quantity: r.try_get(4)?,
+        position: r.try_get(5)?,
+        status: status
+            .parse()
+            .map_err(|e| WorkerError::UnexpectedValue(Box::new(e)))?,
+        promoted_at_ms: r.try_get(7)?,
+        cancelled_by: None,
+    })
+}
+
+/// The bookings the batch may touch: the live place of each of its `(goods, user)`
+/// pairs and, for every goods the batch cancels a booking of, the head of its
+/// waitlist that promotions can reach ([`decide::waitlist_heads`]).
+async fn read_bookings(
     tx: &Transaction<'_>,
     fresh: &[&Fresh<'_>],
-) -> Result<HashSet<(i64, i64)>, WorkerError> {
-    let goods: Vec<i64> = fresh.iter().map(|f| f.request.goods_id).collect();
+    goods: &HashMap<i64, GoodsState>,
+) -> Result<Vec<Booking>, WorkerError> {
+    let goods_ids: Vec<i64> = fresh.iter().map(|f| f.request.goods_id).collect();
     let users: Vec<i64> = fresh.iter().map(|f| f.request.user_id).collect();
     let stmt = tx
-        .prepare_cached(concat!(
-            "SELECT b.goods_id, b.user_id FROM bookings b \
+        .prepare_cached(&format!(
+            "SELECT {BOOKING_COLUMNS} FROM bookings b \
              JOIN unnest($1::int8[], $2::int8[]) AS x(goods_id, user_id) \
                ON b.goods_id = x.goods_id AND b.user_id = x.user_id \
-             WHERE b.status IN ",
-            live_statuses!()
+             WHERE b.status IN {live}",
+            live = live_statuses!()
         ))
         .await?;
-    Ok(tx
-        .query(&stmt, &[&goods, &users])
+    let mut read = tx
+        .query(&stmt, &[&goods_ids, &users])
         .await?
         .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect())
+        .map(booking_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let mut cancels: HashMap<i64, usize> = HashMap::new();
+    for f in fresh {
+        if f.entry.message.kind() == RequestKind::Cancel {
+            *cancels.entry(f.request.goods_id).or_default() += 1;
+        }
+    }
+    let (mut head_goods, mut head_quantity, mut head_count) = (Vec::new(), Vec::new(), Vec::new());
+    for (goods_id, n) in &cancels {
+        let Some(state) = goods.get(goods_id) else {
+            continue;
+        };
+        let largest = read
+            .iter()
+            .filter(|b| b.goods_id == *goods_id)
+            .map(|b| b.quantity)
+            .fold(state.max_per_booking, i32::max);
+        for (quantity, count) in decide::waitlist_heads(state, *n, largest) {
+            head_goods.push(*goods_id);
+            head_quantity.push(quantity);
+            head_count.push(count);
+        }
+    }
+    if !head_goods.is_empty() {
+        let stmt = tx
+            .prepare_cached(&format!(
+                "SELECT {BOOKING_COLUMNS} \
+                 FROM unnest($1::int8[], $2::int4[], $3::int8[]) AS x(goods_id, quantity, n) \
+                 CROSS JOIN LATERAL ( \
+                   SELECT * FROM bookings w \
+                   WHERE w.goods_id = x.goods_id AND w.quantity = x.quantity \
+                     AND w.status = 'waitlisted' \
+                   ORDER BY w.position LIMIT x.n) b"
+            ))
+            .await?;
+        let mut seen: HashSet<Uuid> = read.iter().map(|b| b.request_id).collect();
+        for row in tx
+            .query(&stmt, &[&head_goods, &head_quantity, &head_count])
+            .await?
+        {
+            let booking = booking_from_row(&row)?;
+            if seen.insert(booking.request_id) {
+                read.push(booking);
+            }
+        }
+    }
+    Ok(read)
 }
 
 /// The users of the batch that still exist.
@@ -357,19 +494,59 @@ async fn read_live_users(
         .collect())
 }
 
-/// Writes a booking for every live verdict and a decision-log row for every request,
-/// in one statement; returns each request's booking id (if any). Only the two ids
-/// come back: this statement runs once per batch on the hot path of deciding.
+/// Writes what the batch changed of bookings made before it (promotions, cancels), in
+/// one statement; nothing when it changed none. Runs before the new bookings are
+/// written: a user who cancels and books again within one batch holds one live
+/// booking at every moment.
+async fn update_bookings(tx: &Transaction<'_>, decided: &Decided) -> Result<(), WorkerError> {
+    let changed: Vec<(i64, &Booking)> = decided
+        .bookings
+        .values()
+        .filter_map(|b| b.booking_id.map(|id| (id, b)))
+        .collect();
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = changed.iter().map(|(id, _)| *id).collect();
+    let statuses: Vec<&str> = changed.iter().map(|(_, b)| b.status.as_str()).collect();
+    let promoted: Vec<Option<i64>> = changed.iter().map(|(_, b)| b.promoted_at_ms).collect();
+    let cancels: Vec<Option<Uuid>> = changed.iter().map(|(_, b)| b.cancelled_by).collect();
+    let stmt = tx
+        .prepare_cached(
+            "UPDATE bookings b SET status = u.status, \
+               promoted_at = COALESCE(b.promoted_at, to_timestamp(u.promoted_ms / 1000.0)), \
+               cancelled_at = CASE WHEN u.cancel_request IS NOT NULL THEN now() END, \
+               cancelled_by = CASE WHEN u.cancel_request IS NOT NULL THEN b.user_id END, \
+               cancel_request_id = u.cancel_request \
+             FROM unnest($1::int8[], $2::text[], $3::int8[], $4::uuid[]) \
+               AS u(id, status, promoted_ms, cancel_request) \
+             WHERE b.id = u.id",
+        )
+        .await?;
+    tx.execute(&stmt, &[&ids, &statuses, &promoted, &cancels])
+        .await?;
+    Ok(())
+}
+
+/// Writes every booking the batch made (in its final state: one promoted or cancelled
+/// within the batch is written so) and a decision-log row for every request, in one
+/// statement; returns the booking id each logged request names (its booking, or for a
+/// cancel the booking it released). Only the two ids come back: this statement runs
+/// once per batch on the hot path of deciding.
 async fn write_decisions(
     tx: &Transaction<'_>,
     shard: Shard,
     fresh: &[&Fresh<'_>],
-    verdicts: &[Verdict],
-) -> Result<HashMap<Uuid, Option<i64>>, WorkerError> {
+    decided: &Decided,
+) -> Result<HashMap<Uuid, i64>, WorkerError> {
+    let verdicts = &decided.verdicts;
     let col = |f: fn(&Fresh<'_>) -> i64| fresh.iter().map(|e| f(e)).collect::<Vec<i64>>();
     let request_ids: Vec<Uuid> = fresh.iter().map(|f| f.request.request_id).collect();
-    let quantities: Vec<i32> = fresh.iter().map(|f| f.request.quantity).collect();
     let stream_ids: Vec<String> = fresh.iter().map(|f| f.entry.id.to_string()).collect();
+    let kinds: Vec<&str> = fresh
+        .iter()
+        .map(|f| f.entry.message.kind().as_str())
+        .collect();
     let decisions: Vec<&str> = verdicts
         .iter()
         .map(|v| v.decision.status().as_str())
@@ -379,28 +556,55 @@ async fn write_decisions(
         .map(|v| v.decision.reason().map(|r| r.as_str()))
         .collect();
     let positions: Vec<Option<i64>> = verdicts.iter().map(|v| v.position).collect();
+    // The booking each request made (new, in its final state) or released.
+    let booking = |i: usize| verdicts[i].booking.and_then(|id| decided.bookings.get(&id));
+    let own = |i: usize| booking(i).filter(|b| b.request_id == request_ids[i]);
+    let n = fresh.len();
+    let quantities: Vec<i32> = (0..n)
+        .map(|i| booking(i).map_or(fresh[i].request.quantity, |b| b.quantity))
+        .collect();
+    let booking_statuses: Vec<Option<&str>> =
+        (0..n).map(|i| own(i).map(|b| b.status.as_str())).collect();
+    let promoted: Vec<Option<i64>> = (0..n)
+        .map(|i| own(i).and_then(|b| b.promoted_at_ms))
+        .collect();
+    let cancels: Vec<Option<Uuid>> = (0..n)
+        .map(|i| own(i).and_then(|b| b.cancelled_by))
+        .collect();
+    let released = |i: usize| booking(i).filter(|b| b.request_id != request_ids[i]);
+    let targets: Vec<Option<Uuid>> = (0..n).map(|i| released(i).map(|b| b.request_id)).collect();
+    let target_ids: Vec<Option<i64>> = (0..n)
+        .map(|i| released(i).and_then(|b| b.booking_id))
+        .collect();
     let stmt = tx
-        .prepare_cached(&format!(
+        .prepare_cached(
             "WITH input AS ( \
                SELECT * FROM unnest($1::uuid[], $2::int8[], $3::int8[], $4::int4[], $5::text[], \
-                                    $6::int8[], $7::int8[], $8::text[], $9::text[], $10::int8[], $11::int8[]) \
+                                    $6::int8[], $7::int8[], $8::text[], $9::text[], $10::int8[], \
+                                    $11::int8[], $13::text[], $14::text[], $15::int8[], \
+                                    $16::uuid[], $17::uuid[], $18::int8[]) \
                AS t(request_id, goods_id, user_id, quantity, stream_id, stream_ms, stream_seq, \
-                    decision, reason, position, accepted_ms) \
+                    decision, reason, position, accepted_ms, kind, booking_status, promoted_ms, \
+                    cancel_request, target, target_booking) \
              ), booked AS ( \
-               INSERT INTO bookings (goods_id, user_id, request_id, quantity, status, position) \
-               SELECT goods_id, user_id, request_id, quantity, decision, position FROM input \
-               WHERE decision IN {live} \
+               INSERT INTO bookings (goods_id, user_id, request_id, quantity, status, position, \
+                 promoted_at, cancelled_at, cancelled_by, cancel_request_id) \
+               SELECT goods_id, user_id, request_id, quantity, booking_status, position, \
+                 to_timestamp(promoted_ms / 1000.0), \
+                 CASE WHEN cancel_request IS NOT NULL THEN now() END, \
+                 CASE WHEN cancel_request IS NOT NULL THEN user_id END, cancel_request \
+               FROM input WHERE booking_status IS NOT NULL \
                RETURNING id, request_id \
              ) \
              INSERT INTO booking_requests (request_id, goods_id, user_id, quantity, shard, stream_id, \
-               stream_ms, stream_seq, position, decision, reason, booking_id, accepted_at) \
+               stream_ms, stream_seq, position, decision, reason, booking_id, accepted_at, kind) \
              SELECT i.request_id, i.goods_id, i.user_id, i.quantity, $12, i.stream_id, i.stream_ms, \
-               i.stream_seq, i.position, i.decision, i.reason, b.id, \
-               to_timestamp(i.accepted_ms / 1000.0) \
-             FROM input i LEFT JOIN booked b USING (request_id) \
+               i.stream_seq, i.position, i.decision, i.reason, \
+               COALESCE(b.id, t.id, i.target_booking), to_timestamp(i.accepted_ms / 1000.0), i.kind \
+             FROM input i LEFT JOIN booked b ON b.request_id = i.request_id \
+               LEFT JOIN booked t ON t.request_id = i.target \
              RETURNING request_id, booking_id",
-            live = live_statuses!(),
-        ))
+        )
         .await?;
     let rows = tx
         .query(
@@ -418,10 +622,19 @@ async fn write_decisions(
                 &positions,
                 &col(|f| f.request.accepted_at_ms),
                 &shard.as_i32(),
+                &kinds,
+                &booking_statuses,
+                &promoted,
+                &cancels,
+                &targets,
+                &target_ids,
             ],
         )
         .await?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    Ok(rows
+        .iter()
+        .filter_map(|r| Some((r.get(0), r.get::<_, Option<i64>>(1)?)))
+        .collect())
 }
 
 /// Adds what the batch took (seats, decisions) to each goods touched, in one statement.

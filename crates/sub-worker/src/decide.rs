@@ -1,19 +1,29 @@
 //! The decision rule, as a pure function over one batch.
 //!
-//! Requests are decided strictly in stream order, per goods: a request is confirmed if
-//! the seats left at its turn cover its quantity, otherwise waitlisted (a smaller later
-//! request may still fit after a larger one waitlisted). A user who already holds a live
-//! booking or a waitlist place for the goods is rejected `already_booked`; a goods that
-//! no longer exists gives `goods_not_found`; a deleted user gives `user_not_found`; a
-//! quantity above the goods' current `maxPerBooking` gives `invalid_quantity`; a request
-//! that arrived (its stream entry time) before the goods' sale window opens or once it
-//! has closed gives `sale_not_open` or `sale_closed`, whatever the API's cache let
-//! through.
+//! Requests are decided strictly in stream order, per goods.
+//!
+//! A **booking** is confirmed if the seats free at its turn cover its quantity,
+//! otherwise waitlisted (a smaller later request may still fit after a larger one
+//! waitlisted). A user who already holds a live booking or a waitlist place for the
+//! goods is rejected `already_booked`; a goods that no longer exists gives
+//! `goods_not_found`; a deleted user gives `user_not_found`; a quantity above the
+//! goods' current `maxPerBooking` gives `invalid_quantity`; a request that arrived (its
+//! stream entry time) before the goods' sale window opens or once it has closed gives
+//! `sale_not_open` or `sale_closed`, whatever the API's cache let through.
+//!
+//! A **cancel** releases its user's live booking of the goods (`cancelled`), or finds
+//! none (`no_booking`). The seats it frees go at once to the waitlist in decision
+//! order: every waitlisted booking that fits the seats free when its turn in the
+//! waitlist comes is promoted (the fit rule of first decisions). So a waitlisted
+//! booking is never passed by a later request while seats it fits are free: after
+//! every decision, no waitlisted booking fits the free seats.
+//!
 //! Keeping this free of I/O lets the rule be tested exhaustively without a database.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-use shared::decision::{Decision, RejectReason};
+use shared::decision::{BookingStatus, Decision, RejectReason, RequestKind};
+use uuid::Uuid;
 
 /// Seats and order state of one goods, read under its row lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,60 +41,258 @@ pub struct GoodsState {
 /// One request to decide.
 #[derive(Debug, Clone, Copy)]
 pub struct Ask {
+    pub request_id: Uuid,
+    pub kind: RequestKind,
     pub goods_id: i64,
     pub user_id: i64,
+    /// Seats asked for (0 for a cancel).
     pub quantity: i32,
     /// When it arrived: its stream entry's time, Unix milliseconds.
     pub arrived_ms: i64,
 }
 
-/// The verdict on one request and its place in its goods' decision order
-/// (`None` when the goods does not exist).
+/// A booking the batch may touch, as read (live places of the batch's users, the
+/// heads of the waitlists a cancel may promote from) or as made by the batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Booking {
+    /// The booking request that made it: its identity until it has a row id.
+    pub request_id: Uuid,
+    /// Its row; `None` when this batch makes it.
+    pub booking_id: Option<i64>,
+    pub goods_id: i64,
+    pub user_id: i64,
+    pub quantity: i32,
+    /// Its request's turn: the waitlist is served in this order.
+    pub position: i64,
+    pub status: BookingStatus,
+    /// When it was promoted from the waitlist, Unix milliseconds.
+    pub promoted_at_ms: Option<i64>,
+    /// The cancel request that released it.
+    pub cancelled_by: Option<Uuid>,
+}
+
+/// The verdict on one request, its place in its goods' decision order (`None` when
+/// the goods does not exist), and the booking it made (a booking) or released (a
+/// cancel), by request id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Verdict {
     pub decision: Decision,
     pub position: Option<i64>,
+    pub booking: Option<Uuid>,
+}
+
+/// What a batch decided: a verdict per ask, and every booking it made or changed in
+/// its final state (one made and then cancelled or promoted within the batch is
+/// there once, as it ends).
+#[derive(Debug, Default)]
+pub struct Decided {
+    pub verdicts: Vec<Verdict>,
+    /// Bookings made by the batch (`booking_id: None`) and bookings read that it
+    /// changed, by request id.
+    pub bookings: HashMap<Uuid, Booking>,
+}
+
+/// Most seats one booking holds (the API's `maxPerBooking` ceiling; a database CHECK).
+pub const MAX_QUANTITY: i32 = 100;
+
+/// How much of a goods' waitlist a batch with `cancels` cancels may promote from,
+/// per quantity: `(quantity, how many of the first waitlisted with that quantity)`.
+/// `largest` is the most seats one cancel can release: the largest of the goods'
+/// `maxPerBooking` (what a booking made in the batch holds at most) and the quantities
+/// of the live bookings read for the batch's users.
+///
+/// Seats entering the free pool during the batch are at most the seats free now plus
+/// what each cancel releases; each promotion of quantity q takes q of them, and
+/// waitlisted bookings of one quantity are promoted in their order. So no promotion
+/// ever reaches past the first `seats / q` of quantity q, plus one for every
+/// waitlisted booking a cancel may take out ahead of them.
+pub fn waitlist_heads(state: &GoodsState, cancels: usize, largest: i32) -> Vec<(i32, i64)> {
+    let cancels = i64::try_from(cancels).unwrap_or(i64::MAX);
+    let seats = i64::from(state.booking_limit - state.booked).max(0)
+        + cancels.saturating_mul(i64::from(largest.clamp(1, MAX_QUANTITY)));
+    (1..=MAX_QUANTITY)
+        .take_while(|q| i64::from(*q) <= seats)
+        .map(|q| (q, seats / i64::from(q) + cancels))
+        .collect()
 }
 
 /// Decides `asks` in order. `goods` is updated in place (seats taken, decisions
-/// counted) so the caller can write the new counters; `held` is the set of
-/// `(goods_id, user_id)` pairs with a live booking or waitlist place, and grows as
-/// requests are granted.
+/// counted) so the caller can write the new counters; `read` holds the bookings read
+/// for the batch (see [`Booking`]); `live_users` the batch's users that still exist;
+/// `now_ms` is the time a promotion records.
 pub fn decide(
     asks: &[Ask],
     goods: &mut HashMap<i64, GoodsState>,
-    held: &mut HashSet<(i64, i64)>,
+    read: &[Booking],
     live_users: &HashSet<i64>,
-) -> Vec<Verdict> {
-    asks.iter()
+    now_ms: i64,
+) -> Decided {
+    let mut board = Board::new(read, now_ms);
+    let verdicts = asks
+        .iter()
         .map(|ask| {
             let Some(state) = goods.get_mut(&ask.goods_id) else {
                 return Verdict {
                     decision: Decision::Rejected(RejectReason::GoodsNotFound),
                     position: None,
+                    booking: None,
                 };
             };
             state.decided += 1;
-            let position = Some(state.decided);
-            let decision = if state.sale_opens_ms.is_some_and(|at| ask.arrived_ms < at) {
-                Decision::Rejected(RejectReason::SaleNotOpen)
-            } else if state.sale_closes_ms.is_some_and(|at| ask.arrived_ms >= at) {
-                Decision::Rejected(RejectReason::SaleClosed)
-            } else if !live_users.contains(&ask.user_id) {
-                Decision::Rejected(RejectReason::UserNotFound)
-            } else if ask.quantity < 1 || ask.quantity > state.max_per_booking {
-                Decision::Rejected(RejectReason::InvalidQuantity)
-            } else if !held.insert((ask.goods_id, ask.user_id)) {
-                Decision::Rejected(RejectReason::AlreadyBooked)
-            } else if state.booking_limit - state.booked >= ask.quantity {
-                state.booked += ask.quantity;
-                Decision::Confirmed
-            } else {
-                Decision::Waitlisted
+            let position = state.decided;
+            let (decision, booking) = match ask.kind {
+                RequestKind::Book => board.book(ask, state, position, live_users),
+                RequestKind::Cancel => board.cancel(ask, state),
             };
-            Verdict { decision, position }
+            Verdict {
+                decision,
+                position: Some(position),
+                booking,
+            }
         })
-        .collect()
+        .collect();
+    Decided {
+        verdicts,
+        bookings: board
+            .bookings
+            .into_iter()
+            .filter(|(id, b)| board.read.get(id) != Some(b))
+            .collect(),
+    }
+}
+
+/// The bookings of a batch as it is being decided.
+struct Board {
+    /// As read, to tell what changed.
+    read: HashMap<Uuid, Booking>,
+    /// Now, by request id.
+    bookings: HashMap<Uuid, Booking>,
+    /// Each user's live booking of a goods.
+    live: HashMap<(i64, i64), Uuid>,
+    /// Each goods' waitlist (as far as read), by position.
+    waitlists: HashMap<i64, BTreeMap<i64, Uuid>>,
+    now_ms: i64,
+}
+
+impl Board {
+    fn new(read: &[Booking], now_ms: i64) -> Self {
+        let mut board = Self {
+            read: read.iter().map(|b| (b.request_id, *b)).collect(),
+            bookings: HashMap::new(),
+            live: HashMap::new(),
+            waitlists: HashMap::new(),
+            now_ms,
+        };
+        board.bookings = board.read.clone();
+        for b in read {
+            board.place(b);
+        }
+        board
+    }
+
+    /// Indexes a live booking.
+    fn place(&mut self, b: &Booking) {
+        match b.status {
+            BookingStatus::Confirmed => {}
+            BookingStatus::Waitlisted => {
+                self.waitlists
+                    .entry(b.goods_id)
+                    .or_default()
+                    .insert(b.position, b.request_id);
+            }
+            BookingStatus::Cancelled => return,
+        }
+        self.live.insert((b.goods_id, b.user_id), b.request_id);
+    }
+
+    fn book(
+        &mut self,
+        ask: &Ask,
+        state: &mut GoodsState,
+        position: i64,
+        live_users: &HashSet<i64>,
+    ) -> (Decision, Option<Uuid>) {
+        let decision = if state.sale_opens_ms.is_some_and(|at| ask.arrived_ms < at) {
+            Decision::Rejected(RejectReason::SaleNotOpen)
+        } else if state.sale_closes_ms.is_some_and(|at| ask.arrived_ms >= at) {
+            Decision::Rejected(RejectReason::SaleClosed)
+        } else if !live_users.contains(&ask.user_id) {
+            Decision::Rejected(RejectReason::UserNotFound)
+        } else if ask.quantity < 1 || ask.quantity > state.max_per_booking {
+            Decision::Rejected(RejectReason::InvalidQuantity)
+        } else if self.live.contains_key(&(ask.goods_id, ask.user_id)) {
+            Decision::Rejected(RejectReason::AlreadyBooked)
+        } else if state.booking_limit - state.booked >= ask.quantity {
+            state.booked += ask.quantity;
+            Decision::Confirmed
+        } else {
+            Decision::Waitlisted
+        };
+        let Some(status) = decision.booking() else {
+            return (decision, None);
+        };
+        let booking = Booking {
+            request_id: ask.request_id,
+            booking_id: None,
+            goods_id: ask.goods_id,
+            user_id: ask.user_id,
+            quantity: ask.quantity,
+            position,
+            status,
+            promoted_at_ms: None,
+            cancelled_by: None,
+        };
+        self.place(&booking);
+        self.bookings.insert(ask.request_id, booking);
+        (decision, Some(ask.request_id))
+    }
+
+    fn cancel(&mut self, ask: &Ask, state: &mut GoodsState) -> (Decision, Option<Uuid>) {
+        let released = self
+            .live
+            .remove(&(ask.goods_id, ask.user_id))
+            .and_then(|id| self.bookings.get_mut(&id));
+        let Some(booking) = released else {
+            return (Decision::Rejected(RejectReason::NoBooking), None);
+        };
+        match booking.status {
+            BookingStatus::Confirmed => state.booked -= booking.quantity,
+            BookingStatus::Waitlisted => {
+                if let Some(waitlist) = self.waitlists.get_mut(&ask.goods_id) {
+                    waitlist.remove(&booking.position);
+                }
+            }
+            BookingStatus::Cancelled => {}
+        }
+        booking.status = BookingStatus::Cancelled;
+        booking.cancelled_by = Some(ask.request_id);
+        let released = booking.request_id;
+        self.promote(ask.goods_id, state);
+        (Decision::Cancelled, Some(released))
+    }
+
+    /// Gives the free seats to the goods' waitlist in order: each waitlisted booking
+    /// that fits the seats free at its turn is confirmed.
+    fn promote(&mut self, goods_id: i64, state: &mut GoodsState) {
+        let Some(waitlist) = self.waitlists.get_mut(&goods_id) else {
+            return;
+        };
+        let bookings = &mut self.bookings;
+        let now_ms = self.now_ms;
+        waitlist.retain(|_, request_id| {
+            let free = state.booking_limit - state.booked;
+            let Some(b) = bookings.get_mut(request_id) else {
+                return false;
+            };
+            if free <= 0 || b.quantity > free {
+                return true;
+            }
+            state.booked += b.quantity;
+            b.status = BookingStatus::Confirmed;
+            b.promoted_at_ms = Some(now_ms);
+            false
+        });
+    }
 }
 
 #[cfg(test)]
@@ -107,10 +315,19 @@ mod tests {
 
     fn ask(user_id: i64, quantity: i32) -> Ask {
         Ask {
+            request_id: Uuid::new_v4(),
+            kind: RequestKind::Book,
             goods_id: 1,
             user_id,
             quantity,
             arrived_ms: 1_000,
+        }
+    }
+
+    fn cancel(user_id: i64) -> Ask {
+        Ask {
+            kind: RequestKind::Cancel,
+            ..ask(user_id, 0)
         }
     }
 
@@ -126,7 +343,7 @@ mod tests {
     fn the_first_requests_that_fit_are_confirmed_and_the_rest_waitlisted_in_order() {
         let mut g = goods(2, 1);
         let asks: Vec<Ask> = (1..=4).map(|u| ask(u, 1)).collect();
-        let v = decide(&asks, &mut g, &mut HashSet::new(), &users(4));
+        let v = decide(&asks, &mut g, &[], &users(4), 0).verdicts;
         use Decision::*;
         assert_eq!(outcomes(&v), [Confirmed, Confirmed, Waitlisted, Waitlisted]);
         assert_eq!(
@@ -141,7 +358,7 @@ mod tests {
     fn a_large_request_waitlists_while_a_later_small_one_still_fits() {
         let mut g = goods(5, 4);
         let asks = [ask(1, 3), ask(2, 3), ask(3, 2), ask(4, 1)];
-        let v = decide(&asks, &mut g, &mut HashSet::new(), &users(4));
+        let v = decide(&asks, &mut g, &[], &users(4), 0).verdicts;
         use Decision::*;
         assert_eq!(outcomes(&v), [Confirmed, Waitlisted, Confirmed, Waitlisted]);
         assert_eq!(g[&1].booked, 5);
@@ -151,7 +368,7 @@ mod tests {
     fn a_second_request_of_the_same_user_is_already_booked_even_after_a_waitlist() {
         let mut g = goods(1, 1);
         let asks = [ask(1, 1), ask(2, 1), ask(1, 1), ask(2, 1)];
-        let v = decide(&asks, &mut g, &mut HashSet::new(), &users(2));
+        let v = decide(&asks, &mut g, &[], &users(2), 0).verdicts;
         use Decision::*;
         let dup = Rejected(RejectReason::AlreadyBooked);
         assert_eq!(outcomes(&v), [Confirmed, Waitlisted, dup, dup]);
@@ -160,8 +377,18 @@ mod tests {
     #[test]
     fn held_places_from_earlier_batches_count() {
         let mut g = goods(10, 1);
-        let mut held = HashSet::from([(1, 7)]);
-        let v = decide(&[ask(7, 1)], &mut g, &mut held, &users(7));
+        let held = Booking {
+            request_id: Uuid::new_v4(),
+            booking_id: Some(3),
+            goods_id: 1,
+            user_id: 7,
+            quantity: 1,
+            position: 1,
+            status: BookingStatus::Waitlisted,
+            promoted_at_ms: None,
+            cancelled_by: None,
+        };
+        let v = decide(&[ask(7, 1)], &mut g, &[held], &users(7), 0).verdicts;
         assert_eq!(
             v[0].decision,
             Decision::Rejected(RejectReason::AlreadyBooked)
@@ -175,14 +402,12 @@ mod tests {
         let asks = [
             Ask {
                 goods_id: 99,
-                user_id: 1,
-                quantity: 1,
-                arrived_ms: 1_000,
+                ..ask(1, 1)
             },
             ask(5, 1),
             ask(1, 3),
         ];
-        let v = decide(&asks, &mut g, &mut HashSet::new(), &users(2));
+        let v = decide(&asks, &mut g, &[], &users(2), 0).verdicts;
         assert_eq!(
             outcomes(&v),
             [
@@ -213,7 +438,7 @@ mod tests {
             at(4, 2_000),
             at(1, 1_500),
         ];
-        let v = decide(&asks, &mut g, &mut HashSet::new(), &users(4));
+        let v = decide(&asks, &mut g, &[], &users(4), 0).verdicts;
         use Decision::*;
         assert_eq!(
             outcomes(&v),
@@ -232,5 +457,201 @@ mod tests {
             [Some(1), Some(2), Some(3), Some(4), Some(5)],
             "a rejection takes its turn like any decision"
         );
+    }
+
+    fn statuses(d: &Decided, ids: &[Uuid]) -> Vec<Option<BookingStatus>> {
+        ids.iter()
+            .map(|id| d.bookings.get(id).map(|b| b.status))
+            .collect()
+    }
+
+    #[test]
+    fn a_cancel_promotes_exactly_the_waitlisted_that_fit_in_order() {
+        // 10 seats sold out (a 2-seat booking among them), then a waitlist asking
+        // 3, 1, 2, 1, 1; the 2-seat booking cancels.
+        let mut g = goods(10, 4);
+        let mut asks = vec![ask(1, 2), ask(2, 4), ask(3, 4)];
+        let waitlist: Vec<Ask> = [3, 1, 2, 1, 1]
+            .iter()
+            .zip(10..)
+            .map(|(q, user)| ask(user, *q))
+            .collect();
+        asks.extend(&waitlist);
+        asks.push(cancel(1));
+        let d = decide(&asks, &mut g, &[], &users(20), 77);
+        use Decision::*;
+        assert_eq!(
+            outcomes(&d.verdicts),
+            [
+                Confirmed, Confirmed, Confirmed, Waitlisted, Waitlisted, Waitlisted, Waitlisted,
+                Waitlisted, Cancelled
+            ]
+        );
+        let ids: Vec<Uuid> = waitlist.iter().map(|a| a.request_id).collect();
+        use BookingStatus as S;
+        assert_eq!(
+            statuses(&d, &ids),
+            [
+                Some(S::Waitlisted),
+                Some(S::Confirmed),
+                Some(S::Waitlisted),
+                Some(S::Confirmed),
+                Some(S::Waitlisted)
+            ],
+            "2 seats free: 3 does not fit, 1 does, 2 no longer does, 1 does, none left"
+        );
+        assert_eq!(d.bookings[&ids[1]].promoted_at_ms, Some(77));
+        assert_eq!(d.bookings[&ids[0]].promoted_at_ms, None);
+        assert_eq!(g[&1].booked, 10);
+        let released = &d.bookings[&asks[0].request_id];
+        assert_eq!(released.status, S::Cancelled);
+        assert_eq!(released.cancelled_by, Some(asks[8].request_id));
+        assert_eq!(d.verdicts[8].booking, Some(asks[0].request_id));
+        assert_eq!(d.verdicts[8].position, Some(9), "a cancel takes a turn");
+    }
+
+    #[test]
+    fn a_cancel_without_a_live_booking_is_no_booking_and_a_user_may_book_again_after_one() {
+        let mut g = goods(1, 1);
+        let asks = [cancel(1), ask(1, 1), cancel(1), cancel(1), ask(1, 1)];
+        let d = decide(&asks, &mut g, &[], &users(1), 0);
+        use Decision::*;
+        let none = Rejected(RejectReason::NoBooking);
+        assert_eq!(
+            outcomes(&d.verdicts),
+            [none, Confirmed, Cancelled, none, Confirmed]
+        );
+        assert_eq!(g[&1].booked, 1);
+        assert_eq!(
+            d.bookings[&asks[1].request_id].status,
+            BookingStatus::Cancelled
+        );
+        assert_eq!(
+            d.bookings[&asks[4].request_id].status,
+            BookingStatus::Confirmed
+        );
+    }
+
+    #[test]
+    fn cancelling_a_waitlist_place_frees_no_seat_and_a_later_one_keeps_its_order() {
+        let mut g = goods(1, 1);
+        let asks = [ask(1, 1), ask(2, 1), ask(3, 1), cancel(2), cancel(1)];
+        let d = decide(&asks, &mut g, &[], &users(3), 0);
+        assert_eq!(
+            d.bookings[&asks[1].request_id].status,
+            BookingStatus::Cancelled
+        );
+        assert_eq!(
+            d.bookings[&asks[2].request_id].status,
+            BookingStatus::Confirmed,
+            "the seat user 1 released went to user 3, next in line once user 2 left"
+        );
+        assert_eq!(g[&1].booked, 1);
+    }
+
+    #[test]
+    fn bookings_read_and_unchanged_are_not_reported() {
+        let mut g = goods(2, 1);
+        let read = [Booking {
+            request_id: Uuid::new_v4(),
+            booking_id: Some(5),
+            goods_id: 1,
+            user_id: 9,
+            quantity: 1,
+            position: 1,
+            status: BookingStatus::Confirmed,
+            promoted_at_ms: None,
+            cancelled_by: None,
+        }];
+        if let Some(s) = g.get_mut(&1) {
+            s.booked = 1;
+        }
+        let d = decide(&[ask(1, 1)], &mut g, &read, &users(9), 0);
+        assert_eq!(d.bookings.len(), 1, "only the new booking");
+        assert!(d.bookings.contains_key(&d.verdicts[0].booking.unwrap()));
+    }
+
+    /// The worker reads only part of a waitlist ([`waitlist_heads`]) and decides in
+    /// batches; deciding a random sequence so must end exactly as deciding it in one
+    /// batch that sees every booking.
+    #[test]
+    fn batches_reading_only_the_waitlist_heads_decide_as_one_batch_seeing_everything() {
+        use rand::{rngs::StdRng, Rng, SeedableRng};
+        for seed in 0..300_u64 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let limit = rng.random_range(1..=8);
+            let max = rng.random_range(1..=4.min(limit));
+            let asks: Vec<Ask> = (0..rng.random_range(10..60))
+                .map(|_| {
+                    let user = rng.random_range(1..=10);
+                    if rng.random_bool(0.3) {
+                        cancel(user)
+                    } else {
+                        ask(user, rng.random_range(1..=max))
+                    }
+                })
+                .collect();
+
+            let mut whole = goods(limit, max);
+            let want = decide(&asks, &mut whole, &[], &users(10), 1);
+
+            let mut g = goods(limit, max);
+            let mut store: HashMap<Uuid, Booking> = HashMap::new();
+            let mut verdicts = Vec::new();
+            let mut next_id = 1;
+            let mut rest = &asks[..];
+            while !rest.is_empty() {
+                let n = rng.random_range(1..=rest.len().min(7));
+                let (batch, later) = rest.split_at(n);
+                rest = later;
+                let pairs: HashSet<(i64, i64)> =
+                    batch.iter().map(|a| (a.goods_id, a.user_id)).collect();
+                let mut read: Vec<Booking> = store
+                    .values()
+                    .filter(|b| b.status.is_live() && pairs.contains(&(b.goods_id, b.user_id)))
+                    .copied()
+                    .collect();
+                let cancels = batch
+                    .iter()
+                    .filter(|a| a.kind == RequestKind::Cancel)
+                    .count();
+                if cancels > 0 {
+                    let largest = read.iter().map(|b| b.quantity).max().unwrap_or(0).max(max);
+                    for (q, take) in waitlist_heads(&g[&1], cancels, largest) {
+                        let mut queue: Vec<Booking> = store
+                            .values()
+                            .filter(|b| b.status == BookingStatus::Waitlisted && b.quantity == q)
+                            .copied()
+                            .collect();
+                        queue.sort_by_key(|b| b.position);
+                        for b in queue.into_iter().take(usize::try_from(take).unwrap()) {
+                            if !read.iter().any(|r| r.request_id == b.request_id) {
+                                read.push(b);
+                            }
+                        }
+                    }
+                }
+                let d = decide(batch, &mut g, &read, &users(10), 1);
+                verdicts.extend(d.verdicts);
+                for (id, mut b) in d.bookings {
+                    if b.booking_id.is_none() {
+                        b.booking_id = Some(next_id);
+                        next_id += 1;
+                    }
+                    store.insert(id, b);
+                }
+            }
+            assert_eq!(verdicts, want.verdicts, "seed {seed}");
+            assert_eq!(g, whole, "seed {seed}");
+            for (id, b) in &want.bookings {
+                let got = store.get(id).expect("booking made");
+                assert_eq!(
+                    (got.status, got.promoted_at_ms, got.cancelled_by),
+                    (b.status, b.promoted_at_ms, b.cancelled_by),
+                    "seed {seed}"
+                );
+            }
+            assert_eq!(store.len(), want.bookings.len(), "seed {seed}");
+        }
     }
 }

@@ -322,6 +322,7 @@ impl ShardTask {
                 &mut conn,
                 &self.ctx.keys,
                 self.shard,
+                self.fence,
                 &statuses,
                 &dead,
                 &handled,

@@ -60,9 +60,20 @@ async fn a_user_cannot_hold_two_live_bookings_for_one_goods() {
         .await
         .expect_err("second live booking refused");
     assert_eq!(second.code(), Some(&SqlState::UNIQUE_VIOLATION));
-    // A cancelled booking does not count.
-    client
+    // A cancelled booking does not count; it must say who cancelled it, when and by
+    // which request.
+    let bare = client
         .execute(insert, &[&goods, &users[1], &"cancelled", &3_i64])
+        .await
+        .expect_err("a cancel without its record refused");
+    assert_eq!(bare.code(), Some(&SqlState::CHECK_VIOLATION));
+    client
+        .execute(
+            "INSERT INTO bookings (goods_id, user_id, request_id, quantity, status, position, \
+               cancelled_at, cancelled_by, cancel_request_id) \
+             VALUES ($1, $2, gen_random_uuid(), 1, 'cancelled', 3, now(), $2, gen_random_uuid())",
+            &[&goods, &users[1]],
+        )
         .await
         .expect("cancelled rows are not live");
 }

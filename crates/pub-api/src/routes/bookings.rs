@@ -1,6 +1,11 @@
-//! `POST /api/goods/{id}/bookings` (the hot path) and `GET /api/bookings/requests/{id}`.
+//! `POST /api/goods/{id}/bookings` (the hot path), `DELETE /api/goods/{id}/bookings/me`
+//! (cancel; also `DELETE /api/booking/{id}`, the original TicketNest's route) and
+//! `GET /api/bookings/requests/{id}`.
 //!
-//! Accepting a booking costs one Redis round trip: the enqueue script
+//! A cancel travels like a booking, through the goods' shard stream, so the worker
+//! decides it in order with the bookings around it.
+//!
+//! Accepting a request costs one Redis round trip: the enqueue script
 //! (`shared::stream::enqueue`) answers a retry of an idempotent request from its status
 //! hash, or spends the user's rate budget, writes the status hash (`queued`) and
 //! appends the request to the goods' shard stream. PostgreSQL is touched only when the
@@ -11,9 +16,9 @@ use std::time::SystemTime;
 use actix_web::{http::header, web, HttpMessage, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use shared::{
-    decision::RequestStatus,
+    decision::{RequestKind, RequestStatus},
     keys::Keys,
-    stream::{self, BookingRequestV1, Enqueued, StatusRecord},
+    stream::{self, BookingRequestV1, Enqueued, Message, StatusRecord},
 };
 use uuid::Uuid;
 
@@ -132,15 +137,55 @@ pub async fn create(
     let body: Option<BookingBody> = parse_optional_json(&req, &body)?;
     let limits = goods_limits(&state, goods_id).await?;
     let quantity = quantity(body, limits)?;
+    let window = sale_is_open(limits, now_ms()).err();
+    submit(
+        &state,
+        &user,
+        goods_id,
+        &req,
+        RequestKind::Book,
+        quantity,
+        window,
+    )
+    .await
+}
+
+/// Cancels the caller's live booking of the goods (confirmed or waitlisted), decided
+/// by the worker in stream order: `cancelled`, or `rejected` / `no_booking`.
+#[tracing::instrument(skip_all, fields(user_id = user.id, goods_id, request_id))]
+pub async fn cancel(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    IdPath(goods_id): IdPath,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    tracing::Span::current().record("goods_id", goods_id);
+    goods_limits(&state, goods_id).await?;
+    submit(&state, &user, goods_id, &req, RequestKind::Cancel, 0, None).await
+}
+
+/// Accepts a request of `kind` onto the goods' shard stream: `202` with where to poll
+/// it. `refusal` is a reason of the caller's to turn new requests away (outside the
+/// sale window); a full shard or a full Redis turns them away too. A retry of a
+/// request sent with an `Idempotency-Key` is answered with that request instead.
+async fn submit(
+    state: &AppState,
+    user: &AuthUser,
+    goods_id: i64,
+    req: &HttpRequest,
+    kind: RequestKind,
+    quantity: i32,
+    refusal: Option<ApiError>,
+) -> Result<HttpResponse, ApiError> {
     let accepted_at_ms = now_ms();
     let shard = state.keys.shard_of(goods_id);
-    let key = idempotency_key(&req)?;
+    let key = idempotency_key(req)?;
     let request_id = match key {
         Some(key) => Keys::idempotent_request_id(shard, user.id, goods_id, key),
         None => Keys::new_request_id(shard),
     };
     tracing::Span::current().record("request_id", tracing::field::display(request_id));
-    let refusal = sale_is_open(limits, accepted_at_ms).err().or_else(|| {
+    let refusal = refusal.or_else(|| {
         if state.backlog.is_full(shard) {
             Some(ApiError::QueueFull)
         } else if state.backlog.is_memory_full() {
@@ -156,7 +201,7 @@ pub async fn create(
         if key.is_some() {
             let mut conn = state.redis.get().await;
             if let Some(known) = stream::read_status(&mut conn, &state.keys, request_id).await? {
-                if known.quantity != quantity {
+                if known.kind != kind || (kind == RequestKind::Book && known.quantity != quantity) {
                     return Err(ApiError::IdempotencyKeyReused);
                 }
                 return Ok(accepted(request_id, known.status.as_str().to_owned()));
@@ -176,8 +221,12 @@ pub async fn create(
             .map(|r| r.0.clone())
             .unwrap_or_default(),
     };
+    let message = match kind {
+        RequestKind::Book => Message::Book(request),
+        RequestKind::Cancel => Message::Cancel(request),
+    };
     let mut conn = state.redis.get().await;
-    let status = match stream::enqueue(&mut conn, &state.keys, request, state.user_rate).await? {
+    let status = match stream::enqueue(&mut conn, &state.keys, &message, state.user_rate).await? {
         Enqueued::Accepted => RequestStatus::Queued.as_str().to_owned(),
         Enqueued::Existing { status } => status,
         Enqueued::KeyReused => return Err(ApiError::IdempotencyKeyReused),
@@ -204,6 +253,9 @@ struct StatusResponse {
     user_id: i64,
     request_id: Uuid,
     goods_id: i64,
+    /// `book` or `cancel`.
+    kind: String,
+    /// Seats asked for (a booking) or released (a cancel).
     quantity: i32,
     /// A status word; one this build does not know (a newer build wrote it) is passed
     /// on as written.
@@ -212,6 +264,15 @@ struct StatusResponse {
     reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     booking_id: Option<i64>,
+    /// When the booking was promoted from the waitlist (RFC 3339, UTC).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    promoted_at: Option<String>,
+}
+
+/// Unix milliseconds as RFC 3339 with milliseconds, UTC.
+fn rfc3339_ms(ms: i64) -> Option<String> {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }
 
 impl From<StatusRecord> for StatusResponse {
@@ -220,10 +281,12 @@ impl From<StatusRecord> for StatusResponse {
             user_id: r.user_id,
             request_id: r.request_id,
             goods_id: r.goods_id,
+            kind: r.kind.as_str().to_owned(),
             quantity: r.quantity,
             status: r.status.as_str().to_owned(),
             reason: r.reason.map(|reason| reason.as_str().to_owned()),
             booking_id: r.booking_id,
+            promoted_at: r.promoted_at_ms.and_then(rfc3339_ms),
         }
     }
 }
@@ -234,10 +297,12 @@ impl StatusResponse {
             user_id: d.user_id,
             request_id,
             goods_id: d.goods_id,
+            kind: d.kind,
             quantity: d.quantity,
             status: d.status,
             reason: d.reason,
             booking_id: d.booking_id,
+            promoted_at: d.promoted_at_ms.and_then(rfc3339_ms),
         }
     }
 }

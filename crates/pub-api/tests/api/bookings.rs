@@ -43,7 +43,7 @@ async fn a_booking_is_accepted_enqueued_once_and_pollable_by_its_owner_only() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         body,
-        json!({ "requestId": request_id, "goodsId": goods, "quantity": 2, "status": "queued" })
+        json!({ "requestId": request_id, "goodsId": goods, "kind": "book", "quantity": 2, "status": "queued" })
     );
     let (status, body) = app.poll(&request_id, &other_token).await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "request_not_found");

@@ -7,9 +7,10 @@ use shared::{
     config::RateLimit,
     decision::RequestStatus,
     keys::Keys,
-    shard::Shard,
+    shard::{FenceToken, Shard},
     stream::{
-        self, BookingRequestV1, Enqueued, StatusRecord, AUTO_ID, CONSUMER_GROUP, NEW_ENTRIES,
+        self, BookingRequestV1, Enqueued, Message, StatusRecord, AUTO_ID, CONSUMER_GROUP,
+        NEW_ENTRIES,
     },
 };
 use test_support::{servers::RedisServer, TestRedis};
@@ -254,7 +255,7 @@ async fn enqueue_spends_the_users_budget_and_writes_nothing_when_it_is_spent() {
         let request = booking(&keys, 7);
         let id = request.request_id;
         assert_eq!(
-            stream::enqueue(&mut conn, &keys, request, limit)
+            stream::enqueue(&mut conn, &keys, &Message::Book(request), limit)
                 .await
                 .expect("enqueue"),
             Enqueued::Accepted
@@ -275,7 +276,7 @@ async fn enqueue_spends_the_users_budget_and_writes_nothing_when_it_is_spent() {
     }
     let refused = booking(&keys, 7);
     let refused_id = refused.request_id;
-    match stream::enqueue(&mut conn, &keys, refused, limit)
+    match stream::enqueue(&mut conn, &keys, &Message::Book(refused), limit)
         .await
         .expect("enqueue")
     {
@@ -292,14 +293,14 @@ async fn enqueue_spends_the_users_budget_and_writes_nothing_when_it_is_spent() {
         None
     );
     assert_eq!(
-        stream::enqueue(&mut conn, &keys, booking(&keys, 8), limit)
+        stream::enqueue(&mut conn, &keys, &Message::Book(booking(&keys, 8)), limit)
             .await
             .expect("enqueue"),
         Enqueued::Accepted,
         "another user has a budget of their own"
     );
     assert_eq!(
-        stream::enqueue(&mut conn, &keys, booking(&keys, 7), None)
+        stream::enqueue(&mut conn, &keys, &Message::Book(booking(&keys, 7)), None)
             .await
             .expect("enqueue"),
         Enqueued::Accepted,
@@ -316,9 +317,10 @@ async fn enqueue_spends_the_users_budget_and_writes_nothing_when_it_is_spent() {
         tasks.push(tokio::spawn(async move {
             let mut accepted = 0;
             for _ in 0..2 {
-                let outcome = stream::enqueue(&mut conn, &keys, booking(&keys, 9), limit)
-                    .await
-                    .expect("enqueue");
+                let outcome =
+                    stream::enqueue(&mut conn, &keys, &Message::Book(booking(&keys, 9)), limit)
+                        .await
+                        .expect("enqueue");
                 accepted += usize::from(outcome == Enqueued::Accepted);
             }
             accepted
@@ -352,7 +354,7 @@ async fn settling_over_maxmemory_writes_everything_or_nothing_and_trims() {
     let request = booking(&keys, 7);
     let id = request.request_id;
     assert_eq!(
-        stream::enqueue(&mut conn, &keys, request.clone(), None)
+        stream::enqueue(&mut conn, &keys, &Message::Book(request.clone()), None)
             .await
             .expect("enqueue"),
         Enqueued::Accepted
@@ -366,7 +368,7 @@ async fn settling_over_maxmemory_writes_everything_or_nothing_and_trims() {
     let decided = StatusRecord {
         status: RequestStatus::Waitlisted,
         booking_id: Some(11),
-        ..StatusRecord::queued(&request)
+        ..StatusRecord::queued(&Message::Book(request.clone()))
     };
     server.limit_memory_to(50).await;
 
@@ -374,6 +376,7 @@ async fn settling_over_maxmemory_writes_everything_or_nothing_and_trims() {
         &mut conn,
         &keys,
         shard,
+        fence(),
         std::slice::from_ref(&decided),
         &[dead],
         &handled,
@@ -492,9 +495,18 @@ async fn settling_the_largest_batch_acknowledges_every_entry() {
         .map(|e| e.id)
         .collect();
     assert_eq!(handled.len(), 10_000);
-    stream::settle(&mut conn, &keys, shard, &[], &[], &handled, retention())
-        .await
-        .expect("settled");
+    stream::settle(
+        &mut conn,
+        &keys,
+        shard,
+        fence(),
+        &[],
+        &[],
+        &handled,
+        retention(),
+    )
+    .await
+    .expect("settled");
     let pending: StreamPendingReply = conn
         .xpending(&stream_key, CONSUMER_GROUP)
         .await
@@ -512,7 +524,7 @@ async fn an_undecodable_copy_never_overwrites_a_decision() {
     let decided = StatusRecord {
         status: RequestStatus::Confirmed,
         booking_id: Some(77),
-        ..StatusRecord::queued(&request)
+        ..StatusRecord::queued(&Message::Book(request.clone()))
     };
     let copy = stream::DeadLetter {
         source_id: "1-1".into(),
@@ -525,6 +537,7 @@ async fn an_undecodable_copy_never_overwrites_a_decision() {
         &mut conn,
         &keys,
         shard,
+        fence(),
         std::slice::from_ref(&decided),
         &[copy],
         &[],
@@ -538,4 +551,60 @@ async fn an_undecodable_copy_never_overwrites_a_decision() {
             .expect("read"),
         Some(decided)
     );
+}
+
+/// A status changes after its decision now (a promotion, a cancel), so a late settle
+/// of a worker that lost the shard must not undo what the new owner (a newer fencing
+/// token) wrote since; the same owner's later writes do land.
+#[tokio::test]
+async fn a_settle_with_an_older_fencing_token_never_overwrites_a_newer_ones_status() {
+    let (_redis, keys, shard, _stream_key, conn) = grouped_stream(1).await;
+    let request = booking(&keys, 7);
+    let as_of = |status| StatusRecord {
+        status,
+        booking_id: Some(5),
+        ..StatusRecord::queued(&Message::Book(request.clone()))
+    };
+    let settle = |fence: i64, record: StatusRecord| {
+        let mut conn = conn.clone();
+        let keys = keys.clone();
+        async move {
+            stream::settle(
+                &mut conn,
+                &keys,
+                shard,
+                FenceToken::new(fence).expect("fence"),
+                &[record],
+                &[],
+                &[],
+                retention(),
+            )
+            .await
+            .expect("settled");
+        }
+    };
+    let read = || {
+        let mut conn = conn.clone();
+        let keys = keys.clone();
+        let id = request.request_id;
+        async move {
+            stream::read_status(&mut conn, &keys, id)
+                .await
+                .expect("read")
+                .map(|s| s.status)
+        }
+    };
+    settle(3, as_of(RequestStatus::Waitlisted)).await;
+    settle(4, as_of(RequestStatus::Confirmed)).await;
+    assert_eq!(read().await, Some(RequestStatus::Confirmed));
+    // The old owner's late write of what it decided before.
+    settle(3, as_of(RequestStatus::Waitlisted)).await;
+    assert_eq!(read().await, Some(RequestStatus::Confirmed));
+    // The owner's own next change.
+    settle(4, as_of(RequestStatus::Cancelled)).await;
+    assert_eq!(read().await, Some(RequestStatus::Cancelled));
+}
+
+fn fence() -> FenceToken {
+    FenceToken::new(1).expect("fence")
 }

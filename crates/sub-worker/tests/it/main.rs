@@ -4,6 +4,7 @@
 mod helpers;
 
 mod backpressure;
+mod cancel;
 mod dead_letter;
 mod distributed;
 mod fifo;
