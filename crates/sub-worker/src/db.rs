@@ -113,6 +113,18 @@ pub async fn commit_batch(
         .collect();
     let ids: Vec<Uuid> = requests.iter().map(|f| f.request.request_id).collect();
     let mut earlier = find_decided(&tx, &ids).await?;
+    // A cancel found decided was committed by a worker that may have died before
+    // writing the statuses it changed: write them again, as they are now.
+    let redelivered_cancels: Vec<Uuid> = earlier
+        .values()
+        .filter(|row| row.kind == RequestKind::Cancel)
+        .map(|row| row.request_id)
+        .collect();
+    let changed_before = if redelivered_cancels.is_empty() {
+        Vec::new()
+    } else {
+        read_changed_by(&tx, &redelivered_cancels).await?
+    };
     let fresh: Vec<&Fresh<'_>> = requests
         .iter()
         .filter(|f| !earlier.contains_key(&f.request.request_id))
@@ -139,6 +151,19 @@ pub async fn commit_batch(
             }
         })
         .collect();
+    // Bookings a redelivered cancel changed, as read before this batch's decisions:
+    // one of those that this batch changed again is written as it ends (below), and
+    // only once, so that no stale copy follows it in the settle.
+    let in_batch: HashSet<Uuid> = requests.iter().map(|f| f.request.request_id).collect();
+    out.extend(changed_before.iter().filter_map(|b| {
+        if in_batch.contains(&b.request_id) || decided.contains_key(&b.request_id) {
+            return None;
+        }
+        Some(Committed {
+            status: booking_status(b, b.booking_id?),
+            new: false,
+        })
+    }));
     // What is left: earlier requests whose bookings this batch changed.
     out.extend(
         decided
@@ -215,7 +240,9 @@ async fn decide_fresh(
     let mut goods_ids: Vec<i64> = fresh.iter().map(|f| f.request.goods_id).collect();
     goods_ids.sort_unstable();
     goods_ids.dedup();
-    let mut goods = lock_goods(tx, &goods_ids).await?;
+    let (mut goods, now_ms) = lock_goods(tx, &goods_ids).await?;
+    // Without any goods there is nothing to promote or cancel.
+    let now_ms = now_ms.unwrap_or_default();
     let before = goods.clone();
     let read = read_bookings(tx, fresh, &goods).await?;
     let user_ids: Vec<i64> = fresh.iter().map(|f| f.request.user_id).collect();
@@ -231,16 +258,11 @@ async fn decide_fresh(
             arrived_ms: f.entry.id.ms,
         })
         .collect();
-    let decided = decide::decide(&asks, &mut goods, &read, &live_users, now_ms());
-    update_bookings(tx, &decided).await?;
-    let booking_ids = write_decisions(tx, shard, fresh, &decided).await?;
+    let decided = decide::decide(&asks, &mut goods, &read, &live_users, now_ms);
+    update_bookings(tx, &decided, now_ms).await?;
+    let booking_ids = write_decisions(tx, shard, fresh, &decided, now_ms).await?;
     bump_counters(tx, &before, &goods).await?;
 
-    let status_of = |b: &Booking| match b.status {
-        BookingStatus::Confirmed => RequestStatus::Confirmed,
-        BookingStatus::Waitlisted => RequestStatus::Waitlisted,
-        BookingStatus::Cancelled => RequestStatus::Cancelled,
-    };
     let mut out: HashMap<Uuid, StatusRecord> = fresh
         .iter()
         .zip(&decided.verdicts)
@@ -272,37 +294,55 @@ async fn decide_fresh(
         if out.contains_key(&b.request_id) {
             continue;
         }
-        let Some(booking_id) = b
+        if let Some(booking_id) = b
             .booking_id
             .or_else(|| booking_ids.get(&b.request_id).copied())
-        else {
-            continue;
-        };
-        out.insert(
-            b.request_id,
-            StatusRecord {
-                request_id: b.request_id,
-                user_id: b.user_id,
-                goods_id: b.goods_id,
-                quantity: b.quantity,
-                kind: RequestKind::Book,
-                status: status_of(b),
-                reason: None,
-                booking_id: Some(booking_id),
-                promoted_at_ms: b.promoted_at_ms,
-            },
-        );
+        {
+            out.insert(b.request_id, booking_status(b, booking_id));
+        }
     }
     Ok(out)
 }
 
-/// This process's clock, Unix milliseconds (the time a promotion records).
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()
-        .and_then(|d| i64::try_from(d.as_millis()).ok())
-        .unwrap_or_default()
+fn status_of(b: &Booking) -> RequestStatus {
+    match b.status {
+        BookingStatus::Confirmed => RequestStatus::Confirmed,
+        BookingStatus::Waitlisted => RequestStatus::Waitlisted,
+        BookingStatus::Cancelled => RequestStatus::Cancelled,
+    }
+}
+
+/// The status of the booking request that made booking `b` (row `booking_id`).
+fn booking_status(b: &Booking, booking_id: i64) -> StatusRecord {
+    StatusRecord {
+        request_id: b.request_id,
+        user_id: b.user_id,
+        goods_id: b.goods_id,
+        quantity: b.quantity,
+        kind: RequestKind::Book,
+        status: status_of(b),
+        reason: None,
+        booking_id: Some(booking_id),
+        promoted_at_ms: b.promoted_at_ms,
+    }
+}
+
+/// The bookings the given requests (cancels) released or promoted, as they are now.
+async fn read_changed_by(
+    tx: &Transaction<'_>,
+    request_ids: &[Uuid],
+) -> Result<Vec<Booking>, WorkerError> {
+    let stmt = tx
+        .prepare_cached(&format!(
+            "SELECT {BOOKING_COLUMNS} FROM bookings b \
+             WHERE b.cancel_request_id = ANY($1) OR b.promoted_by = ANY($1)"
+        ))
+        .await?;
+    tx.query(&stmt, &[&request_ids])
+        .await?
+        .iter()
+        .map(booking_from_row)
+        .collect()
 }
 
 /// Fails with `Fenced` unless `fence` is still the shard's current token. `FOR SHARE`
@@ -351,21 +391,24 @@ async fn find_decided(
 
 /// Locks the goods rows of the batch (id order) and reads their seats and counters.
 /// A goods that no longer exists is absent.
+/// Also returns the transaction's time (PostgreSQL's `now()`, Unix ms; `None` when
+/// no goods exists), which promotions and cancels record.
 async fn lock_goods(
     tx: &Transaction<'_>,
     goods_ids: &[i64],
-) -> Result<HashMap<i64, GoodsState>, WorkerError> {
+) -> Result<(HashMap<i64, GoodsState>, Option<i64>), WorkerError> {
     let stmt = tx
         .prepare_cached(
             "SELECT id, booking_limit, booked_count, max_per_booking, decided_count, \
                     floor(extract(epoch FROM sale_opens_at) * 1000)::int8, \
-                    floor(extract(epoch FROM sale_closes_at) * 1000)::int8 \
+                    floor(extract(epoch FROM sale_closes_at) * 1000)::int8, \
+                    floor(extract(epoch FROM now()) * 1000)::int8 \
              FROM goods WHERE id = ANY($1) ORDER BY id FOR UPDATE",
         )
         .await?;
-    Ok(tx
-        .query(&stmt, &[&goods_ids])
-        .await?
+    let rows = tx.query(&stmt, &[&goods_ids]).await?;
+    let now_ms = rows.first().map(|r| r.get(7));
+    let goods = rows
         .iter()
         .map(|r| {
             (
@@ -380,12 +423,14 @@ async fn lock_goods(
                 },
             )
         })
-        .collect())
+        .collect();
+    Ok((goods, now_ms))
 }
 
 /// The columns [`booking_from_row`] reads, of `bookings b`.
 const BOOKING_COLUMNS: &str = "b.request_id, b.id, b.goods_id, b.user_id, b.quantity, \
-     b.position, b.status, floor(extract(epoch FROM b.promoted_at) * 1000)::int8";
+     b.position, b.status, floor(extract(epoch FROM b.promoted_at) * 1000)::int8, \
+     b.promoted_by, b.cancel_request_id";
 
 fn booking_from_row(r: &tokio_postgres::Row) -> Result<Booking, WorkerError> {
     let status: &str = r.try_get(6)?;
@@ -400,7 +445,8 @@ fn booking_from_row(r: &tokio_postgres::Row) -> Result<Booking, WorkerError> {
             .parse()
             .map_err(|e| WorkerError::UnexpectedValue(Box::new(e)))?,
         promoted_at_ms: r.try_get(7)?,
-        cancelled_by: None,
+        promoted_by: r.try_get(8)?,
+        cancelled_by: r.try_get(9)?,
     })
 }
 
@@ -498,7 +544,11 @@ async fn read_live_users(
 /// one statement; nothing when it changed none. Runs before the new bookings are
 /// written: a user who cancels and books again within one batch holds one live
 /// booking at every moment.
-async fn update_bookings(tx: &Transaction<'_>, decided: &Decided) -> Result<(), WorkerError> {
+async fn update_bookings(
+    tx: &Transaction<'_>,
+    decided: &Decided,
+    now_ms: i64,
+) -> Result<(), WorkerError> {
     let changed: Vec<(i64, &Booking)> = decided
         .bookings
         .values()
@@ -509,21 +559,24 @@ async fn update_bookings(tx: &Transaction<'_>, decided: &Decided) -> Result<(), 
     }
     let ids: Vec<i64> = changed.iter().map(|(id, _)| *id).collect();
     let statuses: Vec<&str> = changed.iter().map(|(_, b)| b.status.as_str()).collect();
-    let promoted: Vec<Option<i64>> = changed.iter().map(|(_, b)| b.promoted_at_ms).collect();
+    let promoted_by: Vec<Option<Uuid>> = changed.iter().map(|(_, b)| b.promoted_by).collect();
     let cancels: Vec<Option<Uuid>> = changed.iter().map(|(_, b)| b.cancelled_by).collect();
     let stmt = tx
         .prepare_cached(
             "UPDATE bookings b SET status = u.status, \
-               promoted_at = COALESCE(b.promoted_at, to_timestamp(u.promoted_ms / 1000.0)), \
-               cancelled_at = CASE WHEN u.cancel_request IS NOT NULL THEN now() END, \
+               promoted_at = CASE WHEN b.promoted_by IS DISTINCT FROM u.promoted_by \
+                 THEN to_timestamp($5::int8 / 1000.0) ELSE b.promoted_at END, \
+               promoted_by = u.promoted_by, \
+               cancelled_at = CASE WHEN u.cancel_request IS NOT NULL \
+                 THEN COALESCE(b.cancelled_at, to_timestamp($5::int8 / 1000.0)) END, \
                cancelled_by = CASE WHEN u.cancel_request IS NOT NULL THEN b.user_id END, \
                cancel_request_id = u.cancel_request \
-             FROM unnest($1::int8[], $2::text[], $3::int8[], $4::uuid[]) \
-               AS u(id, status, promoted_ms, cancel_request) \
+             FROM unnest($1::int8[], $2::text[], $3::uuid[], $4::uuid[]) \
+               AS u(id, status, promoted_by, cancel_request) \
              WHERE b.id = u.id",
         )
         .await?;
-    tx.execute(&stmt, &[&ids, &statuses, &promoted, &cancels])
+    tx.execute(&stmt, &[&ids, &statuses, &promoted_by, &cancels, &now_ms])
         .await?;
     Ok(())
 }
@@ -538,6 +591,7 @@ async fn write_decisions(
     shard: Shard,
     fresh: &[&Fresh<'_>],
     decided: &Decided,
+    now_ms: i64,
 ) -> Result<HashMap<Uuid, i64>, WorkerError> {
     let verdicts = &decided.verdicts;
     let col = |f: fn(&Fresh<'_>) -> i64| fresh.iter().map(|e| f(e)).collect::<Vec<i64>>();
@@ -565,9 +619,7 @@ async fn write_decisions(
         .collect();
     let booking_statuses: Vec<Option<&str>> =
         (0..n).map(|i| own(i).map(|b| b.status.as_str())).collect();
-    let promoted: Vec<Option<i64>> = (0..n)
-        .map(|i| own(i).and_then(|b| b.promoted_at_ms))
-        .collect();
+    let promoted: Vec<Option<Uuid>> = (0..n).map(|i| own(i).and_then(|b| b.promoted_by)).collect();
     let cancels: Vec<Option<Uuid>> = (0..n)
         .map(|i| own(i).and_then(|b| b.cancelled_by))
         .collect();
@@ -581,17 +633,18 @@ async fn write_decisions(
             "WITH input AS ( \
                SELECT * FROM unnest($1::uuid[], $2::int8[], $3::int8[], $4::int4[], $5::text[], \
                                     $6::int8[], $7::int8[], $8::text[], $9::text[], $10::int8[], \
-                                    $11::int8[], $13::text[], $14::text[], $15::int8[], \
+                                    $11::int8[], $13::text[], $14::text[], $15::uuid[], \
                                     $16::uuid[], $17::uuid[], $18::int8[]) \
                AS t(request_id, goods_id, user_id, quantity, stream_id, stream_ms, stream_seq, \
-                    decision, reason, position, accepted_ms, kind, booking_status, promoted_ms, \
+                    decision, reason, position, accepted_ms, kind, booking_status, promoted_by, \
                     cancel_request, target, target_booking) \
              ), booked AS ( \
                INSERT INTO bookings (goods_id, user_id, request_id, quantity, status, position, \
-                 promoted_at, cancelled_at, cancelled_by, cancel_request_id) \
+                 promoted_at, promoted_by, cancelled_at, cancelled_by, cancel_request_id) \
                SELECT goods_id, user_id, request_id, quantity, booking_status, position, \
-                 to_timestamp(promoted_ms / 1000.0), \
-                 CASE WHEN cancel_request IS NOT NULL THEN now() END, \
+                 CASE WHEN promoted_by IS NOT NULL THEN to_timestamp($19::int8 / 1000.0) END, \
+                 promoted_by, \
+                 CASE WHEN cancel_request IS NOT NULL THEN to_timestamp($19::int8 / 1000.0) END, \
                  CASE WHEN cancel_request IS NOT NULL THEN user_id END, cancel_request \
                FROM input WHERE booking_status IS NOT NULL \
                RETURNING id, request_id \
@@ -628,6 +681,7 @@ async fn write_decisions(
                 &cancels,
                 &targets,
                 &target_ids,
+                &now_ms,
             ],
         )
         .await?;

@@ -67,6 +67,8 @@ pub struct Booking {
     pub status: BookingStatus,
     /// When it was promoted from the waitlist, Unix milliseconds.
     pub promoted_at_ms: Option<i64>,
+    /// The request whose decision freed the seats it was promoted to.
+    pub promoted_by: Option<Uuid>,
     /// The cancel request that released it.
     pub cancelled_by: Option<Uuid>,
 }
@@ -240,6 +242,7 @@ impl Board {
             position,
             status,
             promoted_at_ms: None,
+            promoted_by: None,
             cancelled_by: None,
         };
         self.place(&booking);
@@ -267,13 +270,14 @@ impl Board {
         booking.status = BookingStatus::Cancelled;
         booking.cancelled_by = Some(ask.request_id);
         let released = booking.request_id;
-        self.promote(ask.goods_id, state);
+        self.promote(ask.goods_id, state, ask.request_id);
         (Decision::Cancelled, Some(released))
     }
 
     /// Gives the free seats to the goods' waitlist in order: each waitlisted booking
-    /// that fits the seats free at its turn is confirmed.
-    fn promote(&mut self, goods_id: i64, state: &mut GoodsState) {
+    /// that fits the seats free at its turn is confirmed, promoted `by` the request
+    /// that freed the seats.
+    fn promote(&mut self, goods_id: i64, state: &mut GoodsState, by: Uuid) {
         let Some(waitlist) = self.waitlists.get_mut(&goods_id) else {
             return;
         };
@@ -290,6 +294,7 @@ impl Board {
             state.booked += b.quantity;
             b.status = BookingStatus::Confirmed;
             b.promoted_at_ms = Some(now_ms);
+            b.promoted_by = Some(by);
             false
         });
     }
@@ -386,6 +391,7 @@ mod tests {
             position: 1,
             status: BookingStatus::Waitlisted,
             promoted_at_ms: None,
+            promoted_by: None,
             cancelled_by: None,
         };
         let v = decide(&[ask(7, 1)], &mut g, &[held], &users(7), 0).verdicts;
@@ -501,6 +507,7 @@ mod tests {
             "2 seats free: 3 does not fit, 1 does, 2 no longer does, 1 does, none left"
         );
         assert_eq!(d.bookings[&ids[1]].promoted_at_ms, Some(77));
+        assert_eq!(d.bookings[&ids[1]].promoted_by, Some(asks[8].request_id));
         assert_eq!(d.bookings[&ids[0]].promoted_at_ms, None);
         assert_eq!(g[&1].booked, 10);
         let released = &d.bookings[&asks[0].request_id];
@@ -561,6 +568,7 @@ mod tests {
             position: 1,
             status: BookingStatus::Confirmed,
             promoted_at_ms: None,
+            promoted_by: None,
             cancelled_by: None,
         }];
         if let Some(s) = g.get_mut(&1) {
@@ -646,8 +654,8 @@ mod tests {
             for (id, b) in &want.bookings {
                 let got = store.get(id).expect("booking made");
                 assert_eq!(
-                    (got.status, got.promoted_at_ms, got.cancelled_by),
-                    (b.status, b.promoted_at_ms, b.cancelled_by),
+                    (got.status, got.promoted_by, got.cancelled_by),
+                    (b.status, b.promoted_by, b.cancelled_by),
                     "seed {seed}"
                 );
             }

@@ -185,6 +185,16 @@ async fn submit(
         None => Keys::new_request_id(shard),
     };
     tracing::Span::current().record("request_id", tracing::field::display(request_id));
+    if key.is_some() {
+        if let Some(known) = decided_before(state, request_id).await {
+            if known.kind != kind.as_str()
+                || (kind == RequestKind::Book && known.quantity != quantity)
+            {
+                return Err(ApiError::IdempotencyKeyReused);
+            }
+            return Ok(accepted(request_id, known.status));
+        }
+    }
     let refusal = refusal.or_else(|| {
         if state.backlog.is_full(shard) {
             Some(ApiError::QueueFull)
@@ -233,6 +243,20 @@ async fn submit(
         Enqueued::RateLimited { retry_after } => return Err(ApiError::RateLimited(retry_after)),
     };
     Ok(accepted(request_id, status))
+}
+
+/// A keyed request decided before, as the decision log knows it: a key holds for as
+/// long as the log does, also once Redis has forgotten the request's status. With the
+/// database unreachable the request goes on to Redis, whose status hash answers a
+/// retry for a day; the worker never decides one request id twice either way.
+async fn decided_before(state: &AppState, request_id: Uuid) -> Option<db::DecisionAsWritten> {
+    match db::decision_as_written(&state.pool, request_id).await {
+        Ok(known) => known,
+        Err(e) => {
+            tracing::warn!(error = %e, "idempotency key not checked against the decision log");
+            None
+        }
+    }
 }
 
 /// `202` for an accepted request, with where to poll it.

@@ -237,5 +237,80 @@ async fn cancel_refuses_unknown_goods_and_anonymous_callers_and_takes_idempotenc
     assert_eq!(after["requestId"], first["requestId"]);
     assert_eq!(after["status"], "cancelled", "the retry gets the decision");
     assert_eq!(stack.decided_count().await, 2, "no second cancel");
+
+    // Redis forgets the key (its status expired): the decision log still holds it.
+    let request_id = uuid::Uuid::try_parse(first["requestId"].as_str().expect("id")).expect("uuid");
+    let mut conn = stack.redis.connection().await;
+    let _: () = redis::AsyncCommands::del(
+        &mut conn,
+        stack
+            .keys()
+            .request_status(stack.shard_of(goods), request_id),
+    )
+    .await
+    .expect("expire");
+    let (status, later) = delete(&stack, &path, &token, Some("undo-1")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{later}");
+    assert_eq!(later["requestId"], first["requestId"]);
+    assert_eq!(later["status"], "cancelled");
+    let response = stack
+        .http
+        .post(stack.url(&format!("/api/goods/{goods}/bookings")))
+        .bearer_auth(&token)
+        .header("idempotency-key", "undo-1")
+        .send()
+        .await
+        .expect("send");
+    let (status, body) = parts(response).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_reused",
+    );
+    assert_eq!(stack.pending().await, 0, "nothing new queued");
+    assert_eq!(stack.decided_count().await, 2);
+    stack.assert_invariants(goods).await;
+}
+
+/// A worker that dies between COMMIT and settle after a cancel: the next owner finds
+/// the cancel decided and must still write what it changed, the released booking's
+/// status and the promoted one's, not only the cancel's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_cancel_writes_the_statuses_it_changed() {
+    let stack = spawn_stack().await;
+    let goods = stack.create_goods(1, 1).await;
+    let users = stack.customers("recancel", 2).await;
+    let (holder, waiting) = (&users[0], &users[1]);
+    let held = stack.book(goods, holder.0, &holder.1, 1).await.request_id;
+    let queued = stack.book(goods, waiting.0, &waiting.1, 1).await.request_id;
+    let mut first = stack.worker(&[]);
+    stack.wait_for_decisions(2).await;
+    stack.wait_until_nothing_pending().await;
+    assert_eq!(
+        stack.status(queued, &waiting.1).await["status"],
+        "waitlisted"
+    );
+    first.kill().await.expect("kill");
+
+    let cancel_id = cancel(&stack, goods, &holder.1).await;
+    let mut crashing = stack.worker(&[("TICKETNEST_CRASH_POINT", "after_commit")]);
+    let exit = tokio::time::timeout(std::time::Duration::from_secs(60), crashing.wait())
+        .await
+        .expect("worker reached the crash point")
+        .expect("wait");
+    assert_eq!(exit.code(), Some(sub_worker::shard::CRASH_EXIT_CODE));
+    assert_eq!(stack.decided_count().await, 3, "the cancel was committed");
+
+    let _worker = stack.worker(&[]);
+    stack.wait_until_nothing_pending().await;
+    assert_eq!(
+        stack.status(&cancel_id, &holder.1).await["status"],
+        "cancelled"
+    );
+    assert_eq!(stack.status(held, &holder.1).await["status"], "cancelled");
+    let promoted = stack.status(queued, &waiting.1).await;
+    assert_eq!(promoted["status"], "confirmed", "{promoted}");
+    assert!(promoted.get("promotedAt").is_some(), "{promoted}");
     stack.assert_invariants(goods).await;
 }
