@@ -16,6 +16,25 @@ async fn delete(stack: &Stack, path: &str, token: &str, key: Option<&str>) -> (S
     parts(request.send().await.expect("send")).await
 }
 
+/// A booking sent with `key`, already the key of a cancel: 422, nothing queued.
+async fn assert_key_reused_on_a_booking(stack: &Stack, goods: i64, token: &str, key: &str) {
+    let response = stack
+        .http
+        .post(stack.url(&format!("/api/goods/{goods}/bookings")))
+        .bearer_auth(token)
+        .header("idempotency-key", key)
+        .send()
+        .await
+        .expect("send");
+    let (status, body) = parts(response).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_reused",
+    );
+}
+
 /// Cancels the caller's booking of `goods`; asserts the 202 and returns the request id.
 async fn cancel(stack: &Stack, goods: i64, token: &str) -> String {
     let (status, body) = delete(
@@ -213,21 +232,7 @@ async fn cancel_refuses_unknown_goods_and_anonymous_callers_and_takes_idempotenc
     assert_eq!(status, StatusCode::ACCEPTED, "{again}");
     assert_eq!(again["requestId"], first["requestId"], "one request");
     // The same key on a booking: another kind of request.
-    let response = stack
-        .http
-        .post(stack.url(&format!("/api/goods/{goods}/bookings")))
-        .bearer_auth(&token)
-        .header("idempotency-key", "undo-1")
-        .send()
-        .await
-        .expect("send");
-    let (status, body) = parts(response).await;
-    assert_error(
-        status,
-        &body,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "idempotency_key_reused",
-    );
+    assert_key_reused_on_a_booking(&stack, goods, &token, "undo-1").await;
 
     let _worker = stack.worker(&[]);
     stack.wait_for_decisions(2).await;
@@ -253,21 +258,7 @@ async fn cancel_refuses_unknown_goods_and_anonymous_callers_and_takes_idempotenc
     assert_eq!(status, StatusCode::ACCEPTED, "{later}");
     assert_eq!(later["requestId"], first["requestId"]);
     assert_eq!(later["status"], "cancelled");
-    let response = stack
-        .http
-        .post(stack.url(&format!("/api/goods/{goods}/bookings")))
-        .bearer_auth(&token)
-        .header("idempotency-key", "undo-1")
-        .send()
-        .await
-        .expect("send");
-    let (status, body) = parts(response).await;
-    assert_error(
-        status,
-        &body,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "idempotency_key_reused",
-    );
+    assert_key_reused_on_a_booking(&stack, goods, &token, "undo-1").await;
     assert_eq!(stack.pending().await, 0, "nothing new queued");
     assert_eq!(stack.decided_count().await, 2);
     stack.assert_invariants(goods).await;
