@@ -228,7 +228,8 @@ pub struct DecisionRow {
     pub booking_id: Option<i64>,
     /// That booking's status now (a promotion or a cancel changes it).
     pub booking_status: Option<BookingStatus>,
-    /// When that booking was promoted from the waitlist, Unix seconds.
+    /// When that booking was promoted from the waitlist, Unix seconds (for a cancel:
+    /// the booking it released).
     pub promoted_at_s: Option<f64>,
     /// When the API accepted it (API clock), Unix seconds with microseconds.
     pub accepted_at_s: f64,

@@ -411,7 +411,10 @@ impl StatusRecord {
             reason: row.decision.reason(),
             booking_id: row.booking_id,
             #[allow(clippy::cast_possible_truncation)]
-            promoted_at_ms: row.promoted_at_s.map(|s| (s * 1000.0).round() as i64),
+            promoted_at_ms: row
+                .promoted_at_s
+                .filter(|_| row.kind == RequestKind::Book)
+                .map(|s| (s * 1000.0).round() as i64),
         }
     }
 

@@ -10,6 +10,7 @@ mod distributed;
 mod fifo;
 mod idempotency;
 mod memory;
+mod model;
 mod nemesis;
 mod outages;
 mod redelivery;
