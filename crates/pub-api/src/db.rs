@@ -255,7 +255,10 @@ pub async fn insert_goods(
 /// A database failure.
 pub async fn list_goods(pool: &Pool, after: i64, limit: i64) -> Result<Vec<Goods>, ApiError> {
     let client = pool.get().await?;
-    let sql = format!("SELECT {GOODS_COLUMNS} FROM goods WHERE id > $1 ORDER BY id LIMIT $2");
+    let sql = format!(
+        "SELECT {GOODS_COLUMNS} FROM goods WHERE id > $1 AND deleted_at IS NULL \
+         ORDER BY id LIMIT $2"
+    );
     let stmt = client.prepare_cached(&sql).await?;
     let rows = client.query(&stmt, &[&after, &limit]).await?;
     Ok(rows.iter().map(Goods::from_row).collect())
@@ -265,13 +268,111 @@ pub async fn list_goods(pool: &Pool, after: i64, limit: i64) -> Result<Vec<Goods
 /// A database failure.
 pub async fn get_goods(pool: &Pool, id: i64) -> Result<Option<Goods>, ApiError> {
     let client = pool.get().await?;
-    let sql = format!("SELECT {GOODS_COLUMNS} FROM goods WHERE id = $1");
+    let sql = format!("SELECT {GOODS_COLUMNS} FROM goods WHERE id = $1 AND deleted_at IS NULL");
     let stmt = client.prepare_cached(&sql).await?;
     Ok(client
         .query_opt(&stmt, &[&id])
         .await?
         .as_ref()
         .map(Goods::from_row))
+}
+
+/// How long a goods change waits for the goods row, which the worker holds while it
+/// decides a batch of the goods.
+const GOODS_LOCK_WAIT: &str = "SET LOCAL lock_timeout = '2s'";
+
+/// A goods as its organizer may change it: locked, and its owner checked.
+async fn lock_own_goods(
+    tx: &deadpool_postgres::Transaction<'_>,
+    id: i64,
+    organizer_id: i64,
+) -> Result<Goods, ApiError> {
+    tx.batch_execute(GOODS_LOCK_WAIT).await?;
+    let sql = format!(
+        "SELECT {GOODS_COLUMNS} FROM goods WHERE id = $1 AND deleted_at IS NULL FOR UPDATE"
+    );
+    let stmt = tx.prepare_cached(&sql).await?;
+    let goods = tx
+        .query_opt(&stmt, &[&id])
+        .await?
+        .as_ref()
+        .map(Goods::from_row)
+        .ok_or(ApiError::GoodsNotFound)?;
+    if goods.organizer_id != organizer_id {
+        return Err(ApiError::Forbidden(
+            "only the organizer who created the goods may change it",
+        ));
+    }
+    Ok(goods)
+}
+
+/// Changes a goods of `organizer_id` to `change` (the whole set of fields, validated),
+/// given what it was: `change` comes from the goods as locked here.
+///
+/// # Errors
+/// `GoodsNotFound`, `Forbidden` (another organizer's), a validation error from
+/// `change`, or a database failure (503 when the row stays locked, see
+/// [`GOODS_LOCK_WAIT`]).
+pub async fn update_goods(
+    pool: &Pool,
+    id: i64,
+    organizer_id: i64,
+    change: impl FnOnce(&GoodsFields) -> Result<GoodsFields, ApiError>,
+) -> Result<Goods, ApiError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let goods = lock_own_goods(&tx, id, organizer_id).await?;
+    let g = change(&goods.fields)?;
+    let sql = format!(
+        "UPDATE goods SET title = $2, content = $3, price = $4, img_url = $5, show_date = $6, \
+           max_per_booking = $7, sale_opens_at = $8, sale_closes_at = $9 \
+         WHERE id = $1 RETURNING {GOODS_COLUMNS}"
+    );
+    let stmt = tx.prepare_cached(&sql).await?;
+    let row = tx
+        .query_one(
+            &stmt,
+            &[
+                &id,
+                &g.title,
+                &g.content,
+                &g.price,
+                &g.img_url,
+                &g.show_date,
+                &g.max_per_booking,
+                &g.sale_opens_at,
+                &g.sale_closes_at,
+            ],
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(Goods::from_row(&row))
+}
+
+/// Deletes (soft) a goods of `organizer_id` that holds no live booking.
+///
+/// # Errors
+/// `GoodsNotFound`, `Forbidden`, `GoodsHasBookings`, or a database failure.
+pub async fn delete_goods(pool: &Pool, id: i64, organizer_id: i64) -> Result<(), ApiError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    lock_own_goods(&tx, id, organizer_id).await?;
+    let stmt = tx
+        .prepare_cached(&format!(
+            "SELECT EXISTS (SELECT 1 FROM bookings WHERE goods_id = $1 AND status IN {})",
+            shared::live_statuses!()
+        ))
+        .await?;
+    let live: bool = tx.query_one(&stmt, &[&id]).await?.get(0);
+    if live {
+        return Err(ApiError::GoodsHasBookings);
+    }
+    let stmt = tx
+        .prepare_cached("UPDATE goods SET deleted_at = now(), deleted_by = $2 WHERE id = $1")
+        .await?;
+    tx.execute(&stmt, &[&id, &organizer_id]).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// The limits the booking path checks (cache miss only).
@@ -282,7 +383,8 @@ pub async fn goods_limits(pool: &Pool, id: i64) -> Result<Option<GoodsLimits>, A
     let client = pool.get().await?;
     let stmt = client
         .prepare_cached(
-            "SELECT max_per_booking, sale_opens_at, sale_closes_at FROM goods WHERE id = $1",
+            "SELECT max_per_booking, sale_opens_at, sale_closes_at FROM goods \
+             WHERE id = $1 AND deleted_at IS NULL",
         )
         .await?;
     Ok(client

@@ -49,6 +49,8 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("this Idempotency-Key was used for another request (another quantity); use a new key")]
     IdempotencyKeyReused,
+    #[error("the goods still has live bookings; they must be cancelled first")]
+    GoodsHasBookings,
     #[error("the sale for this show has not opened yet")]
     SaleNotOpen,
     #[error("the sale for this show has closed")]
@@ -103,6 +105,7 @@ impl ApiError {
             Self::IdempotencyKeyReused => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
             }
+            Self::GoodsHasBookings => (StatusCode::CONFLICT, "goods_has_bookings"),
             Self::SaleNotOpen => (StatusCode::CONFLICT, "sale_not_open"),
             Self::SaleClosed => (StatusCode::CONFLICT, "sale_closed"),
             Self::EmailTaken => (StatusCode::CONFLICT, "email_taken"),

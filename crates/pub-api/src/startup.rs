@@ -103,7 +103,12 @@ fn routes(cfg: &mut web::ServiceConfig) {
                         .route(web::get().to(goods::list))
                         .route(web::post().to(goods::create)),
                 )
-                .service(resource("/goods/{id}").route(web::get().to(goods::detail)))
+                .service(
+                    resource("/goods/{id}")
+                        .route(web::get().to(goods::detail))
+                        .route(web::patch().to(goods::update))
+                        .route(web::delete().to(goods::delete)),
+                )
                 .service(
                     resource("/goods/{id}/bookings/me").route(web::delete().to(bookings::cancel)),
                 )

@@ -403,7 +403,7 @@ async fn lock_goods(
                     floor(extract(epoch FROM sale_opens_at) * 1000)::int8, \
                     floor(extract(epoch FROM sale_closes_at) * 1000)::int8, \
                     floor(extract(epoch FROM now()) * 1000)::int8 \
-             FROM goods WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+             FROM goods WHERE id = ANY($1) AND deleted_at IS NULL ORDER BY id FOR UPDATE",
         )
         .await?;
     let rows = tx.query(&stmt, &[&goods_ids]).await?;

@@ -1,4 +1,5 @@
-//! `POST /api/goods`, `GET /api/goods`, `GET /api/goods/{id}`.
+//! `POST /api/goods`, `GET /api/goods`, `GET /api/goods/{id}`, and for the organizer
+//! who created a goods `PATCH /api/goods/{id}` and `DELETE /api/goods/{id}`.
 
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
@@ -87,6 +88,111 @@ pub async fn create(
     Ok(HttpResponse::Created()
         .insert_header(("Location", format!("/api/goods/{}", goods.id)))
         .json(GoodsResponse::from(goods)))
+}
+
+/// A change to a goods: any of the creation fields but `bookingLimit` (seat changes
+/// go through the worker; not yet offered). `saleOpensAt` / `saleClosesAt` set to
+/// `null` remove that bound.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PatchGoodsBody {
+    title: Option<String>,
+    content: Option<String>,
+    price: Option<i64>,
+    img_url: Option<String>,
+    show_date: Option<String>,
+    booking_limit: Option<i64>,
+    max_per_booking: Option<i64>,
+    #[serde(default, deserialize_with = "present")]
+    sale_opens_at: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    sale_closes_at: Option<Option<String>>,
+}
+
+/// A field that is present (`Some`, its value possibly `null`), as opposed to absent.
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
+fn rfc3339(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+impl PatchGoodsBody {
+    /// The goods' fields with this change, validated as at creation.
+    fn apply(&self, was: &GoodsFields) -> Result<GoodsFields, ApiError> {
+        if self
+            .booking_limit
+            .is_some_and(|limit| limit != i64::from(was.booking_limit))
+        {
+            return Err(ApiError::validation(
+                "bookingLimit",
+                "bookingLimit cannot be changed yet",
+            ));
+        }
+        let show_date = self
+            .show_date
+            .clone()
+            .unwrap_or_else(|| rfc3339(was.show_date));
+        let opens = match &self.sale_opens_at {
+            Some(change) => change.clone(),
+            None => was.sale_opens_at.map(rfc3339),
+        };
+        let closes = match &self.sale_closes_at {
+            Some(change) => change.clone(),
+            None => was.sale_closes_at.map(rfc3339),
+        };
+        GoodsInput {
+            title: self.title.as_deref().unwrap_or(&was.title),
+            content: self.content.as_deref().unwrap_or(&was.content),
+            price: self.price.unwrap_or(was.price),
+            img_url: self.img_url.as_deref().unwrap_or(&was.img_url),
+            show_date: &show_date,
+            booking_limit: i64::from(was.booking_limit),
+            max_per_booking: Some(
+                self.max_per_booking
+                    .unwrap_or(i64::from(was.max_per_booking)),
+            ),
+            sale_opens_at: opens.as_deref(),
+            sale_closes_at: closes.as_deref(),
+        }
+        .parse()
+    }
+}
+
+/// `PATCH /api/goods/{id}`: the organizer who created it changes it; `200` with the
+/// goods. This API copy forgets its cached copy at once; others within
+/// `TICKETNEST_GOODS_CACHE_TTL_MS`; the worker reads the row itself.
+#[tracing::instrument(skip_all, fields(user_id = user.id, goods_id = id))]
+pub async fn update(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    IdPath(id): IdPath,
+    ApiJson(body): ApiJson<PatchGoodsBody>,
+) -> Result<HttpResponse, ApiError> {
+    let goods = db::update_goods(&state.pool, id, user.id, |was| body.apply(was)).await?;
+    state.goods.invalidate(&id).await;
+    tracing::info!("goods changed");
+    Ok(HttpResponse::Ok().json(GoodsResponse::from(goods)))
+}
+
+/// `DELETE /api/goods/{id}`: the organizer who created it removes it, once it holds
+/// no live booking; `204`. Requests still queued for it are rejected
+/// `goods_not_found`.
+#[tracing::instrument(skip_all, fields(user_id = user.id, goods_id = id))]
+pub async fn delete(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    IdPath(id): IdPath,
+) -> Result<HttpResponse, ApiError> {
+    db::delete_goods(&state.pool, id, user.id).await?;
+    state.goods.invalidate(&id).await;
+    tracing::info!("goods deleted");
+    Ok(HttpResponse::NoContent().finish())
 }
 
 #[derive(Deserialize)]

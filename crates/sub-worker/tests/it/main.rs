@@ -8,6 +8,7 @@ mod cancel;
 mod dead_letter;
 mod distributed;
 mod fifo;
+mod goods_management;
 mod idempotency;
 mod memory;
 mod model;
