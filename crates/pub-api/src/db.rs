@@ -277,42 +277,56 @@ pub async fn get_goods(pool: &Pool, id: i64) -> Result<Option<Goods>, ApiError> 
         .map(Goods::from_row))
 }
 
-/// How long a goods change waits for the goods row, which the worker holds while it
-/// decides a batch of the goods.
-const GOODS_LOCK_WAIT: &str = "SET LOCAL lock_timeout = '2s'";
+/// Bounds of a goods change: how long it waits for the goods row (the worker holds
+/// it while it decides a batch of the goods), and how long it may hold the row idle
+/// (a paused API process must not hold up the worker).
+const GOODS_CHANGE_BOUNDS: &str =
+    "SET LOCAL lock_timeout = '2s'; SET LOCAL idle_in_transaction_session_timeout = '5s'";
 
-/// A goods as its organizer may change it: locked, and its owner checked.
+/// A goods as its organizer may change it: the caller checked first without a lock
+/// (an organizer now, and the one who created it; anyone else never waits for the
+/// row), then the row locked.
 async fn lock_own_goods(
     tx: &deadpool_postgres::Transaction<'_>,
     id: i64,
     organizer_id: i64,
 ) -> Result<Goods, ApiError> {
-    tx.batch_execute(GOODS_LOCK_WAIT).await?;
-    let sql = format!(
-        "SELECT {GOODS_COLUMNS} FROM goods WHERE id = $1 AND deleted_at IS NULL FOR UPDATE"
-    );
-    let stmt = tx.prepare_cached(&sql).await?;
-    let goods = tx
-        .query_opt(&stmt, &[&id])
+    let stmt = tx
+        .prepare_cached(
+            "SELECT g.organizer_id = $2 AND EXISTS (SELECT 1 FROM users u \
+               WHERE u.id = $2 AND u.role = 'organizer' AND u.deleted_at IS NULL) \
+             FROM goods g WHERE g.id = $1 AND g.deleted_at IS NULL",
+        )
+        .await?;
+    let allowed: bool = tx
+        .query_opt(&stmt, &[&id, &organizer_id])
         .await?
-        .as_ref()
-        .map(Goods::from_row)
-        .ok_or(ApiError::GoodsNotFound)?;
-    if goods.organizer_id != organizer_id {
+        .ok_or(ApiError::GoodsNotFound)?
+        .get(0);
+    if !allowed {
         return Err(ApiError::Forbidden(
             "only the organizer who created the goods may change it",
         ));
     }
-    Ok(goods)
+    tx.batch_execute(GOODS_CHANGE_BOUNDS).await?;
+    let sql = format!(
+        "SELECT {GOODS_COLUMNS} FROM goods WHERE id = $1 AND deleted_at IS NULL FOR UPDATE"
+    );
+    let stmt = tx.prepare_cached(&sql).await?;
+    tx.query_opt(&stmt, &[&id])
+        .await?
+        .as_ref()
+        .map(Goods::from_row)
+        .ok_or(ApiError::GoodsNotFound)
 }
 
 /// Changes a goods of `organizer_id` to `change` (the whole set of fields, validated),
 /// given what it was: `change` comes from the goods as locked here.
 ///
 /// # Errors
-/// `GoodsNotFound`, `Forbidden` (another organizer's), a validation error from
+/// `GoodsNotFound`, `Forbidden` (not its organizer), a validation error from
 /// `change`, or a database failure (503 when the row stays locked, see
-/// [`GOODS_LOCK_WAIT`]).
+/// [`GOODS_CHANGE_BOUNDS`]).
 pub async fn update_goods(
     pool: &Pool,
     id: i64,

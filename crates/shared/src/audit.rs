@@ -459,10 +459,10 @@ struct Replayed {
 /// else waitlisted. A cancel: the user's live place is `cancelled` (else `no_booking`);
 /// the seats it frees go to the waitlist in order, each waitlisted request that fits
 /// the seats then free is promoted. Other rejections (deleted user, bad quantity,
-/// goods gone, outside the sale window) depend on facts the log does not keep (a
-/// window may have moved since), and take a turn but no seat. The n-th decision that
-/// took a turn must carry position n; a dead-lettered request (`unprocessable`) takes
-/// none.
+/// outside the sale window) depend on facts the log does not keep (a window may have
+/// moved since), and take a turn but no seat. The n-th decision that took a turn must
+/// carry position n; a dead-lettered request (`unprocessable`) takes none, nor does a
+/// request for a goods that was gone (deleted by its organizer) when it was decided.
 fn replay(goods: &GoodsFacts, rows: &[&DecisionRow]) -> Replayed {
     let mut out = Replayed::default();
     let mut left = i64::from(goods.booking_limit);
@@ -470,8 +470,12 @@ fn replay(goods: &GoodsFacts, rows: &[&DecisionRow]) -> Replayed {
     let mut live: HashMap<i64, (Uuid, i64)> = HashMap::new();
     // The waitlist in decision order: (position, request, seats, user).
     let mut waitlist: Vec<(i64, Uuid, i64, i64)> = Vec::new();
-    let took_a_turn =
-        |r: &&&DecisionRow| r.decision != Decision::Rejected(RejectReason::Unprocessable);
+    let took_a_turn = |r: &&&DecisionRow| {
+        !matches!(
+            r.decision,
+            Decision::Rejected(RejectReason::Unprocessable | RejectReason::GoodsNotFound)
+        )
+    };
     for (i, row) in rows.iter().filter(took_a_turn).enumerate() {
         let turn = i + 1;
         if row.position != i64::try_from(turn).ok() {

@@ -9,7 +9,9 @@
 //! (`shared::stream::enqueue`) answers a retry of an idempotent request from its status
 //! hash, or spends the user's rate budget, writes the status hash (`queued`) and
 //! appends the request to the goods' shard stream. PostgreSQL is touched only when the
-//! goods cache misses. The API never writes booking tables: the worker decides.
+//! goods cache misses, and for a request sent with an `Idempotency-Key`, whose id is
+//! first looked up in the decision log (at most 200 ms; skipped when the database does
+//! not answer). The API never writes booking tables: the worker decides.
 
 use std::time::SystemTime;
 
@@ -135,6 +137,12 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     tracing::Span::current().record("goods_id", goods_id);
     let body: Option<BookingBody> = parse_optional_json(&req, &body)?;
+    let asked = body.as_ref().and_then(|b| b.quantity).unwrap_or(1);
+    if let Some(known) =
+        answer_decided(&state, &user, goods_id, &req, RequestKind::Book, asked).await?
+    {
+        return Ok(known);
+    }
     let limits = goods_limits(&state, goods_id).await?;
     let quantity = quantity(body, limits)?;
     let window = sale_is_open(limits, now_ms()).err();
@@ -160,6 +168,11 @@ pub async fn cancel(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     tracing::Span::current().record("goods_id", goods_id);
+    if let Some(known) =
+        answer_decided(&state, &user, goods_id, &req, RequestKind::Cancel, 0).await?
+    {
+        return Ok(known);
+    }
     goods_limits(&state, goods_id).await?;
     submit(&state, &user, goods_id, &req, RequestKind::Cancel, 0, None).await
 }
@@ -185,16 +198,6 @@ async fn submit(
         None => Keys::new_request_id(shard),
     };
     tracing::Span::current().record("request_id", tracing::field::display(request_id));
-    if key.is_some() {
-        if let Some(known) = decided_before(state, request_id).await {
-            if known.kind != kind.as_str()
-                || (kind == RequestKind::Book && known.quantity != quantity)
-            {
-                return Err(ApiError::IdempotencyKeyReused);
-            }
-            return Ok(accepted(request_id, known.status));
-        }
-    }
     let refusal = refusal.or_else(|| {
         if state.backlog.is_full(shard) {
             Some(ApiError::QueueFull)
@@ -245,18 +248,55 @@ async fn submit(
     Ok(accepted(request_id, status))
 }
 
-/// A keyed request decided before, as the decision log knows it: a key holds for as
-/// long as the log does, also once Redis has forgotten the request's status. With the
-/// database unreachable the request goes on to Redis, whose status hash answers a
-/// retry for a day; the worker never decides one request id twice either way.
-async fn decided_before(state: &AppState, request_id: Uuid) -> Option<db::DecisionAsWritten> {
-    match db::decision_as_written(&state.pool, request_id).await {
-        Ok(known) => known,
-        Err(e) => {
+/// How long a keyed request waits for the decision log before going on without it.
+const DECISION_LOG_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// The answer to a keyed request decided before, as the decision log knows it,
+/// checked before anything about the goods now (a retry after the goods changed or
+/// was deleted still gets its request): `202` with its status now, or 422 when the
+/// key was used for another kind or (a booking) quantity. A key so holds as long as
+/// the log does, also once Redis has forgotten the request's status. `None`: no key,
+/// or nothing decided under it. A database that does not answer within
+/// [`DECISION_LOG_WAIT`] is skipped (logged): Redis's status hash answers a retry for
+/// a day, and the worker never decides one request id twice either way.
+async fn answer_decided(
+    state: &AppState,
+    user: &AuthUser,
+    goods_id: i64,
+    req: &HttpRequest,
+    kind: RequestKind,
+    asked: i64,
+) -> Result<Option<HttpResponse>, ApiError> {
+    let Some(key) = idempotency_key(req)? else {
+        return Ok(None);
+    };
+    let shard = state.keys.shard_of(goods_id);
+    let request_id = Keys::idempotent_request_id(shard, user.id, goods_id, key);
+    let known = match tokio::time::timeout(
+        DECISION_LOG_WAIT,
+        db::decision_as_written(&state.pool, request_id),
+    )
+    .await
+    {
+        Ok(Ok(known)) => known,
+        Ok(Err(e)) => {
             tracing::warn!(error = %e, "idempotency key not checked against the decision log");
             None
         }
+        Err(_) => {
+            tracing::warn!("idempotency key not checked: the decision log did not answer in time");
+            None
+        }
+    };
+    let Some(known) = known else {
+        return Ok(None);
+    };
+    if known.kind != kind.as_str()
+        || (kind == RequestKind::Book && i64::from(known.quantity) != asked)
+    {
+        return Err(ApiError::IdempotencyKeyReused);
     }
+    Ok(Some(accepted(request_id, known.status)))
 }
 
 /// `202` for an accepted request, with where to poll it.

@@ -134,10 +134,9 @@ impl PatchGoodsBody {
                 "bookingLimit cannot be changed yet",
             ));
         }
-        let show_date = self
-            .show_date
-            .clone()
-            .unwrap_or_else(|| rfc3339(was.show_date));
+        // A show date left out is kept as stored, not validated again (stored values
+        // may predate today's rules): validated here is a stand-in, replaced below.
+        let show_date = self.show_date.as_deref().unwrap_or("2000-01-01");
         let opens = match &self.sale_opens_at {
             Some(change) => change.clone(),
             None => was.sale_opens_at.map(rfc3339),
@@ -151,7 +150,7 @@ impl PatchGoodsBody {
             content: self.content.as_deref().unwrap_or(&was.content),
             price: self.price.unwrap_or(was.price),
             img_url: self.img_url.as_deref().unwrap_or(&was.img_url),
-            show_date: &show_date,
+            show_date,
             booking_limit: i64::from(was.booking_limit),
             max_per_booking: Some(
                 self.max_per_booking
@@ -161,6 +160,12 @@ impl PatchGoodsBody {
             sale_closes_at: closes.as_deref(),
         }
         .parse()
+        .map(|mut fields| {
+            if self.show_date.is_none() {
+                fields.show_date = was.show_date;
+            }
+            fields
+        })
     }
 }
 

@@ -40,7 +40,7 @@ async fn detail(stack: &Stack, goods: i64) -> (StatusCode, Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_organizer_who_created_a_goods_changes_it() {
     let stack = spawn_stack().await;
-    let (_, owner) = stack.organizer().await;
+    let (owner_id, owner) = stack.organizer().await;
     let (_, rival) = stack.organizer().await;
     let (_, customer) = stack.customers("patcher", 1).await.remove(0);
     let goods = stack.create_goods_as(&owner, 10, 2).await;
@@ -100,6 +100,20 @@ async fn only_the_organizer_who_created_a_goods_changes_it() {
         StatusCode::ACCEPTED,
         "the new maxPerBooking: {body}"
     );
+
+    // Ownership does not outlive the role: a demoted organizer changes nothing.
+    stack
+        .db
+        .client()
+        .await
+        .execute(
+            "UPDATE users SET role = 'customer' WHERE id = $1",
+            &[&owner_id],
+        )
+        .await
+        .expect("demote");
+    let (status, body) = patch(&stack, goods, &owner, &json!({ "title": "Mine" })).await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,7 +125,17 @@ async fn a_goods_with_live_bookings_stays_and_one_without_is_removed() {
 
     // A booking queued for a goods removed before the worker gets to it.
     let doomed = stack.create_goods_as(&owner, 5, 1).await;
-    let queued = stack.book(doomed, *user, token, 1).await.request_id;
+    let keyed = || {
+        stack
+            .http
+            .post(stack.url(&format!("/api/goods/{doomed}/bookings")))
+            .bearer_auth(token)
+            .header("idempotency-key", "before-the-delete")
+            .send()
+    };
+    let (status, body) = parts(keyed().await.expect("send")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let queued = body["requestId"].as_str().expect("id").to_owned();
     let (status, body) = delete(&stack, &format!("/api/goods/{doomed}"), &owner).await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
 
@@ -120,9 +144,14 @@ async fn a_goods_with_live_bookings_stays_and_one_without_is_removed() {
     let _worker = stack.worker(&[]);
     stack.wait_for_decisions(2).await;
     stack.wait_until_nothing_pending().await;
-    let rejected = stack.status(queued, token).await;
+    let rejected = stack.status(&queued, token).await;
     assert_eq!(rejected["status"], "rejected", "{rejected}");
     assert_eq!(rejected["reason"], "goods_not_found");
+    // Its retry gets the request it made, not a 404 for the goods now gone.
+    let (status, body) = parts(keyed().await.expect("send")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["requestId"], queued.as_str());
+    assert_eq!(body["status"], "rejected");
     assert_eq!(stack.status(booked, token).await["status"], "confirmed");
 
     let path = format!("/api/goods/{goods}");
@@ -163,4 +192,5 @@ async fn a_goods_with_live_bookings_stays_and_one_without_is_removed() {
         .get(0);
     assert_eq!(kept, 1);
     stack.assert_invariants(goods).await;
+    stack.assert_invariants(doomed).await;
 }
