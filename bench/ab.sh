@@ -7,7 +7,9 @@
 #
 # Builds both commits' release binaries in temporary worktrees (sharing target/ab), runs
 # each configuration on a fresh database and Redis prefix, prints one line per run and
-# writes bench/results/ab-<stamp>.md. The same ticketnest-load (AFTER's) drives both.
+# writes bench/results/ab-<stamp>.md. The same wrk script drives both accept paths; each
+# build's own ticketnest-load drives its sale (its correctness verdict reads that build's
+# schema). A sale that fails shows as FAILED, never as another run's figures.
 # Asserts nothing about speed; CI does not run it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,7 +49,6 @@ build() { # label rev
 }
 build before "$before"
 build after "$after"
-load="$work/bin-after/ticketnest-load"
 
 export TICKETNEST_JWT_SECRET="ab-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 TICKETNEST_DATABASE_URL=$(pg_url ticketnest_bench_ab)
@@ -81,8 +82,12 @@ wrk_run() { # label run -> "req/s p99"
   TOKENS="$work/tokens.csv" GOODS="$goods" wrk -t2 -c64 -d10s --latency -s bench/wrk-booking.lua "$url" > "$work/wrk.txt"
   echo "$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' "$work/wrk.txt") $(awk '$1 == "99%" {print $2}' "$work/wrk.txt")"
 }
-sale_run() { # -> "accepted/s p99 decided/s correct"
-  "$load" sale --url "$url" --users 20000 --seats 1000 --concurrency 64 --json "$work/sale.json" >/dev/null
+sale_run() { # label -> "accepted/s p99 decided/s correct"
+  rm -f "$work/sale.json"
+  if ! "$work/bin-$1/ticketnest-load" sale --url "$url" --users 20000 --seats 1000 \
+      --concurrency 64 --json "$work/sale.json" >"$work/sale.log" 2>&1; then
+    echo "- - - FAILED"; tail -3 "$work/sale.log" >&2; return
+  fi
   python3 - "$work/sale.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
@@ -96,7 +101,7 @@ for run in $(seq "$runs"); do
     start "$label" "$run"
     # The sale first: it waits until its own requests are decided, so wrk's flood
     # (decided in the background afterwards) never overlaps another measurement.
-    read -r sale_acc sale_p99 sale_dec correct <<<"$(sale_run)"
+    read -r sale_acc sale_p99 sale_dec correct <<<"$(sale_run "$label")"
     read -r wrk_rps wrk_p99 <<<"$(wrk_run "$label" "$run")"
     stop
     row="| $label | $run | $wrk_rps | $wrk_p99 | $sale_acc | $sale_p99 | $sale_dec | $correct |"
