@@ -143,8 +143,27 @@ pub async fn create(
     {
         return Ok(known);
     }
-    let limits = goods_limits(&state, goods_id).await?;
-    let quantity = quantity(body, limits)?;
+    // A retry of a request still queued is answered with it even when the goods has
+    // changed (a lower maxPerBooking) or gone since.
+    let checked = match goods_limits(&state, goods_id).await {
+        Ok(limits) => quantity(body, limits).map(|q| (limits, q)),
+        Err(e) => Err(e),
+    };
+    let (limits, quantity) = match checked {
+        Ok(checked) => checked,
+        Err(refusal) => {
+            return refuse_unless_known(
+                &state,
+                &user,
+                goods_id,
+                &req,
+                RequestKind::Book,
+                asked,
+                refusal,
+            )
+            .await
+        }
+    };
     let window = sale_is_open(limits, now_ms()).err();
     submit(
         &state,
@@ -173,7 +192,18 @@ pub async fn cancel(
     {
         return Ok(known);
     }
-    goods_limits(&state, goods_id).await?;
+    if let Err(refusal) = goods_limits(&state, goods_id).await {
+        return refuse_unless_known(
+            &state,
+            &user,
+            goods_id,
+            &req,
+            RequestKind::Cancel,
+            0,
+            refusal,
+        )
+        .await;
+    }
     submit(&state, &user, goods_id, &req, RequestKind::Cancel, 0, None).await
 }
 
@@ -210,17 +240,17 @@ async fn submit(
     if let Some(refusal) = refusal {
         // New requests are turned away (outside the sale window, a full shard, a full
         // Redis); a retry of a request accepted before is answered with it, since that
-        // is when clients retry most. A status read works even on a full Redis.
-        if key.is_some() {
-            let mut conn = state.redis.get().await;
-            if let Some(known) = stream::read_status(&mut conn, &state.keys, request_id).await? {
-                if known.kind != kind || (kind == RequestKind::Book && known.quantity != quantity) {
-                    return Err(ApiError::IdempotencyKeyReused);
-                }
-                return Ok(accepted(request_id, known.status.as_str().to_owned()));
-            }
-        }
-        return Err(refusal);
+        // is when clients retry most.
+        return refuse_unless_known(
+            state,
+            user,
+            goods_id,
+            req,
+            kind,
+            i64::from(quantity),
+            refusal,
+        )
+        .await;
     }
     let request = BookingRequestV1 {
         request_id,
@@ -246,6 +276,34 @@ async fn submit(
         Enqueued::RateLimited { retry_after } => return Err(ApiError::RateLimited(retry_after)),
     };
     Ok(accepted(request_id, status))
+}
+
+/// `refusal`, unless the request carries an `Idempotency-Key` under which a request
+/// was accepted before (its status hash is there): then `202` with that request and
+/// its status now, or 422 when the key was used for another kind or quantity. A
+/// status read works even on a full Redis.
+async fn refuse_unless_known(
+    state: &AppState,
+    user: &AuthUser,
+    goods_id: i64,
+    req: &HttpRequest,
+    kind: RequestKind,
+    asked: i64,
+    refusal: ApiError,
+) -> Result<HttpResponse, ApiError> {
+    let Some(key) = idempotency_key(req)? else {
+        return Err(refusal);
+    };
+    let shard = state.keys.shard_of(goods_id);
+    let request_id = Keys::idempotent_request_id(shard, user.id, goods_id, key);
+    let mut conn = state.redis.get().await;
+    let Some(known) = stream::read_status(&mut conn, &state.keys, request_id).await? else {
+        return Err(refusal);
+    };
+    if known.kind != kind || (kind == RequestKind::Book && i64::from(known.quantity) != asked) {
+        return Err(ApiError::IdempotencyKeyReused);
+    }
+    Ok(accepted(request_id, known.status.as_str().to_owned()))
 }
 
 /// How long a keyed request waits for the decision log before going on without it.

@@ -194,3 +194,47 @@ async fn a_goods_with_live_bookings_stays_and_one_without_is_removed() {
     stack.assert_invariants(goods).await;
     stack.assert_invariants(doomed).await;
 }
+
+/// A keyed request still queued when its goods changes or goes: its retry is answered
+/// with the request it made, not refused by the goods as it is now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_retry_of_a_queued_request_outlives_a_change_of_its_goods() {
+    let stack = spawn_stack().await;
+    let (_, owner) = stack.organizer().await;
+    let (_, token) = stack.customers("outlive", 1).await.remove(0);
+    let goods = stack.create_goods_as(&owner, 5, 4).await;
+    let send = || {
+        stack
+            .http
+            .post(stack.url(&format!("/api/goods/{goods}/bookings")))
+            .bearer_auth(&token)
+            .header("idempotency-key", "three-seats")
+            .json(&json!({ "quantity": 3 }))
+            .send()
+    };
+    let (status, first) = parts(send().await.expect("send")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{first}");
+
+    let (status, body) = patch(&stack, goods, &owner, &json!({ "maxPerBooking": 2 })).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, again) = parts(send().await.expect("send")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{again}");
+    assert_eq!(again["requestId"], first["requestId"]);
+    assert_eq!(again["status"], "queued");
+
+    let (status, body) = delete(&stack, &format!("/api/goods/{goods}"), &owner).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let (status, again) = parts(send().await.expect("send")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{again}");
+    assert_eq!(again["requestId"], first["requestId"]);
+    // A new request is still refused.
+    let (status, body) = parts(stack.post_booking(goods, &token, Some(1)).await).await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "goods_not_found");
+
+    let _worker = stack.worker(&[]);
+    stack.wait_for_decisions(1).await;
+    let decided = stack
+        .status(first["requestId"].as_str().expect("id"), &token)
+        .await;
+    assert_eq!(decided["reason"], "goods_not_found", "{decided}");
+}
