@@ -291,19 +291,47 @@ async fn refuse_unless_known(
     asked: i64,
     refusal: ApiError,
 ) -> Result<HttpResponse, ApiError> {
-    let Some(key) = idempotency_key(req)? else {
+    let Some(request_id) = keyed_request_id(state, user, goods_id, req)? else {
         return Err(refusal);
     };
-    let shard = state.keys.shard_of(goods_id);
-    let request_id = Keys::idempotent_request_id(shard, user.id, goods_id, key);
     let mut conn = state.redis.get().await;
     let Some(known) = stream::read_status(&mut conn, &state.keys, request_id).await? else {
         return Err(refusal);
     };
-    if known.kind != kind || (kind == RequestKind::Book && i64::from(known.quantity) != asked) {
-        return Err(ApiError::IdempotencyKeyReused);
-    }
+    same_request(
+        request_id,
+        (kind, asked),
+        (known.kind.as_str(), known.quantity),
+    )?;
     Ok(accepted(request_id, known.status.as_str().to_owned()))
+}
+
+/// The id of a request sent with an `Idempotency-Key` (`None` without one).
+fn keyed_request_id(
+    state: &AppState,
+    user: &AuthUser,
+    goods_id: i64,
+    req: &HttpRequest,
+) -> Result<Option<Uuid>, ApiError> {
+    let shard = state.keys.shard_of(goods_id);
+    Ok(idempotency_key(req)?.map(|key| Keys::idempotent_request_id(shard, user.id, goods_id, key)))
+}
+
+/// 422 unless a request found under a key (its kind word and quantity) is the one now
+/// asked: the same kind and, for a booking, the same quantity.
+fn same_request(
+    request_id: Uuid,
+    (kind, asked): (RequestKind, i64),
+    (known_kind, known_quantity): (&str, i32),
+) -> Result<(), ApiError> {
+    let same = known_kind == kind.as_str()
+        && (kind != RequestKind::Book || i64::from(known_quantity) == asked);
+    if same {
+        Ok(())
+    } else {
+        tracing::debug!(%request_id, "idempotency key reused for another request");
+        Err(ApiError::IdempotencyKeyReused)
+    }
 }
 
 /// How long a keyed request waits for the decision log before going on without it.
@@ -325,11 +353,9 @@ async fn answer_decided(
     kind: RequestKind,
     asked: i64,
 ) -> Result<Option<HttpResponse>, ApiError> {
-    let Some(key) = idempotency_key(req)? else {
+    let Some(request_id) = keyed_request_id(state, user, goods_id, req)? else {
         return Ok(None);
     };
-    let shard = state.keys.shard_of(goods_id);
-    let request_id = Keys::idempotent_request_id(shard, user.id, goods_id, key);
     let known = match tokio::time::timeout(
         DECISION_LOG_WAIT,
         db::decision_as_written(&state.pool, request_id),
@@ -349,11 +375,7 @@ async fn answer_decided(
     let Some(known) = known else {
         return Ok(None);
     };
-    if known.kind != kind.as_str()
-        || (kind == RequestKind::Book && i64::from(known.quantity) != asked)
-    {
-        return Err(ApiError::IdempotencyKeyReused);
-    }
+    same_request(request_id, (kind, asked), (&known.kind, known.quantity))?;
     Ok(Some(accepted(request_id, known.status)))
 }
 
