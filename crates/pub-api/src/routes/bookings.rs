@@ -222,11 +222,8 @@ async fn submit(
 ) -> Result<HttpResponse, ApiError> {
     let accepted_at_ms = now_ms();
     let shard = state.keys.shard_of(goods_id);
-    let key = idempotency_key(req)?;
-    let request_id = match key {
-        Some(key) => Keys::idempotent_request_id(shard, user.id, goods_id, key),
-        None => Keys::new_request_id(shard),
-    };
+    let request_id = keyed_request_id(state, user, goods_id, req)?
+        .unwrap_or_else(|| Keys::new_request_id(shard));
     tracing::Span::current().record("request_id", tracing::field::display(request_id));
     let refusal = refusal.or_else(|| {
         if state.backlog.is_full(shard) {
