@@ -116,6 +116,9 @@ impl StackBuilder {
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .pool_max_idle_per_host(256)
+                // Below actix-web's 5 s keep-alive, so the client never reuses a
+                // connection at the moment the server closes it as idle.
+                .pool_idle_timeout(Duration::from_secs(2))
                 .build()
                 .expect("client"),
             worker_binary: self.worker_binary,
@@ -621,23 +624,31 @@ pub struct Booker {
 }
 
 impl Booker {
-    /// Books once, as a well-behaved client: a 503 (outage, backpressure) is retried
-    /// after a short pause, for up to a minute, with the same idempotency key, so a
-    /// request Redis took before the answer was lost is not booked twice. Panics on any
-    /// other answer but 202.
+    /// Books once, as a well-behaved client: a 503 (outage, backpressure) or a lost
+    /// connection is retried after a short pause, for up to a minute, with the same
+    /// idempotency key, so a request Redis took before the answer was lost is not
+    /// booked twice. Panics on any other answer but 202.
     pub async fn book(&self, goods_id: i64, user_id: i64, token: &str, quantity: i64) -> Accepted {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         let key = Uuid::new_v4().to_string();
         loop {
-            let response = self
+            let sent = self
                 .http
                 .post(format!("{}/api/goods/{goods_id}/bookings", self.address))
                 .bearer_auth(token)
                 .header("idempotency-key", &key)
                 .json(&json!({ "quantity": quantity }))
                 .send()
-                .await
-                .expect("send");
+                .await;
+            let response = match sent {
+                Ok(response) => response,
+                Err(error) if tokio::time::Instant::now() < deadline => {
+                    eprintln!("booking for user {user_id} lost its connection, retrying: {error}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                Err(error) => panic!("send: {error}"),
+            };
             let status = response.status();
             if status == StatusCode::SERVICE_UNAVAILABLE && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(50)).await;
