@@ -317,7 +317,7 @@ pub async fn run(deployment: &Deployment, options: &SaleOptions) -> anyhow::Resu
             Decision::Waitlisted => outcomes.waitlisted += 1,
             Decision::Rejected(_) => outcomes.rejected += 1,
             // The sale sends bookings only.
-            Decision::Cancelled => {}
+            Decision::Cancelled | Decision::Applied => {}
         }
     }
     let first_decided_s = rows.iter().map(|r| r.decided_at_s).fold(f64::MAX, f64::min);

@@ -20,11 +20,13 @@ pub struct Goods {
     /// What the organizer set.
     pub fields: GoodsFields,
     pub booked_count: i32,
+    pub waitlisted_count: i32,
     pub created_at: DateTime<Utc>,
 }
 
 const GOODS_COLUMNS: &str = "id, organizer_id, title, content, price, img_url, show_date, \
-     booking_limit, max_per_booking, booked_count, created_at, sale_opens_at, sale_closes_at";
+     booking_limit, max_per_booking, booked_count, created_at, sale_opens_at, sale_closes_at, \
+     waitlist_limit, waitlisted_count";
 
 impl Goods {
     fn from_row(row: &Row) -> Self {
@@ -41,8 +43,10 @@ impl Goods {
                 max_per_booking: row.get(8),
                 sale_opens_at: row.get(11),
                 sale_closes_at: row.get(12),
+                waitlist_limit: row.get(13),
             },
             booked_count: row.get(9),
+            waitlisted_count: row.get(14),
             created_at: row.get(10),
         }
     }
@@ -73,6 +77,8 @@ pub struct GoodsFields {
     pub sale_opens_at: Option<DateTime<Utc>>,
     /// No booking is taken from this instant on; `null`: no end.
     pub sale_closes_at: Option<DateTime<Utc>>,
+    /// At most this many waitlisted bookings; `null`: no cap.
+    pub waitlist_limit: Option<i32>,
 }
 
 /// A user row, as signup returns it.
@@ -225,8 +231,8 @@ pub async fn insert_goods(
     let client = pool.get().await?;
     let sql = format!(
         "INSERT INTO goods (organizer_id, title, content, price, img_url, show_date, \
-         booking_limit, max_per_booking, sale_opens_at, sale_closes_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {GOODS_COLUMNS}"
+         booking_limit, max_per_booking, sale_opens_at, sale_closes_at, waitlist_limit) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING {GOODS_COLUMNS}"
     );
     let stmt = client.prepare_cached(&sql).await?;
     let row = client
@@ -243,6 +249,7 @@ pub async fn insert_goods(
                 &g.max_per_booking,
                 &g.sale_opens_at,
                 &g.sale_closes_at,
+                &g.waitlist_limit,
             ],
         )
         .await?;
@@ -320,26 +327,44 @@ async fn lock_own_goods(
         .ok_or(ApiError::GoodsNotFound)
 }
 
+/// What [`update_goods`] does with a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GoodsChange {
+    /// Checks it and writes nothing: the caller has the booking limit changed first.
+    Check,
+    /// Writes every field but the booking limit (only the worker sets that).
+    Write,
+}
+
 /// Changes a goods of `organizer_id` to `change` (the whole set of fields, validated),
-/// given what it was: `change` comes from the goods as locked here.
+/// given what it was: `change` comes from the goods as locked here. A new booking
+/// limit below the seats booked is refused when checking; the limit itself is never
+/// written here (see [`GoodsChange`]). Returns the goods as it is after the change.
 ///
 /// # Errors
 /// `GoodsNotFound`, `Forbidden` (not its organizer), a validation error from
-/// `change`, or a database failure (503 when the row stays locked, see
-/// [`GOODS_CHANGE_BOUNDS`]).
+/// `change`, `LimitBelowBooked`, or a database failure (503 when the row stays locked,
+/// see [`GOODS_CHANGE_BOUNDS`]).
 pub async fn update_goods(
     pool: &Pool,
     id: i64,
     organizer_id: i64,
+    mode: GoodsChange,
     change: impl FnOnce(&GoodsFields) -> Result<GoodsFields, ApiError>,
 ) -> Result<Goods, ApiError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let goods = lock_own_goods(&tx, id, organizer_id).await?;
     let g = change(&goods.fields)?;
+    if mode == GoodsChange::Check {
+        if g.booking_limit < goods.booked_count {
+            return Err(ApiError::LimitBelowBooked(goods.booked_count.into()));
+        }
+        return Ok(goods);
+    }
     let sql = format!(
         "UPDATE goods SET title = $2, content = $3, price = $4, img_url = $5, show_date = $6, \
-           max_per_booking = $7, sale_opens_at = $8, sale_closes_at = $9 \
+           max_per_booking = $7, sale_opens_at = $8, sale_closes_at = $9, waitlist_limit = $10 \
          WHERE id = $1 RETURNING {GOODS_COLUMNS}"
     );
     let stmt = tx.prepare_cached(&sql).await?;
@@ -356,6 +381,7 @@ pub async fn update_goods(
                 &g.max_per_booking,
                 &g.sale_opens_at,
                 &g.sale_closes_at,
+                &g.waitlist_limit,
             ],
         )
         .await?;

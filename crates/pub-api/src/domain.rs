@@ -188,6 +188,8 @@ pub struct GoodsInput<'a> {
     pub sale_opens_at: Option<&'a str>,
     /// RFC 3339; no booking is taken from then on (none: until further notice).
     pub sale_closes_at: Option<&'a str>,
+    /// At most this many waitlisted bookings (none: no cap).
+    pub waitlist_limit: Option<i64>,
 }
 
 impl GoodsInput<'_> {
@@ -241,6 +243,17 @@ impl GoodsInput<'_> {
                 ));
             }
         }
+        let waitlist_limit = self
+            .waitlist_limit
+            .map(|cap| {
+                int_in(
+                    "waitlistLimit",
+                    cap,
+                    0..=MAX_BOOKING_LIMIT,
+                    format!("waitlistLimit must be between 0 and {MAX_BOOKING_LIMIT}"),
+                )
+            })
+            .transpose()?;
         Ok(GoodsFields {
             title,
             content,
@@ -251,6 +264,7 @@ impl GoodsInput<'_> {
             max_per_booking,
             sale_opens_at,
             sale_closes_at,
+            waitlist_limit,
         })
     }
 }
@@ -311,6 +325,7 @@ mod tests {
             max_per_booking: None,
             sale_opens_at: None,
             sale_closes_at: None,
+            waitlist_limit: None,
         }
     }
 
@@ -318,6 +333,13 @@ mod tests {
     fn goods_input_names_the_invalid_field() {
         assert_eq!(goods().parse().map(|g| g.max_per_booking).ok(), Some(1));
         let cases: Vec<(GoodsInput<'_>, &str)> = vec![
+            (
+                GoodsInput {
+                    waitlist_limit: Some(-1),
+                    ..goods()
+                },
+                "waitlistLimit",
+            ),
             (
                 GoodsInput {
                     title: "  ",

@@ -51,6 +51,8 @@ pub enum ApiError {
     IdempotencyKeyReused,
     #[error("the goods still has live bookings; they must be cancelled first")]
     GoodsHasBookings,
+    #[error("bookingLimit is below the {0} seats the goods' bookings hold")]
+    LimitBelowBooked(i64),
     #[error("the sale for this show has not opened yet")]
     SaleNotOpen,
     #[error("the sale for this show has closed")]
@@ -106,6 +108,7 @@ impl ApiError {
                 (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
             }
             Self::GoodsHasBookings => (StatusCode::CONFLICT, "goods_has_bookings"),
+            Self::LimitBelowBooked(_) => (StatusCode::CONFLICT, "limit_below_booked"),
             Self::SaleNotOpen => (StatusCode::CONFLICT, "sale_not_open"),
             Self::SaleClosed => (StatusCode::CONFLICT, "sale_closed"),
             Self::EmailTaken => (StatusCode::CONFLICT, "email_taken"),

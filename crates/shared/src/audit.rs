@@ -38,6 +38,7 @@ pub struct GoodsFacts {
     pub id: i64,
     pub booking_limit: i32,
     pub booked_count: i32,
+    pub waitlisted_count: i32,
     pub decided_count: i64,
 }
 
@@ -120,6 +121,17 @@ pub enum Breach {
         first: Uuid,
         second: Uuid,
     },
+    #[error(
+        "goods {goods_id}: the booking limit {what} is {stored:?} but the replay says {replayed}"
+    )]
+    LimitDiffers {
+        goods_id: i64,
+        /// `now` (the goods' limit) or `before <request id>` (what an applied limit
+        /// change recorded it replaced).
+        what: String,
+        stored: Option<i64>,
+        replayed: i64,
+    },
     #[error("{count} accepted requests were never decided (e.g. {example})")]
     Undecided { count: usize, example: Uuid },
     #[error("{count} decisions for requests never accepted (e.g. {example})")]
@@ -155,8 +167,8 @@ pub async fn read(
         .map_err(|e| SharedError::UnreadableRow(Box::new(e)))?;
     let goods_rows = client
         .query(
-            "SELECT id, booking_limit, booked_count, decided_count FROM goods \
-             WHERE $1::int8[] IS NULL OR id = ANY($1) ORDER BY id",
+            "SELECT id, booking_limit, booked_count, decided_count, waitlisted_count \
+             FROM goods WHERE $1::int8[] IS NULL OR id = ANY($1) ORDER BY id",
             &[&goods],
         )
         .await
@@ -167,6 +179,7 @@ pub async fn read(
             booking_limit: r.get(1),
             booked_count: r.get(2),
             decided_count: r.get(3),
+            waitlisted_count: r.get(4),
         })
         .collect();
     let bookings = client
@@ -309,8 +322,17 @@ fn check_goods(
             limit,
         });
     }
+    let waitlisted = bookings
+        .iter()
+        .filter(|b| b.status == BookingStatus::Waitlisted)
+        .count() as i64;
     let counters = [
         ("booked_count", i64::from(goods.booked_count), confirmed),
+        (
+            "waitlisted_count",
+            i64::from(goods.waitlisted_count),
+            waitlisted,
+        ),
         (
             "decided_count",
             goods.decided_count,
@@ -355,6 +377,12 @@ fn check_goods(
     };
     for row in rows {
         let booking = by_request.get(&row.request_id);
+        if row.kind == RequestKind::Limit {
+            if booking.is_some() || row.booking_id.is_some() {
+                mismatch(row.request_id, "limit change has a booking");
+            }
+            continue;
+        }
         if row.kind == RequestKind::Cancel {
             if booking.is_some() {
                 mismatch(row.request_id, "cancel request has a booking");
@@ -454,18 +482,29 @@ struct Replayed {
     misdecided: HashSet<Uuid>,
 }
 
-/// Replays the rules over one goods' log in stream order. A booking: a user holding a
-/// live place is `already_booked`; otherwise confirmed if the seats left cover it,
-/// else waitlisted. A cancel: the user's live place is `cancelled` (else `no_booking`);
-/// the seats it frees go to the waitlist in order, each waitlisted request that fits
-/// the seats then free is promoted. Other rejections (deleted user, bad quantity,
-/// outside the sale window) depend on facts the log does not keep (a window may have
-/// moved since), and take a turn but no seat. The n-th decision that took a turn must
-/// carry position n; a dead-lettered request (`unprocessable`) takes none, nor does a
-/// request for a goods that was gone (deleted by its organizer) when it was decided.
+/// Replays the rules over one goods' log in stream order, from the goods' opening
+/// limit (what its first applied limit change replaced; its limit now if none was),
+/// checking each applied change's record of the limit it replaced and, at the end,
+/// the goods' limit. A booking: a user holding a live place is `already_booked`; otherwise
+/// confirmed if the seats left cover it, else waitlisted (or `waitlist_full`: the cap
+/// may have changed since, so either is taken, but never while the seats left cover
+/// it). A cancel: the user's live place is `cancelled` (else `no_booking`). A limit
+/// change: `limit_below_booked` when the confirmed seats exceed it, else `applied`.
+/// The seats a cancel or a limit change frees go to the waitlist in order, each
+/// waitlisted request that fits the seats then free is promoted. Other rejections
+/// (deleted user, bad quantity, outside the sale window) depend on facts the log does
+/// not keep (a window may have moved since), and take a turn but no seat. The n-th
+/// decision that took a turn must carry position n; a dead-lettered request
+/// (`unprocessable`) takes none, nor does a request for a goods that was gone (deleted
+/// by its organizer) when it was decided.
 fn replay(goods: &GoodsFacts, rows: &[&DecisionRow]) -> Replayed {
     let mut out = Replayed::default();
-    let mut left = i64::from(goods.booking_limit);
+    let mut limit = rows
+        .iter()
+        .find(|r| r.decision == Decision::Applied)
+        .and_then(|r| r.limit_before)
+        .map_or(i64::from(goods.booking_limit), i64::from);
+    let mut booked = 0_i64;
     // The live place of each user: its request and seats.
     let mut live: HashMap<i64, (Uuid, i64)> = HashMap::new();
     // The waitlist in decision order: (position, request, seats, user).
@@ -488,19 +527,28 @@ fn replay(goods: &GoodsFacts, rows: &[&DecisionRow]) -> Replayed {
         }
         let quantity = i64::from(row.quantity);
         let place = live.get(&row.user_id).copied();
+        let left = limit - booked;
         let expected = match (row.kind, row.decision) {
             (_, Decision::Rejected(reason))
                 if !matches!(
                     reason,
-                    RejectReason::AlreadyBooked | RejectReason::NoBooking
+                    RejectReason::AlreadyBooked
+                        | RejectReason::NoBooking
+                        | RejectReason::LimitBelowBooked
+                        | RejectReason::WaitlistFull
                 ) =>
             {
                 row.decision
             }
+            (RequestKind::Limit, _) if quantity < booked => {
+                Decision::Rejected(RejectReason::LimitBelowBooked)
+            }
+            (RequestKind::Limit, _) => Decision::Applied,
             (RequestKind::Cancel, _) if place.is_some() => Decision::Cancelled,
             (RequestKind::Cancel, _) => Decision::Rejected(RejectReason::NoBooking),
             _ if place.is_some() => Decision::Rejected(RejectReason::AlreadyBooked),
             _ if quantity <= left => Decision::Confirmed,
+            (_, Decision::Rejected(RejectReason::WaitlistFull)) => row.decision,
             _ => Decision::Waitlisted,
         };
         if row.decision != expected {
@@ -519,7 +567,7 @@ fn replay(goods: &GoodsFacts, rows: &[&DecisionRow]) -> Replayed {
         let due = |status, promoted| Due { status, promoted };
         match expected {
             Decision::Confirmed => {
-                left -= quantity;
+                booked += quantity;
                 live.insert(row.user_id, (row.request_id, quantity));
                 out.bookings
                     .insert(row.request_id, due(BookingStatus::Confirmed, false));
@@ -542,24 +590,46 @@ fn replay(goods: &GoodsFacts, rows: &[&DecisionRow]) -> Replayed {
                 let promoted = out.bookings.get(&cancelled).is_some_and(|d| d.promoted);
                 if out.bookings.get(&cancelled).map(|d| d.status) == Some(BookingStatus::Confirmed)
                 {
-                    left += seats;
+                    booked -= seats;
                 }
                 waitlist.retain(|w| w.1 != cancelled);
                 out.bookings
                     .insert(cancelled, due(BookingStatus::Cancelled, promoted));
                 out.released.insert(row.request_id, cancelled);
-                waitlist.retain(|&(_, request_id, seats, _)| {
-                    if seats > left {
-                        return true;
-                    }
-                    left -= seats;
-                    out.bookings
-                        .insert(request_id, due(BookingStatus::Confirmed, true));
-                    false
-                });
+            }
+            Decision::Applied => {
+                if row.decision == Decision::Applied
+                    && row.limit_before.map(i64::from) != Some(limit)
+                {
+                    out.breaches.push(Breach::LimitDiffers {
+                        goods_id: goods.id,
+                        what: format!("before {}", row.request_id),
+                        stored: row.limit_before.map(i64::from),
+                        replayed: limit,
+                    });
+                }
+                limit = quantity;
             }
             Decision::Rejected(_) => {}
         }
+        // Seats free go to the waitlist in order.
+        waitlist.retain(|&(_, request_id, seats, _)| {
+            if seats > limit - booked {
+                return true;
+            }
+            booked += seats;
+            out.bookings
+                .insert(request_id, due(BookingStatus::Confirmed, true));
+            false
+        });
+    }
+    if limit != i64::from(goods.booking_limit) {
+        out.breaches.push(Breach::LimitDiffers {
+            goods_id: goods.id,
+            what: "now".into(),
+            stored: Some(goods.booking_limit.into()),
+            replayed: limit,
+        });
     }
     out
 }
@@ -584,6 +654,7 @@ mod tests {
                 id: 1,
                 booking_limit: seats,
                 booked_count: seats.min(requests as i32),
+                waitlisted_count: (requests as i32 - seats).max(0),
                 decided_count: requests as i64,
             }],
             ..Facts::default()
@@ -612,6 +683,7 @@ mod tests {
                 booking_id: Some(booking_id),
                 booking_status: decision.booking(),
                 promoted_at_s: None,
+                limit_before: None,
                 accepted_at_s: 1.0,
                 decided_at_s: 2.0,
             });
@@ -766,6 +838,7 @@ mod tests {
         facts.decisions[2].decision = Decision::Confirmed;
         facts.bookings[1].status = BookingStatus::Confirmed;
         facts.goods[0].decided_count = 3;
+        facts.goods[0].waitlisted_count = 1;
         assert_eq!(check(&facts, None), []);
     }
 
@@ -802,7 +875,122 @@ mod tests {
         facts.bookings[3].status = BookingStatus::Confirmed;
         facts.bookings[3].promoted = true;
         facts.goods[0].decided_count = 6;
+        facts.goods[0].waitlisted_count = 1;
         facts
+    }
+
+    /// `sale(5, 3)` and then, at turn 6, its organizer (user 99) sets the limit to
+    /// `to`, decided `decision`.
+    fn sale_with_a_limit_change(to: i32, decision: Decision) -> Facts {
+        let mut facts = sale(5, 3);
+        let mut row = facts.decisions[0].clone();
+        row.request_id = Uuid::from_u128(200);
+        row.user_id = 99;
+        row.kind = RequestKind::Limit;
+        row.quantity = to;
+        row.decision = decision;
+        row.entry_id = EntryId { ms: 2_000, seq: 0 };
+        row.position = Some(6);
+        row.booking_id = None;
+        row.booking_status = None;
+        if decision == Decision::Applied {
+            row.limit_before = Some(3);
+            facts.goods[0].booking_limit = to;
+        }
+        facts.decisions.push(row);
+        facts.goods[0].decided_count = 6;
+        facts
+    }
+
+    #[test]
+    fn a_raised_limit_promotes_the_waitlist_in_order_and_is_replayed_from_the_opening_limit() {
+        let mut facts = sale_with_a_limit_change(4, Decision::Applied);
+        facts.bookings[3].status = BookingStatus::Confirmed;
+        facts.bookings[3].promoted = true;
+        facts.goods[0].booked_count = 4;
+        facts.goods[0].waitlisted_count = 1;
+        assert_eq!(check(&facts, Some(&accepted(&facts))), []);
+
+        // Without the promotion it owes, the replay names the waiting request.
+        let mut missed = sale_with_a_limit_change(4, Decision::Applied);
+        missed.goods[0].waitlisted_count = 2;
+        assert!(check(&missed, None).contains(&Breach::BookingMismatch {
+            goods_id: 1,
+            request_id: Uuid::from_u128(4),
+            problem: "booking status differs from the replay"
+        }));
+    }
+
+    #[test]
+    fn a_limit_the_goods_does_not_hold_or_a_wrong_record_of_the_one_replaced_is_named() {
+        let mut facts = sale_with_a_limit_change(3, Decision::Applied);
+        facts.goods[0].booking_limit = 4;
+        assert_eq!(
+            check(&facts, None),
+            [Breach::LimitDiffers {
+                goods_id: 1,
+                what: "now".into(),
+                stored: Some(4),
+                replayed: 3,
+            }]
+        );
+        // A second change (to the same limit) that says it replaced 2, not 3.
+        let mut facts = sale_with_a_limit_change(3, Decision::Applied);
+        let mut again = facts.decisions[5].clone();
+        again.request_id = Uuid::from_u128(201);
+        again.entry_id = EntryId { ms: 3_000, seq: 0 };
+        again.position = Some(7);
+        again.limit_before = Some(2);
+        facts.decisions.push(again);
+        facts.goods[0].decided_count = 7;
+        assert_eq!(
+            check(&facts, None),
+            [Breach::LimitDiffers {
+                goods_id: 1,
+                what: format!("before {}", Uuid::from_u128(201)),
+                stored: Some(2),
+                replayed: 3,
+            }]
+        );
+    }
+
+    #[test]
+    fn a_limit_below_the_booked_seats_must_be_refused() {
+        let refused =
+            sale_with_a_limit_change(2, Decision::Rejected(RejectReason::LimitBelowBooked));
+        assert_eq!(check(&refused, None), []);
+
+        let mut applied = sale_with_a_limit_change(2, Decision::Applied);
+        let breaches = check(&applied, None);
+        assert!(breaches.contains(&Breach::OutOfOrder {
+            goods_id: 1,
+            turn: 6,
+            request_id: Uuid::from_u128(200),
+            expected: "rejected (limit_below_booked)".into(),
+            actual: "applied".into(),
+            seats_left: 0,
+        }));
+        // Refusing a change that fits is named too.
+        applied = sale_with_a_limit_change(3, Decision::Rejected(RejectReason::LimitBelowBooked));
+        assert_eq!(check(&applied, None).len(), 1);
+    }
+
+    #[test]
+    fn a_full_waitlist_may_refuse_only_what_does_not_fit() {
+        let mut facts = sale(5, 3);
+        // Request 5 refused for a full waitlist: the cap may have been 1 then.
+        facts.decisions[4].decision = Decision::Rejected(RejectReason::WaitlistFull);
+        facts.decisions[4].booking_id = None;
+        facts.decisions[4].booking_status = None;
+        facts.bookings.pop();
+        facts.goods[0].waitlisted_count = 1;
+        assert_eq!(check(&facts, None), []);
+
+        // Request 3 fitted: refusing it is a breach.
+        facts.decisions[2].decision = Decision::Rejected(RejectReason::WaitlistFull);
+        assert!(check(&facts, None)
+            .iter()
+            .any(|b| matches!(b, Breach::OutOfOrder { turn: 3, .. })));
     }
 
     #[test]

@@ -82,6 +82,8 @@ words!(
         /// A booking request whose booking was cancelled since; a cancel request that
         /// released a booking.
         Cancelled => "cancelled",
+        /// A change to a goods (its booking limit) that the worker made.
+        Applied => "applied",
     }
 );
 
@@ -92,6 +94,8 @@ words!(
         Book => "book",
         /// Releasing the user's live booking of one goods.
         Cancel => "cancel",
+        /// Setting a goods' booking limit (its organizer; the quantity is the new limit).
+        Limit => "limit",
     }
 );
 
@@ -114,6 +118,11 @@ words!(
         SaleClosed => "sale_closed",
         /// A cancel found no live booking of its user for the goods.
         NoBooking => "no_booking",
+        /// A booking limit change below the seats the goods' bookings hold.
+        LimitBelowBooked => "limit_below_booked",
+        /// The request did not fit the free seats and the goods' waitlist is at its
+        /// `waitlistLimit`.
+        WaitlistFull => "waitlist_full",
     }
 );
 
@@ -147,6 +156,8 @@ pub enum Decision {
     Waitlisted,
     /// A cancel that released its user's live booking.
     Cancelled,
+    /// A booking limit change that was made.
+    Applied,
     Rejected(RejectReason),
 }
 
@@ -157,6 +168,7 @@ impl Decision {
             Self::Confirmed => RequestStatus::Confirmed,
             Self::Waitlisted => RequestStatus::Waitlisted,
             Self::Cancelled => RequestStatus::Cancelled,
+            Self::Applied => RequestStatus::Applied,
             Self::Rejected(_) => RequestStatus::Rejected,
         }
     }
@@ -164,7 +176,7 @@ impl Decision {
     pub fn reason(self) -> Option<RejectReason> {
         match self {
             Self::Rejected(reason) => Some(reason),
-            Self::Confirmed | Self::Waitlisted | Self::Cancelled => None,
+            Self::Confirmed | Self::Waitlisted | Self::Cancelled | Self::Applied => None,
         }
     }
 
@@ -173,7 +185,7 @@ impl Decision {
         match self {
             Self::Confirmed => Some(BookingStatus::Confirmed),
             Self::Waitlisted => Some(BookingStatus::Waitlisted),
-            Self::Cancelled | Self::Rejected(_) => None,
+            Self::Cancelled | Self::Applied | Self::Rejected(_) => None,
         }
     }
 
@@ -200,6 +212,7 @@ impl Decision {
             (RequestStatus::Confirmed, None) => Ok(Some(Self::Confirmed)),
             (RequestStatus::Waitlisted, None) => Ok(Some(Self::Waitlisted)),
             (RequestStatus::Cancelled, None) => Ok(Some(Self::Cancelled)),
+            (RequestStatus::Applied, None) => Ok(Some(Self::Applied)),
             (RequestStatus::Rejected, Some(reason)) => Ok(Some(Self::Rejected(reason))),
             _ => Err(mismatch()),
         }
@@ -231,6 +244,8 @@ pub struct DecisionRow {
     /// When that booking was promoted from the waitlist, Unix seconds (for a cancel:
     /// the booking it released).
     pub promoted_at_s: Option<f64>,
+    /// An applied limit change: the booking limit it replaced.
+    pub limit_before: Option<i32>,
     /// When the API accepted it (API clock), Unix seconds with microseconds.
     pub accepted_at_s: f64,
     /// When its batch transaction started (PostgreSQL's `now()`, within one batch of
@@ -259,7 +274,7 @@ impl DecisionRow {
          r.quantity, r.shard, r.stream_ms, r.stream_seq, r.position, r.decision, r.reason, \
          r.booking_id, extract(epoch from r.accepted_at)::float8, \
          extract(epoch from r.decided_at)::float8, r.kind, b.status, \
-         extract(epoch from b.promoted_at)::float8 \
+         extract(epoch from b.promoted_at)::float8, r.limit_before \
          FROM booking_requests r LEFT JOIN bookings b ON b.id = r.booking_id";
 
     /// The request's status now: a booking request that made a booking has its
@@ -306,6 +321,7 @@ impl DecisionRow {
                 .map(str::parse)
                 .transpose()?,
             promoted_at_s: row.try_get(15)?,
+            limit_before: row.try_get(16)?,
         })
     }
 }

@@ -138,6 +138,8 @@ pub enum Message {
     Book(BookingRequestV1),
     /// A request to release the user's live booking of one goods (quantity 0).
     Cancel(BookingRequestV1),
+    /// A goods' organizer (the user) setting its booking limit to `quantity`.
+    Limit(BookingRequestV1),
 }
 
 /// Why an entry could not be decoded; stored with the entry in the dead-letter stream.
@@ -161,7 +163,7 @@ impl Message {
     /// The request this message carries.
     pub fn request(&self) -> &BookingRequestV1 {
         match self {
-            Self::Book(request) | Self::Cancel(request) => request,
+            Self::Book(request) | Self::Cancel(request) | Self::Limit(request) => request,
         }
     }
 
@@ -169,6 +171,7 @@ impl Message {
         match self {
             Self::Book(_) => RequestKind::Book,
             Self::Cancel(_) => RequestKind::Cancel,
+            Self::Limit(_) => RequestKind::Limit,
         }
     }
 
@@ -180,7 +183,7 @@ impl Message {
                 fields::VERSION,
                 match self {
                     Self::Book(_) => VERSION_1,
-                    Self::Cancel(_) => VERSION_2,
+                    Self::Cancel(_) | Self::Limit(_) => VERSION_2,
                 }
                 .to_owned(),
             ),
@@ -189,7 +192,7 @@ impl Message {
             (fields::GOODS, m.goods_id.to_string()),
             (fields::USER, m.user_id.to_string()),
         ];
-        if let Self::Book(_) = self {
+        if let Self::Book(_) | Self::Limit(_) = self {
             out.push((fields::QUANTITY, m.quantity.to_string()));
         }
         out.push((fields::ACCEPTED_AT, m.accepted_at_ms.to_string()));
@@ -223,11 +226,14 @@ impl Message {
                 reason: e.to_string(),
             })?;
         let quantity = match kind {
-            RequestKind::Book => i32::try_from(positive(get(fields::QUANTITY)?, fields::QUANTITY)?)
-                .map_err(|_| DecodeError::InvalidField {
-                    field: fields::QUANTITY,
-                    reason: "out of range".into(),
-                })?,
+            RequestKind::Book | RequestKind::Limit => {
+                i32::try_from(positive(get(fields::QUANTITY)?, fields::QUANTITY)?).map_err(
+                    |_| DecodeError::InvalidField {
+                        field: fields::QUANTITY,
+                        reason: "out of range".into(),
+                    },
+                )?
+            }
             RequestKind::Cancel => 0,
         };
         let request = BookingRequestV1 {
@@ -241,6 +247,7 @@ impl Message {
         Ok(match kind {
             RequestKind::Book => Self::Book(request),
             RequestKind::Cancel => Self::Cancel(request),
+            RequestKind::Limit => Self::Limit(request),
         })
     }
 }

@@ -113,11 +113,11 @@ pub async fn commit_batch(
         .collect();
     let ids: Vec<Uuid> = requests.iter().map(|f| f.request.request_id).collect();
     let mut earlier = find_decided(&tx, &ids).await?;
-    // A cancel found decided was committed by a worker that may have died before
-    // writing the statuses it changed: write them again, as they are now.
+    // A cancel or a limit change found decided was committed by a worker that may have
+    // died before writing the statuses it changed: write them again, as they are now.
     let redelivered_cancels: Vec<Uuid> = earlier
         .values()
-        .filter(|row| row.kind == RequestKind::Cancel)
+        .filter(|row| row.kind != RequestKind::Book)
         .map(|row| row.request_id)
         .collect();
     let changed_before = if redelivered_cancels.is_empty() {
@@ -261,6 +261,7 @@ async fn decide_fresh(
     let decided = decide::decide(&asks, &mut goods, &read, &live_users, now_ms);
     update_bookings(tx, &decided, now_ms).await?;
     let booking_ids = write_decisions(tx, shard, fresh, &decided, now_ms).await?;
+    record_limit_changes(tx, fresh, &decided).await?;
     bump_counters(tx, &before, &goods).await?;
 
     let mut out: HashMap<Uuid, StatusRecord> = fresh
@@ -327,7 +328,8 @@ fn booking_status(b: &Booking, booking_id: i64) -> StatusRecord {
     }
 }
 
-/// The bookings the given requests (cancels) released or promoted, as they are now.
+/// The bookings the given requests (cancels, limit changes) released or promoted, as
+/// they are now.
 async fn read_changed_by(
     tx: &Transaction<'_>,
     request_ids: &[Uuid],
@@ -402,7 +404,8 @@ async fn lock_goods(
             "SELECT id, booking_limit, booked_count, max_per_booking, decided_count, \
                     floor(extract(epoch FROM sale_opens_at) * 1000)::int8, \
                     floor(extract(epoch FROM sale_closes_at) * 1000)::int8, \
-                    floor(extract(epoch FROM now()) * 1000)::int8 \
+                    floor(extract(epoch FROM now()) * 1000)::int8, \
+                    waitlisted_count, waitlist_limit \
              FROM goods WHERE id = ANY($1) AND deleted_at IS NULL ORDER BY id FOR UPDATE",
         )
         .await?;
@@ -416,6 +419,8 @@ async fn lock_goods(
                 GoodsState {
                     booking_limit: r.get(1),
                     booked: r.get(2),
+                    waitlisted: r.get(8),
+                    waitlist_limit: r.get(9),
                     max_per_booking: r.get(3),
                     decided: r.get(4),
                     sale_opens_ms: r.get(5),
@@ -476,14 +481,21 @@ async fn read_bookings(
         .map(booking_from_row)
         .collect::<Result<Vec<_>, _>>()?;
 
-    let mut cancels: HashMap<i64, usize> = HashMap::new();
+    // Per goods that may promote: its cancels and the highest limit set.
+    let mut releases: HashMap<i64, (usize, i32)> = HashMap::new();
     for f in fresh {
-        if f.entry.message.kind() == RequestKind::Cancel {
-            *cancels.entry(f.request.goods_id).or_default() += 1;
+        let goods = f.request.goods_id;
+        match f.entry.message.kind() {
+            RequestKind::Cancel => releases.entry(goods).or_default().0 += 1,
+            RequestKind::Limit => {
+                let top = &mut releases.entry(goods).or_default().1;
+                *top = (*top).max(f.request.quantity);
+            }
+            RequestKind::Book => {}
         }
     }
     let (mut head_goods, mut head_quantity, mut head_count) = (Vec::new(), Vec::new(), Vec::new());
-    for (goods_id, n) in &cancels {
+    for (goods_id, (cancels, top_limit)) in &releases {
         let Some(state) = goods.get(goods_id) else {
             continue;
         };
@@ -492,7 +504,7 @@ async fn read_bookings(
             .filter(|b| b.goods_id == *goods_id)
             .map(|b| b.quantity)
             .fold(state.max_per_booking, i32::max);
-        for (quantity, count) in decide::waitlist_heads(state, *n, largest) {
+        for (quantity, count) in decide::waitlist_heads(state, *cancels, largest, *top_limit) {
             head_goods.push(*goods_id);
             head_quantity.push(quantity);
             head_count.push(count);
@@ -691,7 +703,34 @@ async fn write_decisions(
         .collect())
 }
 
-/// Adds what the batch took (seats, decisions) to each goods touched, in one statement.
+/// Records the limit each applied limit change replaced, in one statement; nothing
+/// when the batch applied none (the common case: this is not on the booking path).
+async fn record_limit_changes(
+    tx: &Transaction<'_>,
+    fresh: &[&Fresh<'_>],
+    decided: &Decided,
+) -> Result<(), WorkerError> {
+    let (ids, before): (Vec<Uuid>, Vec<i32>) = fresh
+        .iter()
+        .zip(&decided.verdicts)
+        .filter_map(|(f, v)| Some((f.request.request_id, v.limit_before?)))
+        .unzip();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let stmt = tx
+        .prepare_cached(
+            "UPDATE booking_requests r SET limit_before = c.limit_before \
+             FROM unnest($1::uuid[], $2::int4[]) AS c(request_id, limit_before) \
+             WHERE r.request_id = c.request_id",
+        )
+        .await?;
+    tx.execute(&stmt, &[&ids, &before]).await?;
+    Ok(())
+}
+
+/// Adds what the batch took (seats, places, decisions) to each goods touched and sets
+/// its limit, in one statement.
 async fn bump_counters(
     tx: &Transaction<'_>,
     before: &HashMap<i64, GoodsState>,
@@ -699,27 +738,40 @@ async fn bump_counters(
 ) -> Result<(), WorkerError> {
     let mut ids = Vec::new();
     let mut booked = Vec::new();
+    let mut waitlisted = Vec::new();
     let mut decided = Vec::new();
+    let mut limits = Vec::new();
     for (id, now) in after {
         if let Some(was) = before.get(id) {
             if now.decided != was.decided {
                 ids.push(*id);
                 booked.push(now.booked - was.booked);
+                waitlisted.push(now.waitlisted - was.waitlisted);
                 decided.push(now.decided - was.decided);
+                limits.push(now.booking_limit);
             }
         }
     }
     if ids.is_empty() {
         return Ok(());
     }
+    // The limit is set to the batch's result: only the worker owning the goods'
+    // shard changes it, with the row locked; maxPerBooking stays within it. The
+    // waitlist counter never goes below 0: a worker from before it (during a rolling
+    // upgrade) leaves it behind, and a count off by that must not refuse a decision
+    // (the checker names the difference; the upgrade notes say how to recount).
     let stmt = tx
         .prepare_cached(
             "UPDATE goods g SET booked_count = g.booked_count + d.booked, \
-               decided_count = g.decided_count + d.decided \
-             FROM unnest($1::int8[], $2::int4[], $3::int8[]) AS d(id, booked, decided) \
+               waitlisted_count = GREATEST(0, g.waitlisted_count + d.waitlisted), \
+               decided_count = g.decided_count + d.decided, booking_limit = d.booking_limit, \
+               max_per_booking = LEAST(g.max_per_booking, d.booking_limit) \
+             FROM unnest($1::int8[], $2::int4[], $3::int4[], $4::int8[], $5::int4[]) \
+               AS d(id, booked, waitlisted, decided, booking_limit) \
              WHERE g.id = d.id",
         )
         .await?;
-    tx.execute(&stmt, &[&ids, &booked, &decided]).await?;
+    tx.execute(&stmt, &[&ids, &booked, &waitlisted, &decided, &limits])
+        .await?;
     Ok(())
 }

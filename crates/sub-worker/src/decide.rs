@@ -11,12 +11,17 @@
 //! stream entry time) before the goods' sale window opens or once it has closed gives
 //! `sale_not_open` or `sale_closed`, whatever the API's cache let through.
 //!
+//! A booking that does not fit while the goods' waitlist holds its `waitlistLimit`
+//! places is rejected `waitlist_full`.
+//!
 //! A **cancel** releases its user's live booking of the goods (`cancelled`), or finds
-//! none (`no_booking`). The seats it frees go at once to the waitlist in decision
-//! order: every waitlisted booking that fits the seats free when its turn in the
-//! waitlist comes is promoted (the fit rule of first decisions). So a waitlisted
-//! booking is never passed by a later request while seats it fits are free: after
-//! every decision, no waitlisted booking fits the free seats.
+//! none (`no_booking`). A **limit** change sets the goods' booking limit (`applied`),
+//! unless its bookings hold more seats than the new limit (`limit_below_booked`).
+//! The seats either frees go at once to the waitlist in decision order: every
+//! waitlisted booking that fits the seats free when its turn in the waitlist comes is
+//! promoted (the fit rule of first decisions). So a waitlisted booking is never passed
+//! by a later request while seats it fits are free: after every decision, no
+//! waitlisted booking fits the free seats.
 //!
 //! Keeping this free of I/O lets the rule be tested exhaustively without a database.
 
@@ -30,6 +35,9 @@ use uuid::Uuid;
 pub struct GoodsState {
     pub booking_limit: i32,
     pub booked: i32,
+    /// Waitlisted bookings, and how many there may be (`None`: no cap).
+    pub waitlisted: i32,
+    pub waitlist_limit: Option<i32>,
     pub max_per_booking: i32,
     /// Requests decided so far for this goods; the next decision gets `decided + 1`.
     pub decided: i64,
@@ -45,7 +53,7 @@ pub struct Ask {
     pub kind: RequestKind,
     pub goods_id: i64,
     pub user_id: i64,
-    /// Seats asked for (0 for a cancel).
+    /// Seats asked for (0 for a cancel; the new limit for a limit change).
     pub quantity: i32,
     /// When it arrived: its stream entry's time, Unix milliseconds.
     pub arrived_ms: i64,
@@ -74,13 +82,14 @@ pub struct Booking {
 }
 
 /// The verdict on one request, its place in its goods' decision order (`None` when
-/// the goods does not exist), and the booking it made (a booking) or released (a
-/// cancel), by request id.
+/// the goods does not exist), the booking it made (a booking) or released (a
+/// cancel), by request id, and the limit an applied limit change replaced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Verdict {
     pub decision: Decision,
     pub position: Option<i64>,
     pub booking: Option<Uuid>,
+    pub limit_before: Option<i32>,
 }
 
 /// What a batch decided: a verdict per ask, and every booking it made or changed in
@@ -97,20 +106,27 @@ pub struct Decided {
 /// Most seats one booking holds (the API's `maxPerBooking` ceiling; a database CHECK).
 pub const MAX_QUANTITY: i32 = 100;
 
-/// How much of a goods' waitlist a batch with `cancels` cancels may promote from,
-/// per quantity: `(quantity, how many of the first waitlisted with that quantity)`.
-/// `largest` is the most seats one cancel can release: the largest of the goods'
-/// `maxPerBooking` (what a booking made in the batch holds at most) and the quantities
-/// of the live bookings read for the batch's users.
+/// How much of a goods' waitlist a batch with `cancels` cancels and limit changes up
+/// to `top_limit` (the goods' limit when it has none) may promote from, per quantity:
+/// `(quantity, how many of the first waitlisted with that quantity)`. `largest` is
+/// the most seats one cancel can release: the largest of the goods' `maxPerBooking`
+/// (what a booking made in the batch holds at most) and the quantities of the live
+/// bookings read for the batch's users.
 ///
-/// Seats entering the free pool during the batch are at most the seats free now plus
-/// what each cancel releases; each promotion of quantity q takes q of them, and
-/// waitlisted bookings of one quantity are promoted in their order. So no promotion
-/// ever reaches past the first `seats / q` of quantity q, plus one for every
-/// waitlisted booking a cancel may take out ahead of them.
-pub fn waitlist_heads(state: &GoodsState, cancels: usize, largest: i32) -> Vec<(i32, i64)> {
+/// The seats free at any moment of the batch are at most the highest limit it sees
+/// less the seats booked now, plus what each cancel releases (only a cancel lowers
+/// the seats booked); each promotion of quantity q takes q of them, and waitlisted
+/// bookings of one quantity are promoted in their order. So no promotion ever reaches
+/// past the first `seats / q` of quantity q, plus one for every waitlisted booking a
+/// cancel may take out ahead of them.
+pub fn waitlist_heads(
+    state: &GoodsState,
+    cancels: usize,
+    largest: i32,
+    top_limit: i32,
+) -> Vec<(i32, i64)> {
     let cancels = i64::try_from(cancels).unwrap_or(i64::MAX);
-    let seats = i64::from(state.booking_limit - state.booked).max(0)
+    let seats = i64::from(top_limit.max(state.booking_limit) - state.booked).max(0)
         + cancels.saturating_mul(i64::from(largest.clamp(1, MAX_QUANTITY)));
     (1..=MAX_QUANTITY)
         .take_while(|q| i64::from(*q) <= seats)
@@ -138,18 +154,22 @@ pub fn decide(
                     decision: Decision::Rejected(RejectReason::GoodsNotFound),
                     position: None,
                     booking: None,
+                    limit_before: None,
                 };
             };
             state.decided += 1;
             let position = state.decided;
+            let limit_before = state.booking_limit;
             let (decision, booking) = match ask.kind {
                 RequestKind::Book => board.book(ask, state, position, live_users),
                 RequestKind::Cancel => board.cancel(ask, state),
+                RequestKind::Limit => (board.limit(ask, state), None),
             };
             Verdict {
                 decision,
                 position: Some(position),
                 booking,
+                limit_before: (decision == Decision::Applied).then_some(limit_before),
             }
         })
         .collect();
@@ -227,7 +247,13 @@ impl Board {
         } else if state.booking_limit - state.booked >= ask.quantity {
             state.booked += ask.quantity;
             Decision::Confirmed
+        } else if state
+            .waitlist_limit
+            .is_some_and(|cap| state.waitlisted >= cap)
+        {
+            Decision::Rejected(RejectReason::WaitlistFull)
         } else {
+            state.waitlisted += 1;
             Decision::Waitlisted
         };
         let Some(status) = decision.booking() else {
@@ -261,6 +287,7 @@ impl Board {
         match booking.status {
             BookingStatus::Confirmed => state.booked -= booking.quantity,
             BookingStatus::Waitlisted => {
+                state.waitlisted -= 1;
                 if let Some(waitlist) = self.waitlists.get_mut(&ask.goods_id) {
                     waitlist.remove(&booking.position);
                 }
@@ -272,6 +299,19 @@ impl Board {
         let released = booking.request_id;
         self.promote(ask.goods_id, state, ask.request_id);
         (Decision::Cancelled, Some(released))
+    }
+
+    /// Sets the goods' booking limit, unless its bookings hold more seats than that;
+    /// `maxPerBooking` stays at most the limit (the API checks that too, but a change of
+    /// `maxPerBooking` may have come in since this one was checked).
+    fn limit(&mut self, ask: &Ask, state: &mut GoodsState) -> Decision {
+        if ask.quantity < state.booked {
+            return Decision::Rejected(RejectReason::LimitBelowBooked);
+        }
+        state.booking_limit = ask.quantity;
+        state.max_per_booking = state.max_per_booking.min(ask.quantity);
+        self.promote(ask.goods_id, state, ask.request_id);
+        Decision::Applied
     }
 
     /// Gives the free seats to the goods' waitlist in order: each waitlisted booking
@@ -292,6 +332,7 @@ impl Board {
                 return true;
             }
             state.booked += b.quantity;
+            state.waitlisted -= 1;
             b.status = BookingStatus::Confirmed;
             b.promoted_at_ms = Some(now_ms);
             b.promoted_by = Some(by);
@@ -310,6 +351,8 @@ mod tests {
             GoodsState {
                 booking_limit: limit,
                 booked: 0,
+                waitlisted: 0,
+                waitlist_limit: None,
                 max_per_booking,
                 decided: 0,
                 sale_opens_ms: None,
@@ -333,6 +376,14 @@ mod tests {
         Ask {
             kind: RequestKind::Cancel,
             ..ask(user_id, 0)
+        }
+    }
+
+    /// The organizer (user 1000) sets the limit to `to`.
+    fn set_limit(to: i32) -> Ask {
+        Ask {
+            kind: RequestKind::Limit,
+            ..ask(1000, to)
         }
     }
 
@@ -557,6 +608,74 @@ mod tests {
     }
 
     #[test]
+    fn a_raised_limit_promotes_the_waitlisted_that_fit_in_order_and_a_limit_below_booked_is_refused(
+    ) {
+        let mut g = goods(4, 3);
+        let asks = [
+            ask(1, 3),
+            ask(2, 3),
+            ask(3, 1),
+            ask(4, 2),
+            ask(5, 1),
+            set_limit(3),
+            set_limit(6),
+            set_limit(4),
+            set_limit(6),
+        ];
+        let d = decide(&asks, &mut g, &[], &users(5), 5);
+        use Decision::*;
+        let below = Rejected(RejectReason::LimitBelowBooked);
+        assert_eq!(
+            outcomes(&d.verdicts),
+            [
+                Confirmed, Waitlisted, Confirmed, Waitlisted, Waitlisted, below, Applied, below,
+                Applied
+            ]
+        );
+        let ids: Vec<Uuid> = asks[1..5].iter().map(|a| a.request_id).collect();
+        use BookingStatus as S;
+        assert_eq!(
+            statuses(&d, &ids),
+            [
+                Some(S::Waitlisted),
+                Some(S::Confirmed),
+                Some(S::Confirmed),
+                Some(S::Waitlisted)
+            ],
+            "2 seats freed: the 3-seat request does not fit, the 2-seat one does, none is left"
+        );
+        assert_eq!(g[&1].booking_limit, 6);
+        assert_eq!(g[&1].booked, 6);
+        assert_eq!(g[&1].waitlisted, 2);
+        assert_eq!(d.verdicts[6].limit_before, Some(4));
+        assert_eq!(d.verdicts[8].limit_before, Some(6));
+        assert_eq!(d.verdicts[5].limit_before, None);
+        assert_eq!(d.bookings[&ids[2]].promoted_by, Some(asks[6].request_id));
+    }
+
+    #[test]
+    fn a_full_waitlist_refuses_what_does_not_fit_until_a_place_frees() {
+        let mut g = goods(1, 1);
+        if let Some(state) = g.get_mut(&1) {
+            state.waitlist_limit = Some(1);
+        }
+        let asks = [ask(1, 1), ask(2, 1), ask(3, 1), cancel(2), ask(4, 1)];
+        let d = decide(&asks, &mut g, &[], &users(4), 0);
+        use Decision::*;
+        assert_eq!(
+            outcomes(&d.verdicts),
+            [
+                Confirmed,
+                Waitlisted,
+                Rejected(RejectReason::WaitlistFull),
+                Cancelled,
+                Waitlisted
+            ]
+        );
+        assert_eq!(g[&1].waitlisted, 1);
+    }
+
+    #[test]
     fn bookings_read_and_unchanged_are_not_reported() {
         let mut g = goods(2, 1);
         let read = [Booking {
@@ -589,21 +708,29 @@ mod tests {
             let mut rng = StdRng::seed_from_u64(seed);
             let limit = rng.random_range(1..=8);
             let max = rng.random_range(1..=4.min(limit));
+            let cap = rng.random_bool(0.3).then(|| rng.random_range(0..4));
             let asks: Vec<Ask> = (0..rng.random_range(10..60))
                 .map(|_| {
                     let user = rng.random_range(1..=10);
-                    if rng.random_bool(0.3) {
-                        cancel(user)
-                    } else {
-                        ask(user, rng.random_range(1..=max))
+                    match rng.random_range(0..10) {
+                        0..=2 => cancel(user),
+                        3 => set_limit(rng.random_range(1..=12)),
+                        _ => ask(user, rng.random_range(1..=max)),
                     }
                 })
                 .collect();
+            let start = || {
+                let mut g = goods(limit, max);
+                if let Some(state) = g.get_mut(&1) {
+                    state.waitlist_limit = cap;
+                }
+                g
+            };
 
-            let mut whole = goods(limit, max);
+            let mut whole = start();
             let want = decide(&asks, &mut whole, &[], &users(10), 1);
 
-            let mut g = goods(limit, max);
+            let mut g = start();
             let mut store: HashMap<Uuid, Booking> = HashMap::new();
             let mut verdicts = Vec::new();
             let mut next_id = 1;
@@ -623,9 +750,15 @@ mod tests {
                     .iter()
                     .filter(|a| a.kind == RequestKind::Cancel)
                     .count();
-                if cancels > 0 {
+                let limits: Vec<i32> = batch
+                    .iter()
+                    .filter(|a| a.kind == RequestKind::Limit)
+                    .map(|a| a.quantity)
+                    .collect();
+                if cancels > 0 || !limits.is_empty() {
                     let largest = read.iter().map(|b| b.quantity).max().unwrap_or(0).max(max);
-                    for (q, take) in waitlist_heads(&g[&1], cancels, largest) {
+                    let top = limits.iter().copied().max().unwrap_or(0);
+                    for (q, take) in waitlist_heads(&g[&1], cancels, largest, top) {
                         let mut queue: Vec<Booking> = store
                             .values()
                             .filter(|b| b.status == BookingStatus::Waitlisted && b.quantity == q)

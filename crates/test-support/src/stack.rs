@@ -324,6 +324,20 @@ impl Stack {
         request.send().await.expect("send")
     }
 
+    /// `PATCH /api/goods/{goods}` as `token`: the status and the JSON body.
+    pub async fn patch_goods(&self, goods: i64, token: &str, body: &Value) -> (StatusCode, Value) {
+        parts(
+            self.http
+                .patch(self.url(&format!("/api/goods/{goods}")))
+                .bearer_auth(token)
+                .json(body)
+                .send()
+                .await
+                .expect("send"),
+        )
+        .await
+    }
+
     pub async fn get(&self, path: &str, token: Option<&str>) -> Response {
         let mut request = self.http.get(self.url(path));
         if let Some(token) = token {

@@ -115,7 +115,7 @@ fn sale_is_open(limits: GoodsLimits, now_ms: i64) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .ok()
@@ -123,7 +123,7 @@ fn now_ms() -> i64 {
         .unwrap_or_default()
 }
 
-fn status_url(request_id: Uuid) -> String {
+pub(crate) fn status_url(request_id: Uuid) -> String {
     format!("/api/bookings/requests/{request_id}")
 }
 
@@ -264,6 +264,7 @@ async fn submit(
     let message = match kind {
         RequestKind::Book => Message::Book(request),
         RequestKind::Cancel => Message::Cancel(request),
+        RequestKind::Limit => Message::Limit(request),
     };
     let mut conn = state.redis.get().await;
     let status = match stream::enqueue(&mut conn, &state.keys, &message, state.user_rate).await? {
@@ -394,9 +395,9 @@ struct StatusResponse {
     user_id: i64,
     request_id: Uuid,
     goods_id: i64,
-    /// `book` or `cancel`.
+    /// `book`, `cancel` or `limit`.
     kind: String,
-    /// Seats asked for (a booking) or released (a cancel).
+    /// Seats asked for (a booking) or released (a cancel); a limit change's new limit.
     quantity: i32,
     /// A status word; one this build does not know (a newer build wrote it) is passed
     /// on as written.

@@ -1,16 +1,30 @@
 //! `POST /api/goods`, `GET /api/goods`, `GET /api/goods/{id}`, and for the organizer
 //! who created a goods `PATCH /api/goods/{id}` and `DELETE /api/goods/{id}`.
+//!
+//! A change of `bookingLimit` is decided by the worker owning the goods' shard, in
+//! order with the goods' bookings (it may free seats for the waitlist): PATCH
+//! enqueues it like a booking and waits a bounded time for its decision.
 
-use actix_web::{web, HttpResponse};
+use std::time::Duration;
+
+use actix_web::{http::header, web, HttpMessage, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use shared::auth::Role;
+use shared::{
+    auth::Role,
+    decision::{RejectReason, RequestStatus},
+    keys::Keys,
+    stream::{self, BookingRequestV1, Enqueued, Message, StatusRecord},
+};
+use uuid::Uuid;
 
 use crate::{
-    db::{self, Goods, GoodsFields},
+    db::{self, Goods, GoodsChange, GoodsFields},
     domain::GoodsInput,
     error::ApiError,
     extract::{ApiJson, AuthUser, IdPath},
+    request_id::RequestId,
+    routes::bookings::{now_ms, status_url},
     state::AppState,
 };
 
@@ -29,6 +43,7 @@ pub struct CreateGoodsBody {
     max_per_booking: Option<i64>,
     sale_opens_at: Option<String>,
     sale_closes_at: Option<String>,
+    waitlist_limit: Option<i64>,
 }
 
 #[derive(Serialize)]
@@ -41,6 +56,8 @@ pub struct GoodsResponse {
     /// Seats held by confirmed bookings.
     booking_count: i32,
     remaining: i32,
+    /// Bookings waiting for seats.
+    waitlisted: i32,
     created_at: DateTime<Utc>,
 }
 
@@ -51,6 +68,7 @@ impl From<Goods> for GoodsResponse {
             organizer_id: g.organizer_id,
             remaining: g.fields.booking_limit - g.booked_count,
             booking_count: g.booked_count,
+            waitlisted: g.waitlisted_count,
             fields: g.fields,
             created_at: g.created_at,
         }
@@ -81,6 +99,7 @@ pub async fn create(
         max_per_booking: body.max_per_booking,
         sale_opens_at: body.sale_opens_at.as_deref(),
         sale_closes_at: body.sale_closes_at.as_deref(),
+        waitlist_limit: body.waitlist_limit,
     }
     .parse()?;
     let goods = db::insert_goods(&state.pool, user.id, &new).await?;
@@ -90,9 +109,8 @@ pub async fn create(
         .json(GoodsResponse::from(goods)))
 }
 
-/// A change to a goods: any of the creation fields but `bookingLimit` (seat changes
-/// go through the worker; not yet offered). `saleOpensAt` / `saleClosesAt` set to
-/// `null` remove that bound.
+/// A change to a goods: any of the creation fields. `saleOpensAt`, `saleClosesAt` and
+/// `waitlistLimit` set to `null` remove that bound.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PatchGoodsBody {
@@ -107,6 +125,8 @@ pub struct PatchGoodsBody {
     sale_opens_at: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
     sale_closes_at: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    waitlist_limit: Option<Option<i64>>,
 }
 
 /// A field that is present (`Some`, its value possibly `null`), as opposed to absent.
@@ -123,17 +143,9 @@ fn rfc3339(at: DateTime<Utc>) -> String {
 }
 
 impl PatchGoodsBody {
-    /// The goods' fields with this change, validated as at creation.
+    /// The goods' fields with this change, validated as at creation (with the booking
+    /// limit asked for).
     fn apply(&self, was: &GoodsFields) -> Result<GoodsFields, ApiError> {
-        if self
-            .booking_limit
-            .is_some_and(|limit| limit != i64::from(was.booking_limit))
-        {
-            return Err(ApiError::validation(
-                "bookingLimit",
-                "bookingLimit cannot be changed yet",
-            ));
-        }
         // A show date left out is kept as stored, not validated again (stored values
         // may predate today's rules): validated here is a stand-in, replaced below.
         let show_date = self.show_date.as_deref().unwrap_or("2000-01-01");
@@ -151,13 +163,17 @@ impl PatchGoodsBody {
             price: self.price.unwrap_or(was.price),
             img_url: self.img_url.as_deref().unwrap_or(&was.img_url),
             show_date,
-            booking_limit: i64::from(was.booking_limit),
+            booking_limit: self.booking_limit.unwrap_or(i64::from(was.booking_limit)),
             max_per_booking: Some(
                 self.max_per_booking
                     .unwrap_or(i64::from(was.max_per_booking)),
             ),
             sale_opens_at: opens.as_deref(),
             sale_closes_at: closes.as_deref(),
+            waitlist_limit: match self.waitlist_limit {
+                Some(change) => change,
+                None => was.waitlist_limit.map(i64::from),
+            },
         }
         .parse()
         .map(|mut fields| {
@@ -169,20 +185,148 @@ impl PatchGoodsBody {
     }
 }
 
+/// How long PATCH waits for the worker to decide a `bookingLimit` change before
+/// answering `202` with where to follow it.
+const LIMIT_CHANGE_WAIT: Duration = Duration::from_secs(5);
+const LIMIT_CHANGE_POLL: Duration = Duration::from_millis(20);
+
 /// `PATCH /api/goods/{id}`: the organizer who created it changes it; `200` with the
 /// goods. This API copy forgets its cached copy at once; others within
 /// `TICKETNEST_GOODS_CACHE_TTL_MS`; the worker reads the row itself.
+///
+/// A `bookingLimit` (even the current one: a change still queued may be about to
+/// set another) goes to the worker, which decides it in order with the goods'
+/// bookings: below the seats booked now it is refused at once (409
+/// `limit_below_booked`, nothing changed); otherwise it is queued and the other fields
+/// are written once it is applied (409 and nothing changed if the worker refused it:
+/// bookings queued before it took the seats). When the worker has not decided within
+/// [`LIMIT_CHANGE_WAIT`], the answer is `202` with the change's status URL and nothing
+/// else is written.
 #[tracing::instrument(skip_all, fields(user_id = user.id, goods_id = id))]
 pub async fn update(
     state: web::Data<AppState>,
     user: AuthUser,
     IdPath(id): IdPath,
+    req: HttpRequest,
     ApiJson(body): ApiJson<PatchGoodsBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let goods = db::update_goods(&state.pool, id, user.id, |was| body.apply(was)).await?;
-    state.goods.invalidate(&id).await;
-    tracing::info!("goods changed");
-    Ok(HttpResponse::Ok().json(GoodsResponse::from(goods)))
+    let write = || async {
+        let goods = db::update_goods(&state.pool, id, user.id, GoodsChange::Write, |was| {
+            body.apply(was)
+        })
+        .await?;
+        state.goods.invalidate(&id).await;
+        Ok::<_, ApiError>(goods)
+    };
+    let Some(new_limit) = body.booking_limit else {
+        let goods = write().await?;
+        tracing::info!("goods changed");
+        return Ok(HttpResponse::Ok().json(GoodsResponse::from(goods)));
+    };
+    db::update_goods(&state.pool, id, user.id, GoodsChange::Check, |was| {
+        body.apply(was)
+    })
+    .await?;
+    // Validated by the check: 1 to MAX_BOOKING_LIMIT.
+    let new_limit = i32::try_from(new_limit)
+        .map_err(|_| ApiError::validation("bookingLimit", "bookingLimit is out of range"))?;
+    let request_id = enqueue_limit_change(&state, &user, id, new_limit, &req).await?;
+    let Some(decided) = wait_for_decision(&state, request_id).await? else {
+        tracing::warn!(%request_id, "booking limit change not decided in time");
+        return Ok(HttpResponse::Accepted()
+            .insert_header((header::LOCATION, status_url(request_id)))
+            .json(LimitChangeQueued {
+                request_id,
+                status: RequestStatus::Queued.as_str(),
+                status_url: status_url(request_id),
+            }));
+    };
+    match (decided.status, decided.reason) {
+        (RequestStatus::Applied, _) => {
+            // The limit stands even if this write fails (the client is told to
+            // repeat the PATCH, which sets the same limit again).
+            let goods = write().await?;
+            tracing::info!(%request_id, new_limit, "goods changed, with its booking limit");
+            Ok(HttpResponse::Ok().json(GoodsResponse::from(goods)))
+        }
+        (_, Some(RejectReason::LimitBelowBooked)) => {
+            let booked = db::get_goods(&state.pool, id)
+                .await?
+                .map_or(0, |g| g.booked_count.into());
+            Err(ApiError::LimitBelowBooked(booked))
+        }
+        (_, Some(RejectReason::GoodsNotFound)) => Err(ApiError::GoodsNotFound),
+        (status, reason) => Err(ApiError::Internal(
+            format!("booking limit change {request_id} decided {status} ({reason:?})").into(),
+        )),
+    }
+}
+
+/// A `bookingLimit` change still undecided when PATCH stopped waiting.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct LimitChangeQueued {
+    request_id: Uuid,
+    status: &'static str,
+    status_url: String,
+}
+
+/// Puts a change of the goods' booking limit to `limit` on its shard's stream, as a
+/// request of its organizer; returns its id.
+async fn enqueue_limit_change(
+    state: &AppState,
+    user: &AuthUser,
+    goods_id: i64,
+    limit: i32,
+    req: &HttpRequest,
+) -> Result<Uuid, ApiError> {
+    let shard = state.keys.shard_of(goods_id);
+    if state.backlog.is_full(shard) {
+        return Err(ApiError::QueueFull);
+    }
+    if state.backlog.is_memory_full() {
+        return Err(ApiError::QueueMemoryFull);
+    }
+    let request_id = Keys::new_request_id(shard);
+    let message = Message::Limit(BookingRequestV1 {
+        request_id,
+        goods_id,
+        user_id: user.id,
+        quantity: limit,
+        accepted_at_ms: now_ms(),
+        trace_id: req
+            .extensions()
+            .get::<RequestId>()
+            .map(|r| r.0.clone())
+            .unwrap_or_default(),
+    });
+    let mut conn = state.redis.get().await;
+    match stream::enqueue(&mut conn, &state.keys, &message, state.user_rate).await? {
+        Enqueued::Accepted | Enqueued::Existing { .. } => Ok(request_id),
+        Enqueued::KeyReused => Err(ApiError::IdempotencyKeyReused),
+        Enqueued::RateLimited { retry_after } => Err(ApiError::RateLimited(retry_after)),
+    }
+}
+
+/// The request's status once decided, or `None` if it is still queued after
+/// [`LIMIT_CHANGE_WAIT`].
+async fn wait_for_decision(
+    state: &AppState,
+    request_id: Uuid,
+) -> Result<Option<StatusRecord>, ApiError> {
+    let deadline = tokio::time::Instant::now() + LIMIT_CHANGE_WAIT;
+    loop {
+        let mut conn = state.redis.get().await;
+        let status = stream::read_status(&mut conn, &state.keys, request_id).await?;
+        drop(conn);
+        if let Some(decided) = status.filter(|s| s.status != RequestStatus::Queued) {
+            return Ok(Some(decided));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(LIMIT_CHANGE_POLL).await;
+    }
 }
 
 /// `DELETE /api/goods/{id}`: the organizer who created it removes it, once it holds

@@ -173,7 +173,8 @@ async fn the_checker_passes_a_real_sale_and_names_each_breach_on_a_database_corr
         &format!(
             "DELETE FROM bookings WHERE request_id = '{lost}';
              DELETE FROM booking_requests WHERE request_id = '{lost}';
-             UPDATE goods SET decided_count = decided_count - 1 WHERE id = {goods};"
+             UPDATE goods SET decided_count = decided_count - 1,
+               waitlisted_count = waitlisted_count - 1 WHERE id = {goods};"
         ),
     )
     .await;

@@ -6,20 +6,6 @@ use serde_json::{json, Value};
 
 use crate::helpers::{assert_error, parts, spawn_stack, Stack};
 
-async fn patch(stack: &Stack, goods: i64, token: &str, body: &Value) -> (StatusCode, Value) {
-    parts(
-        stack
-            .http
-            .patch(stack.url(&format!("/api/goods/{goods}")))
-            .bearer_auth(token)
-            .json(body)
-            .send()
-            .await
-            .expect("send"),
-    )
-    .await
-}
-
 async fn delete(stack: &Stack, path: &str, token: &str) -> (StatusCode, Value) {
     parts(
         stack
@@ -47,11 +33,11 @@ async fn only_the_organizer_who_created_a_goods_changes_it() {
     let (_, before) = detail(&stack, goods).await;
 
     let change = json!({ "title": "Moved show", "maxPerBooking": 4 });
-    let (status, body) = patch(&stack, goods, &rival, &change).await;
+    let (status, body) = stack.patch_goods(goods, &rival, &change).await;
     assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
-    let (status, body) = patch(&stack, goods, &customer, &change).await;
+    let (status, body) = stack.patch_goods(goods, &customer, &change).await;
     assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
-    let (status, body) = patch(&stack, 999_999, &owner, &change).await;
+    let (status, body) = stack.patch_goods(999_999, &owner, &change).await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "goods_not_found");
     let (status, body) = delete(&stack, &format!("/api/goods/{goods}"), &rival).await;
     assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
@@ -59,21 +45,24 @@ async fn only_the_organizer_who_created_a_goods_changes_it() {
     for (bad, field) in [
         (json!({ "maxPerBooking": 0 }), "maxPerBooking"),
         (json!({ "title": "" }), "title"),
-        (json!({ "bookingLimit": 20 }), "bookingLimit"),
+        (json!({ "bookingLimit": 0 }), "bookingLimit"),
+        (json!({ "maxPerBooking": 11 }), "maxPerBooking"),
         (
             json!({ "saleOpensAt": "2030-01-02T00:00:00Z", "saleClosesAt": "2030-01-01T00:00:00Z" }),
             "saleClosesAt",
         ),
     ] {
-        let (status, body) = patch(&stack, goods, &owner, &bad).await;
+        let (status, body) = stack.patch_goods(goods, &owner, &bad).await;
         assert_error(status, &body, StatusCode::BAD_REQUEST, "validation_failed");
         assert_eq!(body["error"]["field"], field, "{body}");
     }
-    let (status, body) = patch(&stack, goods, &owner, &json!({ "holdSeconds": 60 })).await;
+    let (status, body) = stack
+        .patch_goods(goods, &owner, &json!({ "holdSeconds": 60 }))
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(detail(&stack, goods).await.1, before, "nothing changed");
 
-    let (status, body) = patch(&stack, goods, &owner, &change).await;
+    let (status, body) = stack.patch_goods(goods, &owner, &change).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["title"], "Moved show");
     assert_eq!(body["maxPerBooking"], 4);
@@ -84,13 +73,15 @@ async fn only_the_organizer_who_created_a_goods_changes_it() {
     // A window set, then one bound removed with null.
     let window =
         json!({ "saleOpensAt": "2030-01-01T00:00:00Z", "saleClosesAt": "2030-02-01T00:00:00Z" });
-    let (status, body) = patch(&stack, goods, &owner, &window).await;
+    let (status, body) = stack.patch_goods(goods, &owner, &window).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["saleOpensAt"], "2030-01-01T00:00:00Z");
     // The change is served at once by this API copy: the sale is not open now.
     let (status, body) = parts(stack.post_booking(goods, &customer, Some(4)).await).await;
     assert_error(status, &body, StatusCode::CONFLICT, "sale_not_open");
-    let (status, body) = patch(&stack, goods, &owner, &json!({ "saleOpensAt": null })).await;
+    let (status, body) = stack
+        .patch_goods(goods, &owner, &json!({ "saleOpensAt": null }))
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["saleOpensAt"], Value::Null);
     assert_eq!(body["saleClosesAt"], "2030-02-01T00:00:00Z");
@@ -112,7 +103,9 @@ async fn only_the_organizer_who_created_a_goods_changes_it() {
         )
         .await
         .expect("demote");
-    let (status, body) = patch(&stack, goods, &owner, &json!({ "title": "Mine" })).await;
+    let (status, body) = stack
+        .patch_goods(goods, &owner, &json!({ "title": "Mine" }))
+        .await;
     assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
 }
 
@@ -215,7 +208,9 @@ async fn a_keyed_retry_of_a_queued_request_outlives_a_change_of_its_goods() {
     let (status, first) = parts(send().await.expect("send")).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{first}");
 
-    let (status, body) = patch(&stack, goods, &owner, &json!({ "maxPerBooking": 2 })).await;
+    let (status, body) = stack
+        .patch_goods(goods, &owner, &json!({ "maxPerBooking": 2 }))
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let (status, again) = parts(send().await.expect("send")).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{again}");

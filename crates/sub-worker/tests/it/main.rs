@@ -10,6 +10,7 @@ mod distributed;
 mod fifo;
 mod goods_management;
 mod idempotency;
+mod limit_changes;
 mod memory;
 mod model;
 mod nemesis;
