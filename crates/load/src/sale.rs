@@ -310,14 +310,14 @@ pub async fn run(deployment: &Deployment, options: &SaleOptions) -> anyhow::Resu
     };
     for row in rows {
         match row.decision {
-            Decision::Confirmed => {
+            Decision::Confirmed | Decision::Held => {
                 outcomes.confirmed += 1;
                 outcomes.confirmed_seats += i64::from(row.quantity);
             }
             Decision::Waitlisted => outcomes.waitlisted += 1,
             Decision::Rejected(_) => outcomes.rejected += 1,
             // The sale sends bookings only.
-            Decision::Cancelled | Decision::Applied => {}
+            Decision::Cancelled | Decision::Applied | Decision::Expired => {}
         }
     }
     let first_decided_s = rows.iter().map(|r| r.decided_at_s).fold(f64::MAX, f64::min);

@@ -26,7 +26,7 @@ pub struct Goods {
 
 const GOODS_COLUMNS: &str = "id, organizer_id, title, content, price, img_url, show_date, \
      booking_limit, max_per_booking, booked_count, created_at, sale_opens_at, sale_closes_at, \
-     waitlist_limit, waitlisted_count";
+     waitlist_limit, waitlisted_count, hold_seconds";
 
 impl Goods {
     fn from_row(row: &Row) -> Self {
@@ -44,6 +44,7 @@ impl Goods {
                 sale_opens_at: row.get(11),
                 sale_closes_at: row.get(12),
                 waitlist_limit: row.get(13),
+                hold_seconds: row.get(15),
             },
             booked_count: row.get(9),
             waitlisted_count: row.get(14),
@@ -79,6 +80,8 @@ pub struct GoodsFields {
     pub sale_closes_at: Option<DateTime<Utc>>,
     /// At most this many waitlisted bookings; `null`: no cap.
     pub waitlist_limit: Option<i32>,
+    /// How long a booking that wins seats holds them unconfirmed; 0: confirmed at once.
+    pub hold_seconds: i32,
 }
 
 /// A user row, as signup returns it.
@@ -231,8 +234,9 @@ pub async fn insert_goods(
     let client = pool.get().await?;
     let sql = format!(
         "INSERT INTO goods (organizer_id, title, content, price, img_url, show_date, \
-         booking_limit, max_per_booking, sale_opens_at, sale_closes_at, waitlist_limit) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING {GOODS_COLUMNS}"
+         booking_limit, max_per_booking, sale_opens_at, sale_closes_at, waitlist_limit, \
+         hold_seconds) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING {GOODS_COLUMNS}"
     );
     let stmt = client.prepare_cached(&sql).await?;
     let row = client
@@ -250,6 +254,7 @@ pub async fn insert_goods(
                 &g.sale_opens_at,
                 &g.sale_closes_at,
                 &g.waitlist_limit,
+                &g.hold_seconds,
             ],
         )
         .await?;
@@ -364,7 +369,8 @@ pub async fn update_goods(
     }
     let sql = format!(
         "UPDATE goods SET title = $2, content = $3, price = $4, img_url = $5, show_date = $6, \
-           max_per_booking = $7, sale_opens_at = $8, sale_closes_at = $9, waitlist_limit = $10 \
+           max_per_booking = $7, sale_opens_at = $8, sale_closes_at = $9, waitlist_limit = $10, \
+           hold_seconds = $11 \
          WHERE id = $1 RETURNING {GOODS_COLUMNS}"
     );
     let stmt = tx.prepare_cached(&sql).await?;
@@ -382,6 +388,7 @@ pub async fn update_goods(
                 &g.sale_opens_at,
                 &g.sale_closes_at,
                 &g.waitlist_limit,
+                &g.hold_seconds,
             ],
         )
         .await?;
@@ -451,6 +458,7 @@ pub struct DecisionAsWritten {
     pub reason: Option<String>,
     pub booking_id: Option<i64>,
     pub promoted_at_ms: Option<i64>,
+    pub hold_expires_at_ms: Option<i64>,
 }
 
 /// # Errors
@@ -467,7 +475,9 @@ pub async fn decision_as_written(
                  THEN b.status ELSE r.decision END, \
                r.reason, r.booking_id, r.kind, \
                CASE WHEN r.kind = 'book' \
-                 THEN floor(extract(epoch FROM b.promoted_at) * 1000)::int8 END \
+                 THEN floor(extract(epoch FROM b.promoted_at) * 1000)::int8 END, \
+               CASE WHEN r.kind = 'book' \
+                 THEN floor(extract(epoch FROM b.hold_expires_at) * 1000)::int8 END \
              FROM booking_requests r LEFT JOIN bookings b ON b.id = r.booking_id \
              WHERE r.request_id = $1",
             live = shared::live_statuses!()
@@ -485,5 +495,6 @@ pub async fn decision_as_written(
         booking_id: row.try_get(5)?,
         kind: row.try_get(6)?,
         promoted_at_ms: row.try_get(7)?,
+        hold_expires_at_ms: row.try_get(8)?,
     }))
 }

@@ -19,6 +19,8 @@ const MAX_URL_CHARS: usize = 2_048;
 const MAX_PRICE: i64 = 1_000_000_000;
 /// Most seats one goods may offer.
 const MAX_BOOKING_LIMIT: i64 = 1_000_000;
+/// A day: the longest a hold may last.
+const MAX_HOLD_SECONDS: i64 = 86_400;
 /// Most seats one booking request may take.
 const MAX_PER_BOOKING: i64 = 100;
 
@@ -190,6 +192,8 @@ pub struct GoodsInput<'a> {
     pub sale_closes_at: Option<&'a str>,
     /// At most this many waitlisted bookings (none: no cap).
     pub waitlist_limit: Option<i64>,
+    /// Seconds a winning booking holds its seats unconfirmed (none: 0, no holds).
+    pub hold_seconds: Option<i64>,
 }
 
 impl GoodsInput<'_> {
@@ -254,6 +258,12 @@ impl GoodsInput<'_> {
                 )
             })
             .transpose()?;
+        let hold_seconds = int_in(
+            "holdSeconds",
+            self.hold_seconds.unwrap_or(0),
+            0..=MAX_HOLD_SECONDS,
+            format!("holdSeconds must be between 0 and {MAX_HOLD_SECONDS}"),
+        )?;
         Ok(GoodsFields {
             title,
             content,
@@ -265,6 +275,7 @@ impl GoodsInput<'_> {
             sale_opens_at,
             sale_closes_at,
             waitlist_limit,
+            hold_seconds,
         })
     }
 }
@@ -326,6 +337,7 @@ mod tests {
             sale_opens_at: None,
             sale_closes_at: None,
             waitlist_limit: None,
+            hold_seconds: None,
         }
     }
 
@@ -339,6 +351,20 @@ mod tests {
                     ..goods()
                 },
                 "waitlistLimit",
+            ),
+            (
+                GoodsInput {
+                    hold_seconds: Some(86_401),
+                    ..goods()
+                },
+                "holdSeconds",
+            ),
+            (
+                GoodsInput {
+                    hold_seconds: Some(-1),
+                    ..goods()
+                },
+                "holdSeconds",
             ),
             (
                 GoodsInput {

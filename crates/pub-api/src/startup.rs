@@ -112,6 +112,10 @@ fn routes(cfg: &mut web::ServiceConfig) {
                 .service(
                     resource("/goods/{id}/bookings/me").route(web::delete().to(bookings::cancel)),
                 )
+                .service(
+                    resource("/goods/{id}/bookings/me/confirm")
+                        .route(web::post().to(bookings::confirm)),
+                )
                 // The original TicketNest's route, kept for its clients.
                 .service(
                     resource("/booking/{id}")

@@ -55,6 +55,8 @@ pub struct BookingFacts {
     pub promoted: bool,
     /// The cancel request that released it.
     pub cancel_request_id: Option<Uuid>,
+    /// Its hold deadline, Unix milliseconds: set when it took seats as a hold.
+    pub hold_expires_at_ms: Option<i64>,
 }
 
 /// Everything the checker looks at, for some goods or all.
@@ -185,7 +187,8 @@ pub async fn read(
     let bookings = client
         .query(
             "SELECT id, goods_id, user_id, request_id, quantity, status, \
-               promoted_at IS NOT NULL, cancel_request_id FROM bookings \
+               promoted_at IS NOT NULL, cancel_request_id, \
+               floor(extract(epoch FROM hold_expires_at) * 1000)::int8 FROM bookings \
              WHERE $1::int8[] IS NULL OR goods_id = ANY($1) ORDER BY id",
             &[&goods],
         )
@@ -202,6 +205,7 @@ pub async fn read(
                 status: r.get::<_, &str>(5).parse()?,
                 promoted: r.get(6),
                 cancel_request_id: r.get(7),
+                hold_expires_at_ms: r.get(8),
             })
         })
         .collect::<Result<_, crate::decision::UnknownValue>>()
@@ -306,12 +310,16 @@ fn check_goods(
     let mut breaches = Vec::new();
     let goods_id = goods.id;
     breaches.extend(check_once(goods_id, rows));
-    let replayed = replay(goods, rows);
+    let holds: HashMap<Uuid, i64> = bookings
+        .iter()
+        .filter_map(|b| Some((b.request_id, b.hold_expires_at_ms?)))
+        .collect();
+    let replayed = replay(goods, rows, &holds);
     breaches.extend(replayed.breaches);
 
     let confirmed: i64 = bookings
         .iter()
-        .filter(|b| b.status == BookingStatus::Confirmed)
+        .filter(|b| b.status.takes_seats())
         .map(|b| i64::from(b.quantity))
         .sum();
     let limit = i64::from(goods.booking_limit);
@@ -377,9 +385,12 @@ fn check_goods(
     };
     for row in rows {
         let booking = by_request.get(&row.request_id);
-        if row.kind == RequestKind::Limit {
-            if booking.is_some() || row.booking_id.is_some() {
-                mismatch(row.request_id, "limit change has a booking");
+        if matches!(
+            row.kind,
+            RequestKind::Limit | RequestKind::Confirm | RequestKind::Expire
+        ) {
+            if booking.is_some() {
+                mismatch(row.request_id, "a request of this kind has a booking");
             }
             continue;
         }
@@ -485,19 +496,27 @@ struct Replayed {
 /// Replays the rules over one goods' log in stream order, from the goods' opening
 /// limit (what its first applied limit change replaced; its limit now if none was),
 /// checking each applied change's record of the limit it replaced and, at the end,
-/// the goods' limit. A booking: a user holding a live place is `already_booked`; otherwise
-/// confirmed if the seats left cover it, else waitlisted (or `waitlist_full`: the cap
+/// the goods' limit. A booking: a user holding a live place is `already_booked`;
+/// otherwise, if the seats left cover it, confirmed, or held when its booking carries
+/// a hold deadline (whether the goods held seats then is the goods' setting of that
+/// time, which the log does not keep); else waitlisted (or `waitlist_full`: the cap
 /// may have changed since, so either is taken, but never while the seats left cover
 /// it). A cancel: the user's live place is `cancelled` (else `no_booking`). A limit
-/// change: `limit_below_booked` when the confirmed seats exceed it, else `applied`.
-/// The seats a cancel or a limit change frees go to the waitlist in order, each
-/// waitlisted request that fits the seats then free is promoted. Other rejections
-/// (deleted user, bad quantity, outside the sale window) depend on facts the log does
-/// not keep (a window may have moved since), and take a turn but no seat. The n-th
-/// decision that took a turn must carry position n; a dead-lettered request
-/// (`unprocessable`) takes none, nor does a request for a goods that was gone (deleted
-/// by its organizer) when it was decided.
-fn replay(goods: &GoodsFacts, rows: &[&DecisionRow]) -> Replayed {
+/// change: `limit_below_booked` when the seats taken exceed it, else `applied`. A
+/// confirm: the user's hold is confirmed if the confirm arrived (its stream entry
+/// time) before the hold's deadline, else `hold_expired` and the hold expires; with no
+/// hold, `no_hold`. An expiry: the user's hold expires if the expiry arrived at or
+/// after its deadline (`hold_not_due` before it; `no_hold` without one). The seats a
+/// cancel, a limit change or an expired hold frees go to the waitlist in order, each
+/// waitlisted request that fits the seats then free is promoted (to a hold when its
+/// booking carries a deadline). Other rejections (deleted user, bad quantity, outside
+/// the sale window) depend on facts the log does not keep (a window may have moved
+/// since), and take a turn but no seat. The n-th decision that took a turn must carry
+/// position n; a dead-lettered request (`unprocessable`) takes none, nor does a
+/// request for a goods that was gone (deleted by its organizer) when it was decided.
+///
+/// `holds`: the hold deadline of every booking that was held, by booking request.
+fn replay(goods: &GoodsFacts, rows: &[&DecisionRow], holds: &HashMap<Uuid, i64>) -> Replayed {
     let mut out = Replayed::default();
     let mut limit = rows
         .iter()
@@ -515,6 +534,13 @@ fn replay(goods: &GoodsFacts, rows: &[&DecisionRow]) -> Replayed {
             Decision::Rejected(RejectReason::Unprocessable | RejectReason::GoodsNotFound)
         )
     };
+    let seated = |request_id: &Uuid| {
+        if holds.contains_key(request_id) {
+            BookingStatus::Held
+        } else {
+            BookingStatus::Confirmed
+        }
+    };
     for (i, row) in rows.iter().filter(took_a_turn).enumerate() {
         let turn = i + 1;
         if row.position != i64::try_from(turn).ok() {
@@ -527,6 +553,12 @@ fn replay(goods: &GoodsFacts, rows: &[&DecisionRow]) -> Replayed {
         }
         let quantity = i64::from(row.quantity);
         let place = live.get(&row.user_id).copied();
+        // The user's hold, if its place is one: (its request, its deadline).
+        let hold = place.and_then(|(id, _)| {
+            let held = out.bookings.get(&id)?.status == BookingStatus::Held;
+            Some((id, *holds.get(&id).filter(|_| held)?))
+        });
+        let arrived = row.entry_id.ms;
         let left = limit - booked;
         let expected = match (row.kind, row.decision) {
             (_, Decision::Rejected(reason))
@@ -536,6 +568,9 @@ fn replay(goods: &GoodsFacts, rows: &[&DecisionRow]) -> Replayed {
                         | RejectReason::NoBooking
                         | RejectReason::LimitBelowBooked
                         | RejectReason::WaitlistFull
+                        | RejectReason::HoldExpired
+                        | RejectReason::NoHold
+                        | RejectReason::HoldNotDue
                 ) =>
             {
                 row.decision
@@ -546,7 +581,18 @@ fn replay(goods: &GoodsFacts, rows: &[&DecisionRow]) -> Replayed {
             (RequestKind::Limit, _) => Decision::Applied,
             (RequestKind::Cancel, _) if place.is_some() => Decision::Cancelled,
             (RequestKind::Cancel, _) => Decision::Rejected(RejectReason::NoBooking),
+            (RequestKind::Confirm, _) => match hold {
+                Some((_, deadline)) if arrived < deadline => Decision::Confirmed,
+                Some(_) => Decision::Rejected(RejectReason::HoldExpired),
+                None => Decision::Rejected(RejectReason::NoHold),
+            },
+            (RequestKind::Expire, _) => match hold {
+                Some((_, deadline)) if arrived >= deadline => Decision::Expired,
+                Some(_) => Decision::Rejected(RejectReason::HoldNotDue),
+                None => Decision::Rejected(RejectReason::NoHold),
+            },
             _ if place.is_some() => Decision::Rejected(RejectReason::AlreadyBooked),
+            _ if quantity <= left && holds.contains_key(&row.request_id) => Decision::Held,
             _ if quantity <= left => Decision::Confirmed,
             (_, Decision::Rejected(RejectReason::WaitlistFull)) => row.decision,
             _ => Decision::Waitlisted,
@@ -565,14 +611,15 @@ fn replay(goods: &GoodsFacts, rows: &[&DecisionRow]) -> Replayed {
         // Go on from what was due, as the correct rule would have: one swapped pair
         // of decisions is two breaches, not a cascade over every later turn.
         let due = |status, promoted| Due { status, promoted };
-        match expected {
-            Decision::Confirmed => {
+        let promoted = |out: &Replayed, id: &Uuid| out.bookings.get(id).is_some_and(|d| d.promoted);
+        match (row.kind, expected) {
+            (RequestKind::Book, Decision::Confirmed | Decision::Held) => {
                 booked += quantity;
                 live.insert(row.user_id, (row.request_id, quantity));
                 out.bookings
-                    .insert(row.request_id, due(BookingStatus::Confirmed, false));
+                    .insert(row.request_id, due(seated(&row.request_id), false));
             }
-            Decision::Waitlisted => {
+            (_, Decision::Waitlisted) => {
                 live.insert(row.user_id, (row.request_id, quantity));
                 waitlist.push((
                     row.position.unwrap_or_default(),
@@ -583,21 +630,39 @@ fn replay(goods: &GoodsFacts, rows: &[&DecisionRow]) -> Replayed {
                 out.bookings
                     .insert(row.request_id, due(BookingStatus::Waitlisted, false));
             }
-            Decision::Cancelled => {
+            (_, Decision::Cancelled) => {
                 let Some((cancelled, seats)) = live.remove(&row.user_id) else {
                     continue;
                 };
-                let promoted = out.bookings.get(&cancelled).is_some_and(|d| d.promoted);
-                if out.bookings.get(&cancelled).map(|d| d.status) == Some(BookingStatus::Confirmed)
+                let was = promoted(&out, &cancelled);
+                if out
+                    .bookings
+                    .get(&cancelled)
+                    .is_some_and(|d| d.status.takes_seats())
                 {
                     booked -= seats;
                 }
                 waitlist.retain(|w| w.1 != cancelled);
                 out.bookings
-                    .insert(cancelled, due(BookingStatus::Cancelled, promoted));
+                    .insert(cancelled, due(BookingStatus::Cancelled, was));
                 out.released.insert(row.request_id, cancelled);
             }
-            Decision::Applied => {
+            (RequestKind::Confirm, Decision::Confirmed) => {
+                if let Some((held, _)) = hold {
+                    let was = promoted(&out, &held);
+                    out.bookings
+                        .insert(held, due(BookingStatus::Confirmed, was));
+                }
+            }
+            (_, Decision::Expired | Decision::Rejected(RejectReason::HoldExpired)) => {
+                if let Some((held, _)) = hold {
+                    let was = promoted(&out, &held);
+                    let seats = live.remove(&row.user_id).map_or(0, |(_, seats)| seats);
+                    booked -= seats;
+                    out.bookings.insert(held, due(BookingStatus::Expired, was));
+                }
+            }
+            (_, Decision::Applied) => {
                 if row.decision == Decision::Applied
                     && row.limit_before.map(i64::from) != Some(limit)
                 {
@@ -610,7 +675,7 @@ fn replay(goods: &GoodsFacts, rows: &[&DecisionRow]) -> Replayed {
                 }
                 limit = quantity;
             }
-            Decision::Rejected(_) => {}
+            _ => {}
         }
         // Seats free go to the waitlist in order.
         waitlist.retain(|&(_, request_id, seats, _)| {
@@ -619,7 +684,7 @@ fn replay(goods: &GoodsFacts, rows: &[&DecisionRow]) -> Replayed {
             }
             booked += seats;
             out.bookings
-                .insert(request_id, due(BookingStatus::Confirmed, true));
+                .insert(request_id, due(seated(&request_id), true));
             false
         });
     }
@@ -683,6 +748,7 @@ mod tests {
                 booking_id: Some(booking_id),
                 booking_status: decision.booking(),
                 promoted_at_s: None,
+                hold_expires_at_ms: None,
                 limit_before: None,
                 accepted_at_s: 1.0,
                 decided_at_s: 2.0,
@@ -696,6 +762,7 @@ mod tests {
                 status: decision.booking().unwrap(),
                 promoted: false,
                 cancel_request_id: None,
+                hold_expires_at_ms: None,
             });
         }
         facts

@@ -19,7 +19,7 @@ use crate::{config::DatabaseConfig, error::SharedError};
 #[macro_export]
 macro_rules! live_statuses {
     () => {
-        "('confirmed', 'waitlisted')"
+        "('confirmed', 'held', 'waitlisted')"
     };
 }
 

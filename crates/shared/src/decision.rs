@@ -77,6 +77,8 @@ words!(
         /// Accepted and on its shard's stream, not yet decided.
         Queued => "queued",
         Confirmed => "confirmed",
+        /// Holds seats until `holdExpiresAt`, unless confirmed by then.
+        Held => "held",
         Waitlisted => "waitlisted",
         Rejected => "rejected",
         /// A booking request whose booking was cancelled since; a cancel request that
@@ -84,6 +86,9 @@ words!(
         Cancelled => "cancelled",
         /// A change to a goods (its booking limit) that the worker made.
         Applied => "applied",
+        /// A hold not confirmed in time (a booking request), or the expiry that ended
+        /// it (an expire request).
+        Expired => "expired",
     }
 );
 
@@ -96,6 +101,11 @@ words!(
         Cancel => "cancel",
         /// Setting a goods' booking limit (its organizer; the quantity is the new limit).
         Limit => "limit",
+        /// Confirming the user's held booking of one goods before its deadline.
+        Confirm => "confirm",
+        /// Ending the user's held booking of one goods at its deadline (the shard's
+        /// owning worker sends these).
+        Expire => "expire",
     }
 );
 
@@ -123,6 +133,13 @@ words!(
         /// The request did not fit the free seats and the goods' waitlist is at its
         /// `waitlistLimit`.
         WaitlistFull => "waitlist_full",
+        /// A confirm that arrived at or after its hold's deadline.
+        HoldExpired => "hold_expired",
+        /// A confirm or an expiry that found no held booking of its user for the goods.
+        NoHold => "no_hold",
+        /// An expiry that arrived before its hold's deadline (the clocks of the worker
+        /// and of Redis differ); the worker sends another.
+        HoldNotDue => "hold_not_due",
     }
 );
 
@@ -131,17 +148,37 @@ words!(
     BookingStatus, "booking status" {
         /// Holds seats.
         Confirmed => "confirmed",
+        /// Holds seats until its deadline, unless confirmed by then.
+        Held => "held",
         /// Holds a place in the goods' waitlist.
         Waitlisted => "waitlisted",
         /// Released.
         Cancelled => "cancelled",
+        /// A hold not confirmed in time: its seats went back.
+        Expired => "expired",
     }
 );
 
 impl BookingStatus {
     /// Whether the booking holds a place (the statuses of `live_statuses!`).
     pub fn is_live(self) -> bool {
-        matches!(self, Self::Confirmed | Self::Waitlisted)
+        matches!(self, Self::Confirmed | Self::Held | Self::Waitlisted)
+    }
+
+    /// Whether it holds seats (counted in `booked_count`).
+    pub fn takes_seats(self) -> bool {
+        matches!(self, Self::Confirmed | Self::Held)
+    }
+
+    /// What the request that made it reads.
+    pub fn request_status(self) -> RequestStatus {
+        match self {
+            Self::Confirmed => RequestStatus::Confirmed,
+            Self::Held => RequestStatus::Held,
+            Self::Waitlisted => RequestStatus::Waitlisted,
+            Self::Cancelled => RequestStatus::Cancelled,
+            Self::Expired => RequestStatus::Expired,
+        }
     }
 }
 
@@ -150,14 +187,18 @@ impl BookingStatus {
 /// is its booking's status.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Decision {
-    /// Holds seats.
+    /// Holds seats (a booking), or confirmed its user's hold (a confirm).
     Confirmed,
+    /// Holds seats until a deadline.
+    Held,
     /// Holds a place in the goods' waitlist.
     Waitlisted,
     /// A cancel that released its user's live booking.
     Cancelled,
     /// A booking limit change that was made.
     Applied,
+    /// An expiry that ended its user's hold.
+    Expired,
     Rejected(RejectReason),
 }
 
@@ -166,9 +207,11 @@ impl Decision {
     pub fn status(self) -> RequestStatus {
         match self {
             Self::Confirmed => RequestStatus::Confirmed,
+            Self::Held => RequestStatus::Held,
             Self::Waitlisted => RequestStatus::Waitlisted,
             Self::Cancelled => RequestStatus::Cancelled,
             Self::Applied => RequestStatus::Applied,
+            Self::Expired => RequestStatus::Expired,
             Self::Rejected(_) => RequestStatus::Rejected,
         }
     }
@@ -176,20 +219,27 @@ impl Decision {
     pub fn reason(self) -> Option<RejectReason> {
         match self {
             Self::Rejected(reason) => Some(reason),
-            Self::Confirmed | Self::Waitlisted | Self::Cancelled | Self::Applied => None,
+            Self::Confirmed
+            | Self::Held
+            | Self::Waitlisted
+            | Self::Cancelled
+            | Self::Applied
+            | Self::Expired => None,
         }
     }
 
-    /// The booking a decision makes, if any.
+    /// The booking a booking request's decision makes, if any.
     pub fn booking(self) -> Option<BookingStatus> {
         match self {
             Self::Confirmed => Some(BookingStatus::Confirmed),
+            Self::Held => Some(BookingStatus::Held),
             Self::Waitlisted => Some(BookingStatus::Waitlisted),
-            Self::Cancelled | Self::Applied | Self::Rejected(_) => None,
+            Self::Cancelled | Self::Applied | Self::Expired | Self::Rejected(_) => None,
         }
     }
 
-    /// Whether the request holds a live booking (seats or a waitlist place).
+    /// Whether a booking request so decided holds a live booking (seats or a waitlist
+    /// place).
     pub fn is_live(self) -> bool {
         self.booking().is_some()
     }
@@ -210,6 +260,8 @@ impl Decision {
         match (status, reason) {
             (RequestStatus::Queued, None) => Ok(None),
             (RequestStatus::Confirmed, None) => Ok(Some(Self::Confirmed)),
+            (RequestStatus::Held, None) => Ok(Some(Self::Held)),
+            (RequestStatus::Expired, None) => Ok(Some(Self::Expired)),
             (RequestStatus::Waitlisted, None) => Ok(Some(Self::Waitlisted)),
             (RequestStatus::Cancelled, None) => Ok(Some(Self::Cancelled)),
             (RequestStatus::Applied, None) => Ok(Some(Self::Applied)),
@@ -244,6 +296,8 @@ pub struct DecisionRow {
     /// When that booking was promoted from the waitlist, Unix seconds (for a cancel:
     /// the booking it released).
     pub promoted_at_s: Option<f64>,
+    /// That booking's hold deadline, Unix milliseconds, if it was held.
+    pub hold_expires_at_ms: Option<i64>,
     /// An applied limit change: the booking limit it replaced.
     pub limit_before: Option<i32>,
     /// When the API accepted it (API clock), Unix seconds with microseconds.
@@ -274,7 +328,8 @@ impl DecisionRow {
          r.quantity, r.shard, r.stream_ms, r.stream_seq, r.position, r.decision, r.reason, \
          r.booking_id, extract(epoch from r.accepted_at)::float8, \
          extract(epoch from r.decided_at)::float8, r.kind, b.status, \
-         extract(epoch from b.promoted_at)::float8, r.limit_before \
+         extract(epoch from b.promoted_at)::float8, r.limit_before, \
+         floor(extract(epoch from b.hold_expires_at) * 1000)::int8 \
          FROM booking_requests r LEFT JOIN bookings b ON b.id = r.booking_id";
 
     /// The request's status now: a booking request that made a booking has its
@@ -284,9 +339,7 @@ impl DecisionRow {
             return self.decision.status();
         }
         match (self.kind, self.booking_status) {
-            (RequestKind::Book, Some(BookingStatus::Confirmed)) => RequestStatus::Confirmed,
-            (RequestKind::Book, Some(BookingStatus::Waitlisted)) => RequestStatus::Waitlisted,
-            (RequestKind::Book, Some(BookingStatus::Cancelled)) => RequestStatus::Cancelled,
+            (RequestKind::Book, Some(status)) => status.request_status(),
             _ => self.decision.status(),
         }
     }
@@ -322,6 +375,7 @@ impl DecisionRow {
                 .transpose()?,
             promoted_at_s: row.try_get(15)?,
             limit_before: row.try_get(16)?,
+            hold_expires_at_ms: row.try_get(17)?,
         })
     }
 }

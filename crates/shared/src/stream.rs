@@ -67,6 +67,8 @@ pub mod fields {
         pub const KIND: &str = "kind";
         /// When its booking was promoted from the waitlist, Unix milliseconds.
         pub const PROMOTED: &str = "promoted";
+        /// A held booking's deadline, Unix milliseconds.
+        pub const HOLD_EXPIRES: &str = "holdexp";
         /// The fencing token of the worker that wrote it: a worker writes over a status
         /// only when its token is at least the one there, so the late write of a
         /// worker that lost the shard never undoes a newer owner's.
@@ -140,6 +142,11 @@ pub enum Message {
     Cancel(BookingRequestV1),
     /// A goods' organizer (the user) setting its booking limit to `quantity`.
     Limit(BookingRequestV1),
+    /// A request to confirm the user's held booking of one goods (quantity 0).
+    Confirm(BookingRequestV1),
+    /// The shard's owning worker ending the user's held booking of one goods at its
+    /// deadline (quantity 0).
+    Expire(BookingRequestV1),
 }
 
 /// Why an entry could not be decoded; stored with the entry in the dead-letter stream.
@@ -163,7 +170,11 @@ impl Message {
     /// The request this message carries.
     pub fn request(&self) -> &BookingRequestV1 {
         match self {
-            Self::Book(request) | Self::Cancel(request) | Self::Limit(request) => request,
+            Self::Book(request)
+            | Self::Cancel(request)
+            | Self::Limit(request)
+            | Self::Confirm(request)
+            | Self::Expire(request) => request,
         }
     }
 
@@ -172,6 +183,8 @@ impl Message {
             Self::Book(_) => RequestKind::Book,
             Self::Cancel(_) => RequestKind::Cancel,
             Self::Limit(_) => RequestKind::Limit,
+            Self::Confirm(_) => RequestKind::Confirm,
+            Self::Expire(_) => RequestKind::Expire,
         }
     }
 
@@ -183,7 +196,9 @@ impl Message {
                 fields::VERSION,
                 match self {
                     Self::Book(_) => VERSION_1,
-                    Self::Cancel(_) | Self::Limit(_) => VERSION_2,
+                    Self::Cancel(_) | Self::Limit(_) | Self::Confirm(_) | Self::Expire(_) => {
+                        VERSION_2
+                    }
                 }
                 .to_owned(),
             ),
@@ -234,7 +249,7 @@ impl Message {
                     },
                 )?
             }
-            RequestKind::Cancel => 0,
+            RequestKind::Cancel | RequestKind::Confirm | RequestKind::Expire => 0,
         };
         let request = BookingRequestV1 {
             request_id,
@@ -248,6 +263,8 @@ impl Message {
             RequestKind::Book => Self::Book(request),
             RequestKind::Cancel => Self::Cancel(request),
             RequestKind::Limit => Self::Limit(request),
+            RequestKind::Confirm => Self::Confirm(request),
+            RequestKind::Expire => Self::Expire(request),
         })
     }
 }
@@ -377,6 +394,9 @@ pub struct StatusRecord {
     pub booking_id: Option<i64>,
     /// When its booking was promoted from the waitlist, Unix milliseconds.
     pub promoted_at_ms: Option<i64>,
+    /// Its booking's hold deadline, Unix milliseconds, while it is held (or was, once
+    /// confirmed or expired).
+    pub hold_expires_at_ms: Option<i64>,
 }
 
 impl StatusRecord {
@@ -393,6 +413,7 @@ impl StatusRecord {
             reason: None,
             booking_id: None,
             promoted_at_ms: None,
+            hold_expires_at_ms: None,
         }
     }
 
@@ -422,6 +443,9 @@ impl StatusRecord {
                 .promoted_at_s
                 .filter(|_| row.kind == RequestKind::Book)
                 .map(|s| (s * 1000.0).round() as i64),
+            hold_expires_at_ms: row
+                .hold_expires_at_ms
+                .filter(|_| row.kind == RequestKind::Book),
         }
     }
 
@@ -446,6 +470,12 @@ impl StatusRecord {
             (
                 f::PROMOTED,
                 self.promoted_at_ms
+                    .map(|t| t.to_string())
+                    .unwrap_or_default(),
+            ),
+            (
+                f::HOLD_EXPIRES,
+                self.hold_expires_at_ms
                     .map(|t| t.to_string())
                     .unwrap_or_default(),
             ),
@@ -498,6 +528,7 @@ impl StatusRecord {
             reason,
             booking_id,
             promoted_at_ms: num(f::PROMOTED),
+            hold_expires_at_ms: num(f::HOLD_EXPIRES),
         })
     }
 }

@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 
 use deadpool_postgres::{Pool, Transaction};
 use shared::{
-    decision::{BookingStatus, Decision, DecisionRow, RejectReason, RequestKind, RequestStatus},
+    decision::{Decision, DecisionRow, RejectReason, RequestKind, RequestStatus},
     live_statuses,
     shard::{FenceToken, Shard},
     stream::{BookingRequestV1, Entry, StatusRecord},
@@ -287,6 +287,7 @@ async fn decide_fresh(
                         .or_else(|| booking.and_then(|b| b.booking_id))
                 }),
                 promoted_at_ms: own.and_then(|b| b.promoted_at_ms),
+                hold_expires_at_ms: own.and_then(|b| b.hold_expires_at_ms),
             };
             (r.request_id, status)
         })
@@ -306,11 +307,7 @@ async fn decide_fresh(
 }
 
 fn status_of(b: &Booking) -> RequestStatus {
-    match b.status {
-        BookingStatus::Confirmed => RequestStatus::Confirmed,
-        BookingStatus::Waitlisted => RequestStatus::Waitlisted,
-        BookingStatus::Cancelled => RequestStatus::Cancelled,
-    }
+    b.status.request_status()
 }
 
 /// The status of the booking request that made booking `b` (row `booking_id`).
@@ -325,11 +322,12 @@ fn booking_status(b: &Booking, booking_id: i64) -> StatusRecord {
         reason: None,
         booking_id: Some(booking_id),
         promoted_at_ms: b.promoted_at_ms,
+        hold_expires_at_ms: b.hold_expires_at_ms,
     }
 }
 
-/// The bookings the given requests (cancels, limit changes) released or promoted, as
-/// they are now.
+/// The bookings the given requests (cancels, limit changes, confirms, expiries)
+/// released, promoted, confirmed or expired, as they are now.
 async fn read_changed_by(
     tx: &Transaction<'_>,
     request_ids: &[Uuid],
@@ -337,7 +335,8 @@ async fn read_changed_by(
     let stmt = tx
         .prepare_cached(&format!(
             "SELECT {BOOKING_COLUMNS} FROM bookings b \
-             WHERE b.cancel_request_id = ANY($1) OR b.promoted_by = ANY($1)"
+             WHERE b.cancel_request_id = ANY($1) OR b.promoted_by = ANY($1) \
+                OR b.hold_ended_by = ANY($1)"
         ))
         .await?;
     tx.query(&stmt, &[&request_ids])
@@ -405,7 +404,7 @@ async fn lock_goods(
                     floor(extract(epoch FROM sale_opens_at) * 1000)::int8, \
                     floor(extract(epoch FROM sale_closes_at) * 1000)::int8, \
                     floor(extract(epoch FROM now()) * 1000)::int8, \
-                    waitlisted_count, waitlist_limit \
+                    waitlisted_count, waitlist_limit, hold_seconds \
              FROM goods WHERE id = ANY($1) AND deleted_at IS NULL ORDER BY id FOR UPDATE",
         )
         .await?;
@@ -421,6 +420,7 @@ async fn lock_goods(
                     booked: r.get(2),
                     waitlisted: r.get(8),
                     waitlist_limit: r.get(9),
+                    hold_ms: i64::from(r.get::<_, i32>(10)) * 1000,
                     max_per_booking: r.get(3),
                     decided: r.get(4),
                     sale_opens_ms: r.get(5),
@@ -435,7 +435,8 @@ async fn lock_goods(
 /// The columns [`booking_from_row`] reads, of `bookings b`.
 const BOOKING_COLUMNS: &str = "b.request_id, b.id, b.goods_id, b.user_id, b.quantity, \
      b.position, b.status, floor(extract(epoch FROM b.promoted_at) * 1000)::int8, \
-     b.promoted_by, b.cancel_request_id";
+     b.promoted_by, b.cancel_request_id, \
+     floor(extract(epoch FROM b.hold_expires_at) * 1000)::int8, b.hold_ended_by";
 
 fn booking_from_row(r: &tokio_postgres::Row) -> Result<Booking, WorkerError> {
     let status: &str = r.try_get(6)?;
@@ -452,6 +453,8 @@ fn booking_from_row(r: &tokio_postgres::Row) -> Result<Booking, WorkerError> {
         promoted_at_ms: r.try_get(7)?,
         promoted_by: r.try_get(8)?,
         cancelled_by: r.try_get(9)?,
+        hold_expires_at_ms: r.try_get(10)?,
+        hold_ended_by: r.try_get(11)?,
     })
 }
 
@@ -481,12 +484,15 @@ async fn read_bookings(
         .map(booking_from_row)
         .collect::<Result<Vec<_>, _>>()?;
 
-    // Per goods that may promote: its cancels and the highest limit set.
+    // Per goods that may promote: the requests that may release a booking's seats
+    // (cancels, confirms and expiries ending a hold) and the highest limit set.
     let mut releases: HashMap<i64, (usize, i32)> = HashMap::new();
     for f in fresh {
         let goods = f.request.goods_id;
         match f.entry.message.kind() {
-            RequestKind::Cancel => releases.entry(goods).or_default().0 += 1,
+            RequestKind::Cancel | RequestKind::Confirm | RequestKind::Expire => {
+                releases.entry(goods).or_default().0 += 1;
+            }
             RequestKind::Limit => {
                 let top = &mut releases.entry(goods).or_default().1;
                 *top = (*top).max(f.request.quantity);
@@ -573,6 +579,8 @@ async fn update_bookings(
     let statuses: Vec<&str> = changed.iter().map(|(_, b)| b.status.as_str()).collect();
     let promoted_by: Vec<Option<Uuid>> = changed.iter().map(|(_, b)| b.promoted_by).collect();
     let cancels: Vec<Option<Uuid>> = changed.iter().map(|(_, b)| b.cancelled_by).collect();
+    let holds: Vec<Option<i64>> = changed.iter().map(|(_, b)| b.hold_expires_at_ms).collect();
+    let hold_ends: Vec<Option<Uuid>> = changed.iter().map(|(_, b)| b.hold_ended_by).collect();
     let stmt = tx
         .prepare_cached(
             "UPDATE bookings b SET status = u.status, \
@@ -582,14 +590,29 @@ async fn update_bookings(
                cancelled_at = CASE WHEN u.cancel_request IS NOT NULL \
                  THEN COALESCE(b.cancelled_at, to_timestamp($5::int8 / 1000.0)) END, \
                cancelled_by = CASE WHEN u.cancel_request IS NOT NULL THEN b.user_id END, \
-               cancel_request_id = u.cancel_request \
-             FROM unnest($1::int8[], $2::text[], $3::uuid[], $4::uuid[]) \
-               AS u(id, status, promoted_by, cancel_request) \
+               cancel_request_id = u.cancel_request, \
+               hold_expires_at = to_timestamp(u.hold_expires / 1000.0), \
+               hold_ended_at = CASE WHEN u.hold_ended_by IS NOT NULL \
+                 THEN COALESCE(b.hold_ended_at, to_timestamp($5::int8 / 1000.0)) END, \
+               hold_ended_by = u.hold_ended_by \
+             FROM unnest($1::int8[], $2::text[], $3::uuid[], $4::uuid[], $6::int8[], $7::uuid[]) \
+               AS u(id, status, promoted_by, cancel_request, hold_expires, hold_ended_by) \
              WHERE b.id = u.id",
         )
         .await?;
-    tx.execute(&stmt, &[&ids, &statuses, &promoted_by, &cancels, &now_ms])
-        .await?;
+    tx.execute(
+        &stmt,
+        &[
+            &ids,
+            &statuses,
+            &promoted_by,
+            &cancels,
+            &now_ms,
+            &holds,
+            &hold_ends,
+        ],
+    )
+    .await?;
     Ok(())
 }
 
@@ -635,6 +658,12 @@ async fn write_decisions(
     let cancels: Vec<Option<Uuid>> = (0..n)
         .map(|i| own(i).and_then(|b| b.cancelled_by))
         .collect();
+    let holds: Vec<Option<i64>> = (0..n)
+        .map(|i| own(i).and_then(|b| b.hold_expires_at_ms))
+        .collect();
+    let hold_ends: Vec<Option<Uuid>> = (0..n)
+        .map(|i| own(i).and_then(|b| b.hold_ended_by))
+        .collect();
     let released = |i: usize| booking(i).filter(|b| b.request_id != request_ids[i]);
     let targets: Vec<Option<Uuid>> = (0..n).map(|i| released(i).map(|b| b.request_id)).collect();
     let target_ids: Vec<Option<i64>> = (0..n)
@@ -646,18 +675,23 @@ async fn write_decisions(
                SELECT * FROM unnest($1::uuid[], $2::int8[], $3::int8[], $4::int4[], $5::text[], \
                                     $6::int8[], $7::int8[], $8::text[], $9::text[], $10::int8[], \
                                     $11::int8[], $13::text[], $14::text[], $15::uuid[], \
-                                    $16::uuid[], $17::uuid[], $18::int8[]) \
+                                    $16::uuid[], $17::uuid[], $18::int8[], $20::int8[], \
+                                    $21::uuid[]) \
                AS t(request_id, goods_id, user_id, quantity, stream_id, stream_ms, stream_seq, \
                     decision, reason, position, accepted_ms, kind, booking_status, promoted_by, \
-                    cancel_request, target, target_booking) \
+                    cancel_request, target, target_booking, hold_expires, hold_ended_by) \
              ), booked AS ( \
                INSERT INTO bookings (goods_id, user_id, request_id, quantity, status, position, \
-                 promoted_at, promoted_by, cancelled_at, cancelled_by, cancel_request_id) \
+                 promoted_at, promoted_by, cancelled_at, cancelled_by, cancel_request_id, \
+                 hold_expires_at, hold_ended_at, hold_ended_by) \
                SELECT goods_id, user_id, request_id, quantity, booking_status, position, \
                  CASE WHEN promoted_by IS NOT NULL THEN to_timestamp($19::int8 / 1000.0) END, \
                  promoted_by, \
                  CASE WHEN cancel_request IS NOT NULL THEN to_timestamp($19::int8 / 1000.0) END, \
-                 CASE WHEN cancel_request IS NOT NULL THEN user_id END, cancel_request \
+                 CASE WHEN cancel_request IS NOT NULL THEN user_id END, cancel_request, \
+                 to_timestamp(hold_expires / 1000.0), \
+                 CASE WHEN hold_ended_by IS NOT NULL THEN to_timestamp($19::int8 / 1000.0) END, \
+                 hold_ended_by \
                FROM input WHERE booking_status IS NOT NULL \
                RETURNING id, request_id \
              ) \
@@ -694,6 +728,8 @@ async fn write_decisions(
                 &targets,
                 &target_ids,
                 &now_ms,
+                &holds,
+                &hold_ends,
             ],
         )
         .await?;
@@ -774,4 +810,77 @@ async fn bump_counters(
     tx.execute(&stmt, &[&ids, &booked, &waitlisted, &decided, &limits])
         .await?;
     Ok(())
+}
+
+/// A hold past its deadline, as the expiry scan finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DueHold {
+    /// The booking request that made it.
+    pub request_id: Uuid,
+    pub goods_id: i64,
+    pub user_id: i64,
+}
+
+/// How many holds past their deadline one scan of a shard sends expiries for; the
+/// next scan takes the rest.
+const HOLDS_PER_SCAN: i64 = 1_000;
+
+/// Holds of `shard`'s goods (of `shards`) whose deadline is at or before `now_ms`,
+/// earliest first (index `bookings_holds_by_deadline`).
+///
+/// # Errors
+/// The database is unavailable.
+pub async fn holds_due(
+    pool: &Pool,
+    shard: Shard,
+    shards: u32,
+    now_ms: i64,
+) -> Result<Vec<DueHold>, WorkerError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT request_id, goods_id, user_id FROM bookings \
+             WHERE status = 'held' AND hold_expires_at <= to_timestamp($1::int8 / 1000.0) \
+               AND mod(goods_id, $2::int8) = $3::int8 \
+             ORDER BY hold_expires_at LIMIT $4",
+        )
+        .await?;
+    Ok(client
+        .query(
+            &stmt,
+            &[
+                &now_ms,
+                &i64::from(shards),
+                &i64::from(shard.as_i32()),
+                &HOLDS_PER_SCAN,
+            ],
+        )
+        .await?
+        .iter()
+        .map(|r| DueHold {
+            request_id: r.get(0),
+            goods_id: r.get(1),
+            user_id: r.get(2),
+        })
+        .collect())
+}
+
+/// Which of `request_ids` the decision log holds.
+///
+/// # Errors
+/// The database is unavailable.
+pub async fn decided_among(
+    pool: &Pool,
+    request_ids: &[Uuid],
+) -> Result<HashSet<Uuid>, WorkerError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached("SELECT request_id FROM booking_requests WHERE request_id = ANY($1)")
+        .await?;
+    Ok(client
+        .query(&stmt, &[&request_ids])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
 }

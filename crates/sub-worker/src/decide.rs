@@ -14,10 +14,19 @@
 //! A booking that does not fit while the goods' waitlist holds its `waitlistLimit`
 //! places is rejected `waitlist_full`.
 //!
+//! On a goods that holds seats (`hold_seconds` > 0) a booking that wins seats is
+//! `held` instead of `confirmed`, until the stream entry time of the request whose
+//! decision gave it the seats plus `hold_seconds`. A **confirm** of its user that
+//! arrived before that deadline confirms it (`confirmed`); one that arrived later is
+//! `hold_expired` and ends the hold; with no hold, `no_hold`. An **expire** (which the
+//! shard's owner sends once a deadline has passed) ends its user's hold if it arrived
+//! at or after the deadline (`expired`; `hold_not_due` before, `no_hold` without one).
+//!
 //! A **cancel** releases its user's live booking of the goods (`cancelled`), or finds
 //! none (`no_booking`). A **limit** change sets the goods' booking limit (`applied`),
 //! unless its bookings hold more seats than the new limit (`limit_below_booked`).
-//! The seats either frees go at once to the waitlist in decision order: every
+//! The seats a cancel, a limit change or an ended hold frees go at once to the
+//! waitlist in decision order (as holds, on a goods that holds seats): every
 //! waitlisted booking that fits the seats free when its turn in the waitlist comes is
 //! promoted (the fit rule of first decisions). So a waitlisted booking is never passed
 //! by a later request while seats it fits are free: after every decision, no
@@ -38,6 +47,8 @@ pub struct GoodsState {
     /// Waitlisted bookings, and how many there may be (`None`: no cap).
     pub waitlisted: i32,
     pub waitlist_limit: Option<i32>,
+    /// How long a hold lasts, ms; 0: seats are confirmed at once.
+    pub hold_ms: i64,
     pub max_per_booking: i32,
     /// Requests decided so far for this goods; the next decision gets `decided + 1`.
     pub decided: i64,
@@ -79,6 +90,10 @@ pub struct Booking {
     pub promoted_by: Option<Uuid>,
     /// The cancel request that released it.
     pub cancelled_by: Option<Uuid>,
+    /// Its hold deadline, Unix milliseconds, if it got seats as a hold.
+    pub hold_expires_at_ms: Option<i64>,
+    /// The confirm or expire request that ended its hold.
+    pub hold_ended_by: Option<Uuid>,
 }
 
 /// The verdict on one request, its place in its goods' decision order (`None` when
@@ -164,6 +179,8 @@ pub fn decide(
                 RequestKind::Book => board.book(ask, state, position, live_users),
                 RequestKind::Cancel => board.cancel(ask, state),
                 RequestKind::Limit => (board.limit(ask, state), None),
+                RequestKind::Confirm => board.confirm(ask, state),
+                RequestKind::Expire => board.expire(ask, state),
             };
             Verdict {
                 decision,
@@ -215,14 +232,14 @@ impl Board {
     /// Indexes a live booking.
     fn place(&mut self, b: &Booking) {
         match b.status {
-            BookingStatus::Confirmed => {}
+            BookingStatus::Confirmed | BookingStatus::Held => {}
             BookingStatus::Waitlisted => {
                 self.waitlists
                     .entry(b.goods_id)
                     .or_default()
                     .insert(b.position, b.request_id);
             }
-            BookingStatus::Cancelled => return,
+            BookingStatus::Cancelled | BookingStatus::Expired => return,
         }
         self.live.insert((b.goods_id, b.user_id), b.request_id);
     }
@@ -246,7 +263,11 @@ impl Board {
             Decision::Rejected(RejectReason::AlreadyBooked)
         } else if state.booking_limit - state.booked >= ask.quantity {
             state.booked += ask.quantity;
-            Decision::Confirmed
+            if state.hold_ms > 0 {
+                Decision::Held
+            } else {
+                Decision::Confirmed
+            }
         } else if state
             .waitlist_limit
             .is_some_and(|cap| state.waitlisted >= cap)
@@ -270,6 +291,9 @@ impl Board {
             promoted_at_ms: None,
             promoted_by: None,
             cancelled_by: None,
+            hold_expires_at_ms: (status == BookingStatus::Held)
+                .then(|| ask.arrived_ms.saturating_add(state.hold_ms)),
+            hold_ended_by: None,
         };
         self.place(&booking);
         self.bookings.insert(ask.request_id, booking);
@@ -285,20 +309,72 @@ impl Board {
             return (Decision::Rejected(RejectReason::NoBooking), None);
         };
         match booking.status {
-            BookingStatus::Confirmed => state.booked -= booking.quantity,
+            BookingStatus::Confirmed | BookingStatus::Held => state.booked -= booking.quantity,
             BookingStatus::Waitlisted => {
                 state.waitlisted -= 1;
                 if let Some(waitlist) = self.waitlists.get_mut(&ask.goods_id) {
                     waitlist.remove(&booking.position);
                 }
             }
-            BookingStatus::Cancelled => {}
+            BookingStatus::Cancelled | BookingStatus::Expired => {}
         }
         booking.status = BookingStatus::Cancelled;
         booking.cancelled_by = Some(ask.request_id);
         let released = booking.request_id;
-        self.promote(ask.goods_id, state, ask.request_id);
+        self.promote(ask, state);
         (Decision::Cancelled, Some(released))
+    }
+
+    /// The user's held booking of the goods, if its place is a hold.
+    fn hold_of(&self, ask: &Ask) -> Option<Booking> {
+        let id = self.live.get(&(ask.goods_id, ask.user_id))?;
+        self.bookings
+            .get(id)
+            .filter(|b| b.status == BookingStatus::Held)
+            .copied()
+    }
+
+    /// Confirms the user's hold if the confirm arrived before its deadline; a later
+    /// one ends the hold as its expiry would have.
+    fn confirm(&mut self, ask: &Ask, state: &mut GoodsState) -> (Decision, Option<Uuid>) {
+        let Some(hold) = self.hold_of(ask) else {
+            return (Decision::Rejected(RejectReason::NoHold), None);
+        };
+        if ask.arrived_ms < hold.hold_expires_at_ms.unwrap_or(i64::MAX) {
+            if let Some(b) = self.bookings.get_mut(&hold.request_id) {
+                b.status = BookingStatus::Confirmed;
+                b.hold_ended_by = Some(ask.request_id);
+            }
+            return (Decision::Confirmed, Some(hold.request_id));
+        }
+        self.end_hold(&hold, ask, state);
+        (
+            Decision::Rejected(RejectReason::HoldExpired),
+            Some(hold.request_id),
+        )
+    }
+
+    /// Ends the user's hold if the expiry arrived at or after its deadline.
+    fn expire(&mut self, ask: &Ask, state: &mut GoodsState) -> (Decision, Option<Uuid>) {
+        let Some(hold) = self.hold_of(ask) else {
+            return (Decision::Rejected(RejectReason::NoHold), None);
+        };
+        if ask.arrived_ms < hold.hold_expires_at_ms.unwrap_or(i64::MAX) {
+            return (Decision::Rejected(RejectReason::HoldNotDue), None);
+        }
+        self.end_hold(&hold, ask, state);
+        (Decision::Expired, Some(hold.request_id))
+    }
+
+    /// A hold `by` ends unconfirmed: its seats go back, to the waitlist first.
+    fn end_hold(&mut self, hold: &Booking, by: &Ask, state: &mut GoodsState) {
+        self.live.remove(&(hold.goods_id, hold.user_id));
+        if let Some(b) = self.bookings.get_mut(&hold.request_id) {
+            b.status = BookingStatus::Expired;
+            b.hold_ended_by = Some(by.request_id);
+        }
+        state.booked -= hold.quantity;
+        self.promote(by, state);
     }
 
     /// Sets the goods' booking limit, unless its bookings hold more seats than that;
@@ -310,17 +386,18 @@ impl Board {
         }
         state.booking_limit = ask.quantity;
         state.max_per_booking = state.max_per_booking.min(ask.quantity);
-        self.promote(ask.goods_id, state, ask.request_id);
+        self.promote(ask, state);
         Decision::Applied
     }
 
     /// Gives the free seats to the goods' waitlist in order: each waitlisted booking
-    /// that fits the seats free at its turn is confirmed, promoted `by` the request
-    /// that freed the seats.
-    fn promote(&mut self, goods_id: i64, state: &mut GoodsState, by: Uuid) {
-        let Some(waitlist) = self.waitlists.get_mut(&goods_id) else {
+    /// that fits the seats free at its turn is confirmed (held, on a goods that holds
+    /// seats, from the arrival of `by`), promoted `by` the request that freed the seats.
+    fn promote(&mut self, by: &Ask, state: &mut GoodsState) {
+        let Some(waitlist) = self.waitlists.get_mut(&by.goods_id) else {
             return;
         };
+        let hold_until = (state.hold_ms > 0).then(|| by.arrived_ms.saturating_add(state.hold_ms));
         let bookings = &mut self.bookings;
         let now_ms = self.now_ms;
         waitlist.retain(|_, request_id| {
@@ -333,9 +410,14 @@ impl Board {
             }
             state.booked += b.quantity;
             state.waitlisted -= 1;
-            b.status = BookingStatus::Confirmed;
+            b.status = if hold_until.is_some() {
+                BookingStatus::Held
+            } else {
+                BookingStatus::Confirmed
+            };
+            b.hold_expires_at_ms = hold_until;
             b.promoted_at_ms = Some(now_ms);
-            b.promoted_by = Some(by);
+            b.promoted_by = Some(by.request_id);
             false
         });
     }
@@ -353,6 +435,7 @@ mod tests {
                 booked: 0,
                 waitlisted: 0,
                 waitlist_limit: None,
+                hold_ms: 0,
                 max_per_booking,
                 decided: 0,
                 sale_opens_ms: None,
@@ -375,6 +458,15 @@ mod tests {
     fn cancel(user_id: i64) -> Ask {
         Ask {
             kind: RequestKind::Cancel,
+            ..ask(user_id, 0)
+        }
+    }
+
+    /// `user`'s request of `kind` (no quantity) arriving at `arrived_ms`.
+    fn about(kind: RequestKind, user_id: i64, arrived_ms: i64) -> Ask {
+        Ask {
+            kind,
+            arrived_ms,
             ..ask(user_id, 0)
         }
     }
@@ -444,6 +536,8 @@ mod tests {
             promoted_at_ms: None,
             promoted_by: None,
             cancelled_by: None,
+            hold_expires_at_ms: None,
+            hold_ended_by: None,
         };
         let v = decide(&[ask(7, 1)], &mut g, &[held], &users(7), 0).verdicts;
         assert_eq!(
@@ -676,6 +770,72 @@ mod tests {
     }
 
     #[test]
+    fn holds_are_confirmed_before_their_deadline_and_expire_at_it_giving_their_seats_in_order() {
+        let mut g = goods(2, 1);
+        if let Some(state) = g.get_mut(&1) {
+            state.hold_ms = 1_000;
+        }
+        let at = |user_id, arrived_ms| Ask {
+            arrived_ms,
+            ..ask(user_id, 1)
+        };
+        use RequestKind::{Cancel, Confirm, Expire};
+        let asks = [
+            at(1, 100),
+            at(2, 200),
+            at(3, 300),
+            at(4, 300),
+            about(Confirm, 1, 1_099),
+            about(Confirm, 2, 1_200),
+            about(Expire, 3, 2_199),
+            about(Expire, 3, 2_200),
+            about(Confirm, 1, 2_300),
+            about(Expire, 5, 2_300),
+            about(Cancel, 4, 2_400),
+        ];
+        let d = decide(&asks, &mut g, &[], &users(5), 9);
+        use Decision::*;
+        assert_eq!(
+            outcomes(&d.verdicts),
+            [
+                Held,
+                Held,
+                Waitlisted,
+                Waitlisted,
+                Confirmed,
+                Rejected(RejectReason::HoldExpired),
+                Rejected(RejectReason::HoldNotDue),
+                Expired,
+                Rejected(RejectReason::NoHold),
+                Rejected(RejectReason::NoHold),
+                Cancelled,
+            ]
+        );
+        let b = |i: usize| d.bookings[&asks[i].request_id];
+        use BookingStatus as S;
+        assert_eq!(
+            (0..4).map(|i| b(i).status).collect::<Vec<_>>(),
+            [S::Confirmed, S::Expired, S::Expired, S::Cancelled]
+        );
+        assert_eq!(b(0).hold_expires_at_ms, Some(1_100));
+        assert_eq!(b(0).hold_ended_by, Some(asks[4].request_id));
+        assert_eq!(
+            b(1).hold_ended_by,
+            Some(asks[5].request_id),
+            "the late confirm ended it"
+        );
+        // Promoted as holds, from the arrival of what freed the seat.
+        assert_eq!(b(2).promoted_by, Some(asks[5].request_id));
+        assert_eq!(b(2).hold_expires_at_ms, Some(2_200));
+        assert_eq!(b(3).promoted_by, Some(asks[7].request_id));
+        assert_eq!(b(3).hold_expires_at_ms, Some(3_200));
+        assert_eq!(d.verdicts[5].booking, Some(asks[1].request_id));
+        assert_eq!(d.verdicts[7].booking, Some(asks[2].request_id));
+        assert_eq!(g[&1].booked, 1, "user 1's confirmed seat");
+        assert_eq!(g[&1].waitlisted, 0);
+    }
+
+    #[test]
     fn bookings_read_and_unchanged_are_not_reported() {
         let mut g = goods(2, 1);
         let read = [Booking {
@@ -689,6 +849,8 @@ mod tests {
             promoted_at_ms: None,
             promoted_by: None,
             cancelled_by: None,
+            hold_expires_at_ms: None,
+            hold_ended_by: None,
         }];
         if let Some(s) = g.get_mut(&1) {
             s.booked = 1;
@@ -709,13 +871,26 @@ mod tests {
             let limit = rng.random_range(1..=8);
             let max = rng.random_range(1..=4.min(limit));
             let cap = rng.random_bool(0.3).then(|| rng.random_range(0..4));
+            let hold_ms = if rng.random_bool(0.5) {
+                rng.random_range(1..=30)
+            } else {
+                0
+            };
+            let mut clock = 0;
             let asks: Vec<Ask> = (0..rng.random_range(10..60))
                 .map(|_| {
                     let user = rng.random_range(1..=10);
-                    match rng.random_range(0..10) {
+                    clock += rng.random_range(0..=5);
+                    let a = match rng.random_range(0..14) {
                         0..=2 => cancel(user),
                         3 => set_limit(rng.random_range(1..=12)),
+                        4 | 5 => about(RequestKind::Confirm, user, 0),
+                        6 | 7 => about(RequestKind::Expire, user, 0),
                         _ => ask(user, rng.random_range(1..=max)),
+                    };
+                    Ask {
+                        arrived_ms: clock,
+                        ..a
                     }
                 })
                 .collect();
@@ -723,6 +898,7 @@ mod tests {
                 let mut g = goods(limit, max);
                 if let Some(state) = g.get_mut(&1) {
                     state.waitlist_limit = cap;
+                    state.hold_ms = hold_ms;
                 }
                 g
             };
@@ -748,7 +924,12 @@ mod tests {
                     .collect();
                 let cancels = batch
                     .iter()
-                    .filter(|a| a.kind == RequestKind::Cancel)
+                    .filter(|a| {
+                        matches!(
+                            a.kind,
+                            RequestKind::Cancel | RequestKind::Confirm | RequestKind::Expire
+                        )
+                    })
                     .count();
                 let limits: Vec<i32> = batch
                     .iter()
@@ -787,8 +968,20 @@ mod tests {
             for (id, b) in &want.bookings {
                 let got = store.get(id).expect("booking made");
                 assert_eq!(
-                    (got.status, got.promoted_by, got.cancelled_by),
-                    (b.status, b.promoted_by, b.cancelled_by),
+                    (
+                        got.status,
+                        got.promoted_by,
+                        got.cancelled_by,
+                        got.hold_expires_at_ms,
+                        got.hold_ended_by
+                    ),
+                    (
+                        b.status,
+                        b.promoted_by,
+                        b.cancelled_by,
+                        b.hold_expires_at_ms,
+                        b.hold_ended_by
+                    ),
                     "seed {seed}"
                 );
             }

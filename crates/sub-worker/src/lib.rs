@@ -8,7 +8,8 @@
 //! * `startup`: builds the [`context`] and runs the lease manager until stopped.
 //! * `lease`: who owns which shard: leases, fencing tokens, balance between workers;
 //!   starts and stops one `shard` task per owned shard.
-//! * [`shard`]: one shard's loop: reclaim, read, decide a batch, settle it.
+//! * [`shard`]: one shard's loop: reclaim, read, decide a batch, settle it; beside it,
+//!   `expiry` sends an expiry for every hold of the shard past its deadline.
 //! * `db`: the batch transaction, one function per step.
 //! * [`decide`]: the decision rule, pure.
 //! * [`context`]: what every part shares; [`error`]: what can interrupt a batch;
@@ -21,6 +22,7 @@ pub mod context;
 mod db;
 pub mod decide;
 pub mod error;
+mod expiry;
 mod lease;
 pub mod shard;
 pub mod startup;

@@ -83,6 +83,10 @@ impl ShardTask {
     #[tracing::instrument(name = "shard", skip_all, fields(shard = self.shard.get(), fence = self.fence.get()))]
     pub async fn run(self) -> ShardExit {
         tracing::info!("shard acquired");
+        // Hold expiry runs while this task does, and stops with it.
+        let expiry = self.cancel.child_token();
+        let _stop_expiry = expiry.clone().drop_guard();
+        tokio::spawn(crate::expiry::run(self.ctx.clone(), self.shard, expiry));
         let mut backoff = Backoff::default();
         loop {
             if self.cancel.is_cancelled() {

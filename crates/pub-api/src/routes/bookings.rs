@@ -1,9 +1,10 @@
 //! `POST /api/goods/{id}/bookings` (the hot path), `DELETE /api/goods/{id}/bookings/me`
-//! (cancel; also `DELETE /api/booking/{id}`, the original TicketNest's route) and
+//! (cancel; also `DELETE /api/booking/{id}`, the original TicketNest's route),
+//! `POST /api/goods/{id}/bookings/me/confirm` (confirm a hold) and
 //! `GET /api/bookings/requests/{id}`.
 //!
-//! A cancel travels like a booking, through the goods' shard stream, so the worker
-//! decides it in order with the bookings around it.
+//! A cancel and a confirm travel like a booking, through the goods' shard stream, so
+//! the worker decides them in order with the bookings around them.
 //!
 //! Accepting a request costs one Redis round trip: the enqueue script
 //! (`shared::stream::enqueue`) answers a retry of an idempotent request from its status
@@ -177,8 +178,8 @@ pub async fn create(
     .await
 }
 
-/// Cancels the caller's live booking of the goods (confirmed or waitlisted), decided
-/// by the worker in stream order: `cancelled`, or `rejected` / `no_booking`.
+/// Cancels the caller's live booking of the goods (confirmed, held or waitlisted),
+/// decided by the worker in stream order: `cancelled`, or `rejected` / `no_booking`.
 #[tracing::instrument(skip_all, fields(user_id = user.id, goods_id, request_id))]
 pub async fn cancel(
     state: web::Data<AppState>,
@@ -186,25 +187,39 @@ pub async fn cancel(
     IdPath(goods_id): IdPath,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
+    about_own_booking(&state, &user, goods_id, &req, RequestKind::Cancel).await
+}
+
+/// Confirms the caller's held booking of the goods, decided by the worker in stream
+/// order: `confirmed` if the confirm arrived before the hold's deadline, else
+/// `rejected` / `hold_expired`; `rejected` / `no_hold` without a hold.
+#[tracing::instrument(skip_all, fields(user_id = user.id, goods_id, request_id))]
+pub async fn confirm(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    IdPath(goods_id): IdPath,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    about_own_booking(&state, &user, goods_id, &req, RequestKind::Confirm).await
+}
+
+/// Accepts a request of `kind` about the caller's own booking of the goods (no body,
+/// no quantity): a cancel or a confirm.
+async fn about_own_booking(
+    state: &AppState,
+    user: &AuthUser,
+    goods_id: i64,
+    req: &HttpRequest,
+    kind: RequestKind,
+) -> Result<HttpResponse, ApiError> {
     tracing::Span::current().record("goods_id", goods_id);
-    if let Some(known) =
-        answer_decided(&state, &user, goods_id, &req, RequestKind::Cancel, 0).await?
-    {
+    if let Some(known) = answer_decided(state, user, goods_id, req, kind, 0).await? {
         return Ok(known);
     }
-    if let Err(refusal) = goods_limits(&state, goods_id).await {
-        return refuse_unless_known(
-            &state,
-            &user,
-            goods_id,
-            &req,
-            RequestKind::Cancel,
-            0,
-            refusal,
-        )
-        .await;
+    if let Err(refusal) = goods_limits(state, goods_id).await {
+        return refuse_unless_known(state, user, goods_id, req, kind, 0, refusal).await;
     }
-    submit(&state, &user, goods_id, &req, RequestKind::Cancel, 0, None).await
+    submit(state, user, goods_id, req, kind, 0, None).await
 }
 
 /// Accepts a request of `kind` onto the goods' shard stream: `202` with where to poll
@@ -265,6 +280,8 @@ async fn submit(
         RequestKind::Book => Message::Book(request),
         RequestKind::Cancel => Message::Cancel(request),
         RequestKind::Limit => Message::Limit(request),
+        RequestKind::Confirm => Message::Confirm(request),
+        RequestKind::Expire => Message::Expire(request),
     };
     let mut conn = state.redis.get().await;
     let status = match stream::enqueue(&mut conn, &state.keys, &message, state.user_rate).await? {
@@ -395,7 +412,7 @@ struct StatusResponse {
     user_id: i64,
     request_id: Uuid,
     goods_id: i64,
-    /// `book`, `cancel` or `limit`.
+    /// `book`, `cancel`, `limit`, `confirm` or `expire`.
     kind: String,
     /// Seats asked for (a booking) or released (a cancel); a limit change's new limit.
     quantity: i32,
@@ -409,6 +426,9 @@ struct StatusResponse {
     /// When the booking was promoted from the waitlist (RFC 3339, UTC).
     #[serde(skip_serializing_if = "Option::is_none")]
     promoted_at: Option<String>,
+    /// The hold's deadline (RFC 3339, UTC), for a booking that got seats as a hold.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hold_expires_at: Option<String>,
 }
 
 /// Unix milliseconds as RFC 3339 with milliseconds, UTC.
@@ -429,6 +449,7 @@ impl From<StatusRecord> for StatusResponse {
             reason: r.reason.map(|reason| reason.as_str().to_owned()),
             booking_id: r.booking_id,
             promoted_at: r.promoted_at_ms.and_then(rfc3339_ms),
+            hold_expires_at: r.hold_expires_at_ms.and_then(rfc3339_ms),
         }
     }
 }
@@ -445,6 +466,7 @@ impl StatusResponse {
             reason: d.reason,
             booking_id: d.booking_id,
             promoted_at: d.promoted_at_ms.and_then(rfc3339_ms),
+            hold_expires_at: d.hold_expires_at_ms.and_then(rfc3339_ms),
         }
     }
 }

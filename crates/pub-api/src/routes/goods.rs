@@ -44,6 +44,7 @@ pub struct CreateGoodsBody {
     sale_opens_at: Option<String>,
     sale_closes_at: Option<String>,
     waitlist_limit: Option<i64>,
+    hold_seconds: Option<i64>,
 }
 
 #[derive(Serialize)]
@@ -100,6 +101,7 @@ pub async fn create(
         sale_opens_at: body.sale_opens_at.as_deref(),
         sale_closes_at: body.sale_closes_at.as_deref(),
         waitlist_limit: body.waitlist_limit,
+        hold_seconds: body.hold_seconds,
     }
     .parse()?;
     let goods = db::insert_goods(&state.pool, user.id, &new).await?;
@@ -127,6 +129,7 @@ pub struct PatchGoodsBody {
     sale_closes_at: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
     waitlist_limit: Option<Option<i64>>,
+    hold_seconds: Option<i64>,
 }
 
 /// A field that is present (`Some`, its value possibly `null`), as opposed to absent.
@@ -174,6 +177,7 @@ impl PatchGoodsBody {
                 Some(change) => change,
                 None => was.waitlist_limit.map(i64::from),
             },
+            hold_seconds: Some(self.hold_seconds.unwrap_or(i64::from(was.hold_seconds))),
         }
         .parse()
         .map(|mut fields| {

@@ -9,6 +9,7 @@ mod dead_letter;
 mod distributed;
 mod fifo;
 mod goods_management;
+mod holds;
 mod idempotency;
 mod limit_changes;
 mod memory;

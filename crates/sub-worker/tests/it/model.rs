@@ -1,34 +1,49 @@
-//! Model check: random sequences of bookings, cancels and booking limit changes, on
-//! goods with or without a waitlist cap, pushed through the real HTTP API and a real
-//! worker (which decides them in batches of whatever size the timing gives), must end
-//! exactly as an in-memory model of the rules says: every request's final status and
-//! reason, every promotion, the seats and places counted, the limit.
+//! Model check: random sequences of bookings, cancels, confirms and booking limit
+//! changes, on goods with or without a waitlist cap and with or without short seat
+//! holds, pushed through the real HTTP API and a real worker (which decides them in
+//! batches of whatever size the timing gives, and sends expiries for holds past their
+//! deadline), must end exactly as an in-memory model of the rules says: every
+//! request's final status and reason, every promotion and hold deadline, the seats and
+//! places counted, the limit.
 //!
-//! A limit change waits for the goods' requests before it to be decided (PATCH
-//! refuses a limit below the seats booked as far as it can see, which then is exactly
-//! what the model sees); bookings and cancels are sent without waiting.
+//! The model replays the goods' stream: the requests the test sent, in the order sent
+//! (one at a time, so that is stream order), with the expiries the worker sent between
+//! them where the stream has them, each at its stream entry time (the time holds,
+//! confirms and expiries are judged by). How soon expiries come is the worker's
+//! timing; what each decides is checked.
+//!
+//! A lower limit is checked by the API against the seats booked as far as it can see,
+//! so before one the test waits for the requests before it to be decided and expects
+//! what the seats booked then say (goods with holds only get higher limits: expiries
+//! may land at any moment). A limit at or above the last one is sent at once, into
+//! batches with the requests before it.
 //!
 //! Each run checks `SEQUENCES` sequences of 50 to 70 operations from a random base
 //! seed, printed on failure; `TICKETNEST_MODEL_SEED=<seed>` replays one sequence.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use reqwest::StatusCode;
-use shared::decision::{RejectReason, RequestKind};
+use shared::decision::{DecisionRow, RejectReason, RequestKind};
+use test_support::wait_until;
 use uuid::Uuid;
 
 use crate::helpers::{parts, spawn_stack_configured, Stack, SHARDS};
 
 const SEQUENCES: u64 = 20;
 const USERS: usize = 6;
+/// The hold of goods that hold seats: short, so that some expire mid-sequence.
+const HOLD_SECONDS: i64 = 1;
 
-/// What a request must end as: its status now, its reason, whether it was promoted.
+/// What a request must end as.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Want {
     status: &'static str,
     reason: Option<&'static str>,
     promoted: bool,
+    /// A booking's hold deadline, Unix ms.
+    hold_until: Option<i64>,
 }
 
 impl Want {
@@ -37,147 +52,318 @@ impl Want {
             status,
             reason: None,
             promoted: false,
+            hold_until: None,
         }
     }
 
     fn rejected(reason: RejectReason) -> Self {
         Self {
-            status: "rejected",
             reason: Some(reason.as_str()),
-            promoted: false,
+            ..Self::is("rejected")
         }
     }
 }
 
-/// The rules of one goods, over requests in stream order.
+/// One request the test sent, in order.
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Book {
+        id: Uuid,
+        user: i64,
+        quantity: i32,
+    },
+    Cancel {
+        id: Uuid,
+        user: i64,
+    },
+    Confirm {
+        id: Uuid,
+        user: i64,
+    },
+    /// PATCH answers with the goods: matched to the log's limit rows in order.
+    Limit {
+        to: i32,
+    },
+}
+
+/// The rules of one goods.
 struct Model {
     limit: i32,
     booked: i32,
-    /// The waitlist cap, if any.
     cap: Option<usize>,
-    /// Every request's outcome so far, in order.
-    outcomes: Vec<Want>,
-    /// Each user's live booking: (index of its request, seats).
-    live: HashMap<usize, (usize, i32)>,
-    /// Waitlisted requests in order: (index, seats, user).
-    waitlist: Vec<(usize, i32, usize)>,
+    hold_ms: i64,
+    wants: HashMap<Uuid, Want>,
+    /// Each user's live booking: its request and seats.
+    live: HashMap<i64, (Uuid, i32)>,
+    /// Waitlisted requests in order: (request, seats).
+    waitlist: Vec<(Uuid, i32)>,
 }
 
 impl Model {
-    fn new(limit: i32, cap: Option<usize>) -> Self {
+    fn new(limit: i32, cap: Option<usize>, hold_ms: i64) -> Self {
         Self {
             limit,
             booked: 0,
             cap,
-            outcomes: Vec::new(),
+            hold_ms,
+            wants: HashMap::new(),
             live: HashMap::new(),
             waitlist: Vec::new(),
         }
     }
 
-    fn book(&mut self, user: usize, quantity: i32) {
-        let at = self.outcomes.len();
+    /// A booking that gets seats from a decision at `at`: held or confirmed.
+    fn seated(&self, at: i64, promoted: bool) -> Want {
+        let mut want = Want::is("confirmed");
+        want.promoted = promoted;
+        if self.hold_ms > 0 {
+            want.status = "held";
+            want.hold_until = Some(at + self.hold_ms);
+        }
+        want
+    }
+
+    fn book(&mut self, id: Uuid, user: i64, quantity: i32, at: i64) {
         let want = if self.live.contains_key(&user) {
             Want::rejected(RejectReason::AlreadyBooked)
         } else if quantity <= self.limit - self.booked {
             self.booked += quantity;
-            self.live.insert(user, (at, quantity));
-            Want::is("confirmed")
+            self.live.insert(user, (id, quantity));
+            self.seated(at, false)
         } else if self.cap.is_some_and(|cap| self.waitlist.len() >= cap) {
             Want::rejected(RejectReason::WaitlistFull)
         } else {
-            self.live.insert(user, (at, quantity));
-            self.waitlist.push((at, quantity, user));
+            self.live.insert(user, (id, quantity));
+            self.waitlist.push((id, quantity));
             Want::is("waitlisted")
         };
-        self.outcomes.push(want);
+        self.wants.insert(id, want);
     }
 
-    fn cancel(&mut self, user: usize) {
+    fn cancel(&mut self, id: Uuid, user: i64, at: i64) {
         let Some((booked, seats)) = self.live.remove(&user) else {
-            self.outcomes.push(Want::rejected(RejectReason::NoBooking));
+            self.wants
+                .insert(id, Want::rejected(RejectReason::NoBooking));
             return;
         };
-        if self.outcomes[booked].status == "confirmed" {
+        let was = &self.wants[&booked];
+        if was.status != "waitlisted" {
             self.booked -= seats;
         }
         self.waitlist.retain(|w| w.0 != booked);
-        self.outcomes[booked].status = "cancelled";
-        self.outcomes.push(Want::is("cancelled"));
-        self.promote();
-    }
-
-    /// Whether a change of the limit to `to` is let through (the API refuses one
-    /// below the seats booked, before the worker sees it), and if so its outcome.
-    fn set_limit(&mut self, to: i32) -> bool {
-        if to < self.booked {
-            return false;
+        if let Some(want) = self.wants.get_mut(&booked) {
+            want.status = "cancelled";
         }
-        self.limit = to;
-        self.outcomes.push(Want::is("applied"));
-        self.promote();
-        true
+        self.wants.insert(id, Want::is("cancelled"));
+        self.promote(at);
     }
 
-    fn promote(&mut self) {
-        let (limit, booked) = (self.limit, &mut self.booked);
-        let outcomes = &mut self.outcomes;
-        self.waitlist.retain(|&(at, seats, _)| {
-            if seats > limit - *booked {
+    /// The user's hold: its request, seats and deadline.
+    fn hold(&self, user: i64) -> Option<(Uuid, i32, i64)> {
+        let (id, seats) = *self.live.get(&user)?;
+        let want = &self.wants[&id];
+        Some((
+            id,
+            seats,
+            want.hold_until.filter(|_| want.status == "held")?,
+        ))
+    }
+
+    fn confirm(&mut self, id: Uuid, user: i64, at: i64) {
+        let want = match self.hold(user) {
+            None => Want::rejected(RejectReason::NoHold),
+            Some((held, _, until)) if at < until => {
+                if let Some(w) = self.wants.get_mut(&held) {
+                    w.status = "confirmed";
+                }
+                Want::is("confirmed")
+            }
+            Some((held, seats, _)) => {
+                self.end_hold(user, held, seats, at);
+                Want::rejected(RejectReason::HoldExpired)
+            }
+        };
+        self.wants.insert(id, want);
+    }
+
+    fn expire(&mut self, id: Uuid, user: i64, at: i64) {
+        let want = match self.hold(user) {
+            None => Want::rejected(RejectReason::NoHold),
+            Some((_, _, until)) if at < until => Want::rejected(RejectReason::HoldNotDue),
+            Some((held, seats, _)) => {
+                self.end_hold(user, held, seats, at);
+                Want::is("expired")
+            }
+        };
+        self.wants.insert(id, want);
+    }
+
+    fn end_hold(&mut self, user: i64, held: Uuid, seats: i32, at: i64) {
+        self.live.remove(&user);
+        self.booked -= seats;
+        if let Some(w) = self.wants.get_mut(&held) {
+            w.status = "expired";
+        }
+        self.promote(at);
+    }
+
+    fn set_limit(&mut self, id: Uuid, to: i32, at: i64) {
+        let want = if to < self.booked {
+            Want::rejected(RejectReason::LimitBelowBooked)
+        } else {
+            self.limit = to;
+            self.promote(at);
+            Want::is("applied")
+        };
+        self.wants.insert(id, want);
+    }
+
+    /// Free seats go to the waitlist in order, from a decision at `at`.
+    fn promote(&mut self, at: i64) {
+        let mut waitlist = std::mem::take(&mut self.waitlist);
+        waitlist.retain(|&(id, seats)| {
+            if seats > self.limit - self.booked {
                 return true;
             }
-            *booked += seats;
-            outcomes[at] = Want {
-                status: "confirmed",
-                reason: None,
-                promoted: true,
-            };
+            self.booked += seats;
+            let seated = self.seated(at, true);
+            self.wants.insert(id, seated);
             false
         });
+        self.waitlist = waitlist;
     }
 }
 
-/// Changes the goods' booking limit as its organizer: `200` when `applied` (or `202`
-/// when the worker took longer than PATCH waits: returns `false` then), else the
-/// API's 409.
-async fn set_limit(stack: &Stack, goods: i64, organizer: &str, to: i32, applied: bool) -> bool {
+/// Changes the goods' booking limit as its organizer: `200`, or the API's 409 when
+/// `refused`. Returns false when the answer was `202` (the worker took longer than
+/// PATCH waits).
+async fn set_limit(stack: &Stack, goods: i64, organizer: &str, to: i32, refused: bool) -> bool {
     let (status, body) = stack
         .patch_goods(goods, organizer, &serde_json::json!({ "bookingLimit": to }))
         .await;
-    if applied && status == StatusCode::ACCEPTED {
+    if !refused && status == StatusCode::ACCEPTED {
         return false;
     }
-    let want = if applied {
-        StatusCode::OK
-    } else {
+    let want = if refused {
         StatusCode::CONFLICT
+    } else {
+        StatusCode::OK
     };
     assert_eq!(status, want, "limit to {to}: {body}");
     true
 }
 
 /// Sends one request and returns its id (asserting the 202).
-async fn send(stack: &Stack, goods: i64, token: &str, quantity: Option<i32>) -> Uuid {
-    let request = match quantity {
-        Some(q) => stack
+async fn send(stack: &Stack, goods: i64, token: &str, kind: RequestKind, quantity: i32) -> Uuid {
+    let path = format!("/api/goods/{goods}/bookings");
+    let request = match kind {
+        RequestKind::Book => stack
             .http
-            .post(stack.url(&format!("/api/goods/{goods}/bookings")))
-            .json(&serde_json::json!({ "quantity": q })),
-        None => stack
-            .http
-            .delete(stack.url(&format!("/api/goods/{goods}/bookings/me"))),
+            .post(stack.url(&path))
+            .json(&serde_json::json!({ "quantity": quantity })),
+        RequestKind::Cancel => stack.http.delete(stack.url(&format!("{path}/me"))),
+        _ => stack.http.post(stack.url(&format!("{path}/me/confirm"))),
     };
     let (status, body) = parts(request.bearer_auth(token).send().await.expect("send")).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     Uuid::try_parse(body["requestId"].as_str().expect("id")).expect("uuid")
 }
 
+/// Waits until the test's own requests (every kind but the worker's expiries) number
+/// `n` decided.
+async fn wait_for_ours(stack: &Stack, n: usize) {
+    let ours = || async {
+        let client = stack.db.client().await;
+        let row = client
+            .query_one(
+                "SELECT count(*) FROM booking_requests WHERE kind <> 'expire'",
+                &[],
+            )
+            .await
+            .expect("count");
+        usize::try_from(row.get::<_, i64>(0)).expect("count")
+    };
+    wait_until(
+        &format!("{n} requests decided"),
+        Duration::from_secs(60),
+        || async { ours().await >= n },
+    )
+    .await;
+    assert_eq!(ours().await, n, "no more decisions than requests");
+}
+
+/// What the log says a request ended as.
+fn logged(r: &DecisionRow) -> Want {
+    let booking = r.kind == RequestKind::Book;
+    Want {
+        status: r.status_now().as_str(),
+        reason: r.decision.reason().map(RejectReason::as_str),
+        promoted: booking && r.promoted_at_s.is_some(),
+        hold_until: r.hold_expires_at_ms.filter(|_| booking),
+    }
+}
+
+/// Replays `ops` and the worker's expiries in the log's stream order; returns the
+/// model and, in order, every logged request with what the model wants of it.
+fn replay(
+    limit: i32,
+    cap: Option<usize>,
+    hold_ms: i64,
+    ops: &[Op],
+    rows: &[DecisionRow],
+) -> (Model, Vec<(Uuid, usize)>) {
+    let mut model = Model::new(limit, cap, hold_ms);
+    let mut order = Vec::new();
+    let mut ops = ops.iter();
+    for (turn, r) in rows.iter().enumerate() {
+        let at = r.entry_id.ms;
+        let id = r.request_id;
+        order.push((id, turn));
+        if r.kind == RequestKind::Expire {
+            model.expire(id, r.user_id, at);
+            continue;
+        }
+        let op = ops
+            .next()
+            .expect("the log holds no request the test did not send");
+        match *op {
+            Op::Book {
+                id: want,
+                user,
+                quantity,
+            } => {
+                assert_eq!(id, want, "turn {turn}: another request than sent");
+                model.book(id, user, quantity, at);
+            }
+            Op::Cancel { id: want, user } => {
+                assert_eq!(id, want, "turn {turn}: another request than sent");
+                model.cancel(id, user, at);
+            }
+            Op::Confirm { id: want, user } => {
+                assert_eq!(id, want, "turn {turn}: another request than sent");
+                model.confirm(id, user, at);
+            }
+            Op::Limit { to } => {
+                assert_eq!(
+                    r.kind,
+                    RequestKind::Limit,
+                    "turn {turn}: a limit change was due"
+                );
+                assert_eq!(r.quantity, to, "turn {turn}");
+                model.set_limit(id, to, at);
+            }
+        }
+    }
+    assert!(ops.next().is_none(), "every request sent was decided");
+    (model, order)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn random_sequences_of_bookings_cancels_and_limit_changes_end_as_the_model_says() {
-    let replay: Option<u64> = std::env::var("TICKETNEST_MODEL_SEED")
+async fn random_sequences_of_bookings_cancels_confirms_and_limit_changes_end_as_the_model_says() {
+    let replay_seed: Option<u64> = std::env::var("TICKETNEST_MODEL_SEED")
         .ok()
         .and_then(|s| s.parse().ok());
-    let (base, count) = match replay {
+    let (base, count) = match replay_seed {
         Some(seed) => (seed, 1),
         None => (rand::random::<u64>() >> 1, SEQUENCES),
     };
@@ -197,136 +383,108 @@ async fn random_sequences_of_bookings_cancels_and_limit_changes_end_as_the_model
             .create_goods_as(&organizer, i64::from(limit), i64::from(max))
             .await;
         let cap = rng.random_bool(0.4).then(|| rng.random_range(0..3_usize));
+        let holds = rng.random_bool(0.4);
+        let mut change = serde_json::Map::new();
         if let Some(cap) = cap {
-            let (status, body) = stack
-                .patch_goods(
-                    goods,
-                    &organizer,
-                    &serde_json::json!({ "waitlistLimit": cap }),
-                )
-                .await;
-            assert_eq!(status, StatusCode::OK, "{body}");
+            change.insert("waitlistLimit".into(), cap.into());
         }
-        let mut model = Model::new(limit, cap);
-        // The request id of each request; `None` for a limit change (PATCH answers
-        // with the goods): those are matched to the log's limit rows in order.
-        let mut ids: Vec<Option<Uuid>> = Vec::new();
-        // A limit change was answered 202 (still queued).
-        let mut lagging = false;
+        if holds {
+            change.insert("holdSeconds".into(), HOLD_SECONDS.into());
+        }
+        let (status, body) = stack.patch_goods(goods, &organizer, &change.into()).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let mut ops = Vec::new();
+        // The last limit set, and whether a change was answered 202 (still queued).
+        let (mut last_limit, mut lagging) = (limit, false);
         for _ in 0..rng.random_range(50..=70) {
             let user = rng.random_range(0..USERS);
-            let token = &users[user].1;
-            if rng.random_bool(0.08) {
-                // maxPerBooking stays within every limit: 3 at most.
-                let to = rng.random_range(3..=8);
-                // A limit at or above the last one passes the API's check whatever is
-                // still queued, and is sent at once, into batches with the requests
-                // before it. A lower one is checked against the seats booked as far as
-                // the API can see: it waits for the requests before it first, so that
-                // the API sees what the model does (and after a 202, every one does).
-                if to < model.limit || lagging {
-                    stack
-                        .wait_for_decisions(i64::try_from(sent + ids.len()).expect("count"))
-                        .await;
+            let (user_id, token) = (users[user].0, &users[user].1);
+            let op = match rng.random_range(0..100) {
+                0..=7 => {
+                    // maxPerBooking stays within every limit: 3 at most.
+                    let mut to = rng.random_range(3..=8);
+                    if holds {
+                        to = to.max(last_limit);
+                    }
+                    let mut refused = false;
+                    if to < last_limit || lagging {
+                        wait_for_ours(&stack, sent + ops.len()).await;
+                        refused = to < stack.seats(goods).await.0;
+                    }
+                    lagging |= !set_limit(&stack, goods, &organizer, to, refused).await;
+                    if replay_seed.is_some() {
+                        eprintln!("limit to {to}: refused by the API {refused}");
+                    }
+                    if refused {
+                        continue;
+                    }
+                    last_limit = to;
+                    Op::Limit { to }
                 }
-                let applied = model.set_limit(to);
-                lagging |= !set_limit(&stack, goods, &organizer, to, applied).await;
-                if applied {
-                    ids.push(None);
+                8..=37 => Op::Cancel {
+                    id: send(&stack, goods, token, RequestKind::Cancel, 0).await,
+                    user: user_id,
+                },
+                38..=52 if holds => Op::Confirm {
+                    id: send(&stack, goods, token, RequestKind::Confirm, 0).await,
+                    user: user_id,
+                },
+                _ => {
+                    let quantity = rng.random_range(1..=max);
+                    Op::Book {
+                        id: send(&stack, goods, token, RequestKind::Book, quantity).await,
+                        user: user_id,
+                        quantity,
+                    }
                 }
-                if replay.is_some() {
-                    eprintln!("limit to {to}: applied {applied}");
-                }
-            } else if rng.random_bool(0.35) {
-                ids.push(Some(send(&stack, goods, token, None).await));
-                model.cancel(user);
-                if replay.is_some() {
-                    eprintln!(
-                        "{} cancel by user {user}: {:?}",
-                        ids.len(),
-                        model.outcomes.last()
-                    );
-                }
-            } else {
-                let quantity = rng.random_range(1..=max);
-                ids.push(Some(send(&stack, goods, token, Some(quantity)).await));
-                model.book(user, quantity);
-                if replay.is_some() {
-                    eprintln!(
-                        "{} booking of {quantity} by user {user}: {:?}",
-                        ids.len(),
-                        model.outcomes.last()
-                    );
-                }
+            };
+            if replay_seed.is_some() {
+                eprintln!("{op:?}");
             }
+            ops.push(op);
         }
-        sent += ids.len();
-        runs.push((seed, goods, model, ids));
+        sent += ops.len();
+        runs.push((seed, goods, limit, cap, holds, ops));
     }
-    stack
-        .wait_for_decisions(i64::try_from(sent).expect("count"))
-        .await;
+    wait_for_ours(&stack, sent).await;
+    // Holds end by their deadline: wait until none is left, and everything is decided.
+    wait_until("no hold left", Duration::from_secs(30), || async {
+        stack.db.count("bookings WHERE status = 'held'").await == 0
+    })
+    .await;
     stack.wait_until_nothing_pending().await;
 
-    for (seed, goods, model, ids) in &runs {
+    for (seed, goods, limit, cap, holds, ops) in &runs {
         let context = format!("seed {seed} (replay with TICKETNEST_MODEL_SEED={seed})");
         let rows = stack.assert_invariants(*goods).await;
-        let logged: HashMap<Uuid, Want> = rows
-            .iter()
-            .map(|r| {
-                let want = Want {
-                    status: r.status_now().as_str(),
-                    reason: r.decision.reason().map(RejectReason::as_str),
-                    promoted: r.kind == RequestKind::Book && r.promoted_at_s.is_some(),
-                };
-                (r.request_id, want)
-            })
-            .collect();
-        let mut limit_changes = rows
-            .iter()
-            .filter(|r| r.kind == RequestKind::Limit)
-            .map(|r| r.request_id);
-        for (turn, (id, want)) in ids.iter().zip(&model.outcomes).enumerate() {
-            let id = id.or_else(|| limit_changes.next());
+        let hold_ms = if *holds { HOLD_SECONDS * 1000 } else { 0 };
+        let (model, order) = replay(*limit, *cap, hold_ms, ops, &rows);
+        for (id, turn) in order {
             assert_eq!(
-                id.and_then(|id| logged.get(&id)),
-                Some(want),
-                "{context}: request {} of the sequence",
-                turn + 1
+                Some(logged(&rows[turn])),
+                model.wants.get(&id).cloned(),
+                "{context}: turn {} ({:?})",
+                turn + 1,
+                rows[turn].kind
             );
         }
-        assert_eq!(
-            limit_changes.next(),
-            None,
-            "{context}: no other limit change"
-        );
-        assert_eq!(
-            ids.len(),
-            rows.len(),
-            "{context}: every request logged once"
-        );
         assert_eq!(
             stack.seats(*goods).await,
             (model.booked, model.limit),
             "{context}"
         );
         // The API answers as the log does (from Redis while the status lives).
-        let (at, last) = ids
+        let (user, token) = &users[0];
+        if let Some(r) = rows
             .iter()
-            .enumerate()
             .rev()
-            .find_map(|(at, id)| Some((at, id.as_ref()?)))
-            .expect("a request");
-        let owner = rows
-            .iter()
-            .find(|r| r.request_id == *last)
-            .map(|r| r.user_id);
-        let token = &users
-            .iter()
-            .find(|(id, _)| Some(*id) == owner)
-            .expect("its user")
-            .1;
-        let polled = stack.status(last, token).await;
-        assert_eq!(polled["status"], model.outcomes[at].status, "{context}");
+            .find(|r| r.user_id == *user && r.kind == RequestKind::Book)
+        {
+            let polled = stack.status(r.request_id, token).await;
+            assert_eq!(
+                polled["status"], model.wants[&r.request_id].status,
+                "{context}"
+            );
+        }
     }
 }
