@@ -477,7 +477,7 @@ pub async fn decision_as_written(
                CASE WHEN r.kind = 'book' \
                  THEN floor(extract(epoch FROM b.promoted_at) * 1000)::int8 END, \
                CASE WHEN r.kind = 'book' \
-                 THEN floor(extract(epoch FROM b.hold_expires_at) * 1000)::int8 END \
+                 THEN round(extract(epoch FROM b.hold_expires_at) * 1000)::int8 END \
              FROM booking_requests r LEFT JOIN bookings b ON b.id = r.booking_id \
              WHERE r.request_id = $1",
             live = shared::live_statuses!()

@@ -7,18 +7,20 @@
 -- `rejected` with reason `limit_below_booked` (the goods' bookings hold more seats
 -- than the new limit). It takes a turn (position), so the limit in force at every
 -- turn can be replayed from the log: `limit_before` keeps the limit it replaced.
+-- Constraints on booking_requests are added NOT VALID: the decision log is not
+-- scanned under a lock (rows written before are not rechecked).
 ALTER TABLE booking_requests
     DROP CONSTRAINT booking_requests_kind_check,
-    ADD CONSTRAINT booking_requests_kind_check CHECK (kind IN ('book', 'cancel', 'limit')),
+    ADD CONSTRAINT booking_requests_kind_check CHECK (kind IN ('book', 'cancel', 'limit')) NOT VALID,
     DROP CONSTRAINT booking_requests_decision_check,
     ADD CONSTRAINT booking_requests_decision_check
-        CHECK (decision IN ('confirmed', 'waitlisted', 'rejected', 'cancelled', 'applied')),
+        CHECK (decision IN ('confirmed', 'waitlisted', 'rejected', 'cancelled', 'applied')) NOT VALID,
     ADD CONSTRAINT booking_requests_applied_is_a_limit
-        CHECK ((decision = 'applied') = (kind = 'limit' AND reason IS NULL)),
+        CHECK ((decision = 'applied') = (kind = 'limit' AND reason IS NULL)) NOT VALID,
     -- Written by the batch that applied the change, right after its decision row.
     ADD COLUMN limit_before INTEGER,
     ADD CONSTRAINT booking_requests_limit_before_of_applied
-        CHECK (limit_before IS NULL OR decision = 'applied');
+        CHECK (limit_before IS NULL OR decision = 'applied') NOT VALID;
 
 -- waitlist_limit: at most this many waitlisted bookings (NULL: no cap); a booking that
 -- does not fit the free seats with the waitlist full is rejected `waitlist_full`.

@@ -188,7 +188,7 @@ pub async fn read(
         .query(
             "SELECT id, goods_id, user_id, request_id, quantity, status, \
                promoted_at IS NOT NULL, cancel_request_id, \
-               floor(extract(epoch FROM hold_expires_at) * 1000)::int8 FROM bookings \
+               round(extract(epoch FROM hold_expires_at) * 1000)::int8 FROM bookings \
              WHERE $1::int8[] IS NULL OR goods_id = ANY($1) ORDER BY id",
             &[&goods],
         )

@@ -329,7 +329,7 @@ impl DecisionRow {
          r.booking_id, extract(epoch from r.accepted_at)::float8, \
          extract(epoch from r.decided_at)::float8, r.kind, b.status, \
          extract(epoch from b.promoted_at)::float8, r.limit_before, \
-         floor(extract(epoch from b.hold_expires_at) * 1000)::int8 \
+         round(extract(epoch from b.hold_expires_at) * 1000)::int8 \
          FROM booking_requests r LEFT JOIN bookings b ON b.id = r.booking_id";
 
     /// The request's status now: a booking request that made a booking has its

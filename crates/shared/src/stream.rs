@@ -680,6 +680,30 @@ pub async fn read_status<C: ConnectionLike>(
     Ok(StatusRecord::from_fields(request_id, &hash))
 }
 
+/// The clock that times a shard's stream entries: the time of the Redis server that
+/// holds the shard's stream (on a cluster, the node of its slot), in Unix
+/// milliseconds. An entry appended after this returns gets an id of at least this
+/// time, which is what the worker's hold expiry relies on.
+///
+/// # Errors
+/// Redis unreachable.
+pub async fn stream_time_ms<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &Keys,
+    shard: Shard,
+) -> RedisResult<i64> {
+    let (secs, micros): (i64, i64) = STREAM_TIME_SCRIPT
+        .key(keys.stream(shard))
+        .invoke_async(conn)
+        .await?;
+    Ok(secs * 1000 + micros / 1000)
+}
+
+/// `TIME` on the node of `KEYS[1]` (a script with a key is routed by it).
+static STREAM_TIME_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new("#!lua flags=allow-oom,no-writes\nlocal t = redis.call('TIME')\nreturn {tonumber(t[1]), tonumber(t[2])}")
+});
+
 /// How long what the workers write stays in Redis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {

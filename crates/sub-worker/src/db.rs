@@ -436,7 +436,7 @@ async fn lock_goods(
 const BOOKING_COLUMNS: &str = "b.request_id, b.id, b.goods_id, b.user_id, b.quantity, \
      b.position, b.status, floor(extract(epoch FROM b.promoted_at) * 1000)::int8, \
      b.promoted_by, b.cancel_request_id, \
-     floor(extract(epoch FROM b.hold_expires_at) * 1000)::int8, b.hold_ended_by";
+     round(extract(epoch FROM b.hold_expires_at) * 1000)::int8, b.hold_ended_by";
 
 fn booking_from_row(r: &tokio_postgres::Row) -> Result<Booking, WorkerError> {
     let status: &str = r.try_get(6)?;
@@ -591,7 +591,7 @@ async fn update_bookings(
                  THEN COALESCE(b.cancelled_at, to_timestamp($5::int8 / 1000.0)) END, \
                cancelled_by = CASE WHEN u.cancel_request IS NOT NULL THEN b.user_id END, \
                cancel_request_id = u.cancel_request, \
-               hold_expires_at = to_timestamp(u.hold_expires / 1000.0), \
+               hold_expires_at = COALESCE(b.hold_expires_at, to_timestamp(u.hold_expires / 1000.0)), \
                hold_ended_at = CASE WHEN u.hold_ended_by IS NOT NULL \
                  THEN COALESCE(b.hold_ended_at, to_timestamp($5::int8 / 1000.0)) END, \
                hold_ended_by = u.hold_ended_by \

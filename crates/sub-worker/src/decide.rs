@@ -292,7 +292,7 @@ impl Board {
             promoted_by: None,
             cancelled_by: None,
             hold_expires_at_ms: (status == BookingStatus::Held)
-                .then(|| ask.arrived_ms.saturating_add(state.hold_ms)),
+                .then(|| self.hold_until(ask, state)),
             hold_ended_by: None,
         };
         self.place(&booking);
@@ -323,6 +323,13 @@ impl Board {
         let released = booking.request_id;
         self.promote(ask, state);
         (Decision::Cancelled, Some(released))
+    }
+
+    /// The deadline of a hold that the decision on `by` makes: `hold_ms` from when
+    /// `by` arrived (its stream entry time), or from now when it waited in the queue
+    /// longer than that (a backlog must not eat into the hold).
+    fn hold_until(&self, by: &Ask, state: &GoodsState) -> i64 {
+        by.arrived_ms.max(self.now_ms).saturating_add(state.hold_ms)
     }
 
     /// The user's held booking of the goods, if its place is a hold.
@@ -392,12 +399,12 @@ impl Board {
 
     /// Gives the free seats to the goods' waitlist in order: each waitlisted booking
     /// that fits the seats free at its turn is confirmed (held, on a goods that holds
-    /// seats, from the arrival of `by`), promoted `by` the request that freed the seats.
+    /// seats: see [`Board::hold_until`]), promoted `by` the request that freed the seats.
     fn promote(&mut self, by: &Ask, state: &mut GoodsState) {
+        let hold_until = (state.hold_ms > 0).then(|| self.hold_until(by, state));
         let Some(waitlist) = self.waitlists.get_mut(&by.goods_id) else {
             return;
         };
-        let hold_until = (state.hold_ms > 0).then(|| by.arrived_ms.saturating_add(state.hold_ms));
         let bookings = &mut self.bookings;
         let now_ms = self.now_ms;
         waitlist.retain(|_, request_id| {
@@ -833,6 +840,25 @@ mod tests {
         assert_eq!(d.verdicts[7].booking, Some(asks[2].request_id));
         assert_eq!(g[&1].booked, 1, "user 1's confirmed seat");
         assert_eq!(g[&1].waitlisted, 0);
+    }
+
+    #[test]
+    fn a_hold_decided_after_a_long_wait_in_the_queue_lasts_its_full_time_from_the_decision() {
+        let mut g = goods(1, 1);
+        if let Some(state) = g.get_mut(&1) {
+            state.hold_ms = 1_000;
+        }
+        let late = Ask {
+            arrived_ms: 100,
+            ..ask(1, 1)
+        };
+        let d = decide(&[late], &mut g, &[], &users(1), 5_000);
+        assert_eq!(d.verdicts[0].decision, Decision::Held);
+        assert_eq!(
+            d.bookings[&late.request_id].hold_expires_at_ms,
+            Some(6_000),
+            "from the decision (5 s), not from the arrival (0.1 s)"
+        );
     }
 
     #[test]

@@ -241,7 +241,9 @@ async fn submit(
         .unwrap_or_else(|| Keys::new_request_id(shard));
     tracing::Span::current().record("request_id", tracing::field::display(request_id));
     let refusal = refusal.or_else(|| {
-        if state.backlog.is_full(shard) {
+        // A confirm is let through a full shard: its hold's deadline does not wait
+        // for the backlog to shrink, and a hold is confirmed at most once.
+        if kind != RequestKind::Confirm && state.backlog.is_full(shard) {
             Some(ApiError::QueueFull)
         } else if state.backlog.is_memory_full() {
             Some(ApiError::QueueMemoryFull)

@@ -608,3 +608,36 @@ async fn a_settle_with_an_older_fencing_token_never_overwrites_a_newer_ones_stat
 fn fence() -> FenceToken {
     FenceToken::new(1).expect("fence")
 }
+
+/// The hold expiry judges deadlines by the clock of the server holding the shard's
+/// stream: an entry appended after reading it is never stamped earlier.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_appended_after_reading_the_stream_clock_is_not_stamped_earlier() {
+    let redis = TestRedis::new();
+    let keys = Keys::new(redis.prefix(), 2).expect("keys");
+    let mut conn = redis.connection().await;
+    let shard = keys.shard_of(4);
+    for _ in 0..20 {
+        let clock = stream::stream_time_ms(&mut conn, &keys, shard)
+            .await
+            .expect("time");
+        let request = booking(&keys, 7);
+        stream::enqueue(&mut conn, &keys, &Message::Expire(request), None)
+            .await
+            .expect("enqueue");
+        let last: Vec<String> = ids_in(&mut conn, &keys.stream(shard)).await;
+        let stamped: i64 = last
+            .last()
+            .and_then(|id| id.split('-').next())
+            .and_then(|ms| ms.parse().ok())
+            .expect("an entry id");
+        assert!(
+            stamped >= clock,
+            "entry {stamped} before the clock read {clock}"
+        );
+        assert!(
+            stamped - clock < 1_000,
+            "the same clock: {stamped} vs {clock}"
+        );
+    }
+}

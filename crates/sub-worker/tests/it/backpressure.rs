@@ -42,16 +42,38 @@ async fn a_shard_over_its_backlog_limit_gets_503_with_retry_after_until_workers_
         "the bound is reached before refusing: {accepted}"
     );
 
+    // A confirm is let through a full shard (a hold's deadline does not wait for the
+    // backlog); a cancel is not.
+    let (_, first) = &users[0];
+    let mine = format!("{url}/me");
+    let confirm = stack
+        .http
+        .post(format!("{mine}/confirm"))
+        .bearer_auth(first)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(confirm.status(), StatusCode::ACCEPTED);
+    let cancel = stack
+        .http
+        .delete(&mine)
+        .bearer_auth(first)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(cancel.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let queued = accepted + 1;
+
     // Unprocessed entries are never trimmed to make room.
     let shard = goods % 4;
     let stream = format!("{}:{{s{shard}}}:stream", stack.redis.prefix());
     let mut conn = stack.redis.connection().await;
     let len: usize = conn.xlen(&stream).await.expect("xlen");
-    assert_eq!(len, accepted);
+    assert_eq!(len, queued);
 
     // A worker drains the shard and bookings are accepted again.
     let _worker = stack.worker(&[]);
-    stack.wait_for_decisions(accepted as i64).await;
+    stack.wait_for_decisions(queued as i64).await;
     let (_, token) = next.next().expect("user");
     wait_until(
         "bookings are accepted again",
@@ -69,7 +91,7 @@ async fn a_shard_over_its_backlog_limit_gets_503_with_retry_after_until_workers_
         },
     )
     .await;
-    stack.wait_for_decisions(accepted as i64 + 1).await;
+    stack.wait_for_decisions(queued as i64 + 1).await;
     stack.assert_invariants(goods).await;
     stack.wait_until_nothing_pending().await;
 }

@@ -8,9 +8,11 @@
 //!
 //! The model replays the goods' stream: the requests the test sent, in the order sent
 //! (one at a time, so that is stream order), with the expiries the worker sent between
-//! them where the stream has them, each at its stream entry time (the time holds,
-//! confirms and expiries are judged by). How soon expiries come is the worker's
-//! timing; what each decides is checked.
+//! them where the stream has them, each at its stream entry time (the time confirms
+//! and expiries are judged by) and its decision's time (a hold lasts from the later of
+//! the two). How soon expiries come is the worker's timing; what each decides is
+//! checked. Sequences on goods with holds now and then pause longer than a hold, so
+//! that holds expire (and seats pass down the waitlist) between requests too.
 //!
 //! A lower limit is checked by the API against the seats booked as far as it can see,
 //! so before one the test waits for the requests before it to be decided and expects
@@ -92,6 +94,9 @@ struct Model {
     booked: i32,
     cap: Option<usize>,
     hold_ms: i64,
+    /// When the request being replayed gives seats from: the later of its arrival
+    /// and its decision, Unix ms.
+    now: i64,
     wants: HashMap<Uuid, Want>,
     /// Each user's live booking: its request and seats.
     live: HashMap<i64, (Uuid, i32)>,
@@ -106,30 +111,31 @@ impl Model {
             booked: 0,
             cap,
             hold_ms,
+            now: 0,
             wants: HashMap::new(),
             live: HashMap::new(),
             waitlist: Vec::new(),
         }
     }
 
-    /// A booking that gets seats from a decision at `at`: held or confirmed.
-    fn seated(&self, at: i64, promoted: bool) -> Want {
+    /// A booking that gets seats now: held or confirmed.
+    fn seated(&self, promoted: bool) -> Want {
         let mut want = Want::is("confirmed");
         want.promoted = promoted;
         if self.hold_ms > 0 {
             want.status = "held";
-            want.hold_until = Some(at + self.hold_ms);
+            want.hold_until = Some(self.now + self.hold_ms);
         }
         want
     }
 
-    fn book(&mut self, id: Uuid, user: i64, quantity: i32, at: i64) {
+    fn book(&mut self, id: Uuid, user: i64, quantity: i32) {
         let want = if self.live.contains_key(&user) {
             Want::rejected(RejectReason::AlreadyBooked)
         } else if quantity <= self.limit - self.booked {
             self.booked += quantity;
             self.live.insert(user, (id, quantity));
-            self.seated(at, false)
+            self.seated(false)
         } else if self.cap.is_some_and(|cap| self.waitlist.len() >= cap) {
             Want::rejected(RejectReason::WaitlistFull)
         } else {
@@ -140,7 +146,7 @@ impl Model {
         self.wants.insert(id, want);
     }
 
-    fn cancel(&mut self, id: Uuid, user: i64, at: i64) {
+    fn cancel(&mut self, id: Uuid, user: i64) {
         let Some((booked, seats)) = self.live.remove(&user) else {
             self.wants
                 .insert(id, Want::rejected(RejectReason::NoBooking));
@@ -155,7 +161,7 @@ impl Model {
             want.status = "cancelled";
         }
         self.wants.insert(id, Want::is("cancelled"));
-        self.promote(at);
+        self.promote();
     }
 
     /// The user's hold: its request, seats and deadline.
@@ -179,7 +185,7 @@ impl Model {
                 Want::is("confirmed")
             }
             Some((held, seats, _)) => {
-                self.end_hold(user, held, seats, at);
+                self.end_hold(user, held, seats);
                 Want::rejected(RejectReason::HoldExpired)
             }
         };
@@ -191,42 +197,42 @@ impl Model {
             None => Want::rejected(RejectReason::NoHold),
             Some((_, _, until)) if at < until => Want::rejected(RejectReason::HoldNotDue),
             Some((held, seats, _)) => {
-                self.end_hold(user, held, seats, at);
+                self.end_hold(user, held, seats);
                 Want::is("expired")
             }
         };
         self.wants.insert(id, want);
     }
 
-    fn end_hold(&mut self, user: i64, held: Uuid, seats: i32, at: i64) {
+    fn end_hold(&mut self, user: i64, held: Uuid, seats: i32) {
         self.live.remove(&user);
         self.booked -= seats;
         if let Some(w) = self.wants.get_mut(&held) {
             w.status = "expired";
         }
-        self.promote(at);
+        self.promote();
     }
 
-    fn set_limit(&mut self, id: Uuid, to: i32, at: i64) {
+    fn set_limit(&mut self, id: Uuid, to: i32) {
         let want = if to < self.booked {
             Want::rejected(RejectReason::LimitBelowBooked)
         } else {
             self.limit = to;
-            self.promote(at);
+            self.promote();
             Want::is("applied")
         };
         self.wants.insert(id, want);
     }
 
-    /// Free seats go to the waitlist in order, from a decision at `at`.
-    fn promote(&mut self, at: i64) {
+    /// Free seats go to the waitlist in order.
+    fn promote(&mut self) {
         let mut waitlist = std::mem::take(&mut self.waitlist);
         waitlist.retain(|&(id, seats)| {
             if seats > self.limit - self.booked {
                 return true;
             }
             self.booked += seats;
-            let seated = self.seated(at, true);
+            let seated = self.seated(true);
             self.wants.insert(id, seated);
             false
         });
@@ -303,14 +309,16 @@ fn logged(r: &DecisionRow) -> Want {
     }
 }
 
-/// Replays `ops` and the worker's expiries in the log's stream order; returns the
-/// model and, in order, every logged request with what the model wants of it.
+/// Replays `ops` and the worker's expiries in the log's stream order (`decided_ms`:
+/// each request's decision time, as the worker read it); returns the model and, in
+/// order, every logged request with what the model wants of it.
 fn replay(
     limit: i32,
     cap: Option<usize>,
     hold_ms: i64,
     ops: &[Op],
     rows: &[DecisionRow],
+    decided_ms: &HashMap<Uuid, i64>,
 ) -> (Model, Vec<(Uuid, usize)>) {
     let mut model = Model::new(limit, cap, hold_ms);
     let mut order = Vec::new();
@@ -318,6 +326,7 @@ fn replay(
     for (turn, r) in rows.iter().enumerate() {
         let at = r.entry_id.ms;
         let id = r.request_id;
+        model.now = at.max(decided_ms[&id]);
         order.push((id, turn));
         if r.kind == RequestKind::Expire {
             model.expire(id, r.user_id, at);
@@ -333,11 +342,11 @@ fn replay(
                 quantity,
             } => {
                 assert_eq!(id, want, "turn {turn}: another request than sent");
-                model.book(id, user, quantity, at);
+                model.book(id, user, quantity);
             }
             Op::Cancel { id: want, user } => {
                 assert_eq!(id, want, "turn {turn}: another request than sent");
-                model.cancel(id, user, at);
+                model.cancel(id, user);
             }
             Op::Confirm { id: want, user } => {
                 assert_eq!(id, want, "turn {turn}: another request than sent");
@@ -350,7 +359,7 @@ fn replay(
                     "turn {turn}: a limit change was due"
                 );
                 assert_eq!(r.quantity, to, "turn {turn}");
-                model.set_limit(id, to, at);
+                model.set_limit(id, to);
             }
         }
     }
@@ -425,7 +434,7 @@ async fn random_sequences_of_bookings_cancels_confirms_and_limit_changes_end_as_
                     id: send(&stack, goods, token, RequestKind::Cancel, 0).await,
                     user: user_id,
                 },
-                38..=52 if holds => Op::Confirm {
+                38..=52 => Op::Confirm {
                     id: send(&stack, goods, token, RequestKind::Confirm, 0).await,
                     user: user_id,
                 },
@@ -442,6 +451,11 @@ async fn random_sequences_of_bookings_cancels_confirms_and_limit_changes_end_as_
                 eprintln!("{op:?}");
             }
             ops.push(op);
+            if holds && rng.random_bool(0.02) {
+                // Longer than a hold: the holds made so far lapse before the next
+                // request (time passing is the point here, not a condition).
+                tokio::time::sleep(Duration::from_millis(1_100)).await;
+            }
         }
         sent += ops.len();
         runs.push((seed, goods, limit, cap, holds, ops));
@@ -454,11 +468,33 @@ async fn random_sequences_of_bookings_cancels_confirms_and_limit_changes_end_as_
     .await;
     stack.wait_until_nothing_pending().await;
 
+    let decided_ms: HashMap<Uuid, i64> = stack
+        .db
+        .client()
+        .await
+        .query(
+            "SELECT request_id, floor(extract(epoch FROM decided_at) * 1000)::int8 \
+             FROM booking_requests",
+            &[],
+        )
+        .await
+        .expect("decision times")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let mut seen: HashMap<String, usize> = HashMap::new();
     for (seed, goods, limit, cap, holds, ops) in &runs {
         let context = format!("seed {seed} (replay with TICKETNEST_MODEL_SEED={seed})");
         let rows = stack.assert_invariants(*goods).await;
         let hold_ms = if *holds { HOLD_SECONDS * 1000 } else { 0 };
-        let (model, order) = replay(*limit, *cap, hold_ms, ops, &rows);
+        let (model, order) = replay(*limit, *cap, hold_ms, ops, &rows, &decided_ms);
+        for r in &rows {
+            let word = r
+                .decision
+                .reason()
+                .map_or(r.decision.status().as_str(), |w| w.as_str());
+            *seen.entry(format!("{} {word}", r.kind)).or_default() += 1;
+        }
         for (id, turn) in order {
             assert_eq!(
                 Some(logged(&rows[turn])),
@@ -473,6 +509,13 @@ async fn random_sequences_of_bookings_cancels_confirms_and_limit_changes_end_as_
             (model.booked, model.limit),
             "{context}"
         );
+        let waitlisted = stack
+            .db
+            .count(&format!(
+                "bookings WHERE goods_id = {goods} AND status = 'waitlisted'"
+            ))
+            .await;
+        assert_eq!(waitlisted, model.waitlist.len() as i64, "{context}");
         // The API answers as the log does (from Redis while the status lives).
         let (user, token) = &users[0];
         if let Some(r) = rows
@@ -487,4 +530,7 @@ async fn random_sequences_of_bookings_cancels_confirms_and_limit_changes_end_as_
             );
         }
     }
+    let mut seen: Vec<_> = seen.into_iter().collect();
+    seen.sort();
+    eprintln!("decisions checked, by kind and outcome: {seen:?}");
 }
