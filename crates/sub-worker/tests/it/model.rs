@@ -1,6 +1,6 @@
 //! Model check: random sequences of bookings, cancels, confirms and booking limit
-//! changes, on goods with or without a waitlist cap and with or without short seat
-//! holds, pushed through the real HTTP API and a real worker (which decides them in
+//! changes, on goods with or without a waitlist cap, with or without short seat holds
+//! and with or without a sale that closes mid-sequence, pushed through the real HTTP API and a real worker (which decides them in
 //! batches of whatever size the timing gives, and sends expiries for holds past their
 //! deadline), must end exactly as an in-memory model of the rules says: every
 //! request's final status and reason, every promotion and hold deadline, the seats and
@@ -11,7 +11,9 @@
 //! them where the stream has them, each at its stream entry time (the time confirms
 //! and expiries are judged by) and its decision's time (a hold lasts from the later of
 //! the two). How soon expiries come is the worker's timing; what each decides is
-//! checked. Sequences on goods with holds now and then pause longer than a hold, so
+//! checked. A booking the API refuses after the sale closed (409) is not sent; one it
+//! let through is judged by its entry time against `saleClosesAt`, as the worker
+//! judges it. Sequences on goods with holds now and then pause longer than a hold, so
 //! that holds expire (and seats pass down the waitlist) between requests too.
 //!
 //! A lower limit is checked by the API against the seats booked as far as it can see,
@@ -94,6 +96,10 @@ struct Model {
     booked: i32,
     cap: Option<usize>,
     hold_ms: i64,
+    /// The sale's end, Unix ms.
+    closes: Option<i64>,
+    /// When the request being replayed arrived (its stream entry time), Unix ms.
+    at: i64,
     /// When the request being replayed gives seats from: the later of its arrival
     /// and its decision, Unix ms.
     now: i64,
@@ -105,12 +111,14 @@ struct Model {
 }
 
 impl Model {
-    fn new(limit: i32, cap: Option<usize>, hold_ms: i64) -> Self {
+    fn new(limit: i32, cap: Option<usize>, hold_ms: i64, closes: Option<i64>) -> Self {
         Self {
             limit,
             booked: 0,
             cap,
             hold_ms,
+            closes,
+            at: 0,
             now: 0,
             wants: HashMap::new(),
             live: HashMap::new(),
@@ -130,7 +138,9 @@ impl Model {
     }
 
     fn book(&mut self, id: Uuid, user: i64, quantity: i32) {
-        let want = if self.live.contains_key(&user) {
+        let want = if self.closes.is_some_and(|closes| self.at >= closes) {
+            Want::rejected(RejectReason::SaleClosed)
+        } else if self.live.contains_key(&user) {
             Want::rejected(RejectReason::AlreadyBooked)
         } else if quantity <= self.limit - self.booked {
             self.booked += quantity;
@@ -259,8 +269,15 @@ async fn set_limit(stack: &Stack, goods: i64, organizer: &str, to: i32, refused:
     true
 }
 
-/// Sends one request and returns its id (asserting the 202).
-async fn send(stack: &Stack, goods: i64, token: &str, kind: RequestKind, quantity: i32) -> Uuid {
+/// Sends one request and returns its id (asserting the 202), or `None` for a booking
+/// the API refused because the sale has closed.
+async fn send(
+    stack: &Stack,
+    goods: i64,
+    token: &str,
+    kind: RequestKind,
+    quantity: i32,
+) -> Option<Uuid> {
     let path = format!("/api/goods/{goods}/bookings");
     let request = match kind {
         RequestKind::Book => stack
@@ -271,8 +288,12 @@ async fn send(stack: &Stack, goods: i64, token: &str, kind: RequestKind, quantit
         _ => stack.http.post(stack.url(&format!("{path}/me/confirm"))),
     };
     let (status, body) = parts(request.bearer_auth(token).send().await.expect("send")).await;
+    if kind == RequestKind::Book && status == StatusCode::CONFLICT {
+        assert_eq!(body["error"]["code"], "sale_closed", "{body}");
+        return None;
+    }
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    Uuid::try_parse(body["requestId"].as_str().expect("id")).expect("uuid")
+    Some(Uuid::try_parse(body["requestId"].as_str().expect("id")).expect("uuid"))
 }
 
 /// Waits until the test's own requests (every kind but the worker's expiries) number
@@ -313,19 +334,17 @@ fn logged(r: &DecisionRow) -> Want {
 /// each request's decision time, as the worker read it); returns the model and, in
 /// order, every logged request with what the model wants of it.
 fn replay(
-    limit: i32,
-    cap: Option<usize>,
-    hold_ms: i64,
+    mut model: Model,
     ops: &[Op],
     rows: &[DecisionRow],
     decided_ms: &HashMap<Uuid, i64>,
 ) -> (Model, Vec<(Uuid, usize)>) {
-    let mut model = Model::new(limit, cap, hold_ms);
     let mut order = Vec::new();
     let mut ops = ops.iter();
     for (turn, r) in rows.iter().enumerate() {
         let at = r.entry_id.ms;
         let id = r.request_id;
+        model.at = at;
         model.now = at.max(decided_ms[&id]);
         order.push((id, turn));
         if r.kind == RequestKind::Expire {
@@ -400,6 +419,18 @@ async fn random_sequences_of_bookings_cancels_confirms_and_limit_changes_end_as_
         if holds {
             change.insert("holdSeconds".into(), HOLD_SECONDS.into());
         }
+        // A sale that closes partway through the sequence.
+        let closes = rng
+            .random_bool(0.3)
+            .then(|| chrono::Utc::now().timestamp_millis() + rng.random_range(200..1_500));
+        if let Some(closes) = closes {
+            let at = chrono::DateTime::from_timestamp_millis(closes).expect("instant");
+            change.insert(
+                "saleClosesAt".into(),
+                at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                    .into(),
+            );
+        }
         let (status, body) = stack.patch_goods(goods, &organizer, &change.into()).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         let mut ops = Vec::new();
@@ -431,17 +462,26 @@ async fn random_sequences_of_bookings_cancels_confirms_and_limit_changes_end_as_
                     Op::Limit { to }
                 }
                 8..=37 => Op::Cancel {
-                    id: send(&stack, goods, token, RequestKind::Cancel, 0).await,
+                    id: send(&stack, goods, token, RequestKind::Cancel, 0)
+                        .await
+                        .expect("a cancel is taken"),
                     user: user_id,
                 },
                 38..=52 => Op::Confirm {
-                    id: send(&stack, goods, token, RequestKind::Confirm, 0).await,
+                    id: send(&stack, goods, token, RequestKind::Confirm, 0)
+                        .await
+                        .expect("a confirm is taken"),
                     user: user_id,
                 },
                 _ => {
                     let quantity = rng.random_range(1..=max);
+                    let Some(id) = send(&stack, goods, token, RequestKind::Book, quantity).await
+                    else {
+                        assert!(closes.is_some(), "a refusal for a sale that never closes");
+                        continue;
+                    };
                     Op::Book {
-                        id: send(&stack, goods, token, RequestKind::Book, quantity).await,
+                        id,
                         user: user_id,
                         quantity,
                     }
@@ -458,7 +498,8 @@ async fn random_sequences_of_bookings_cancels_confirms_and_limit_changes_end_as_
             }
         }
         sent += ops.len();
-        runs.push((seed, goods, limit, cap, holds, ops));
+        let hold_ms = if holds { HOLD_SECONDS * 1000 } else { 0 };
+        runs.push((seed, goods, Model::new(limit, cap, hold_ms, closes), ops));
     }
     wait_for_ours(&stack, sent).await;
     // Holds end by their deadline: wait until none is left, and everything is decided.
@@ -483,11 +524,10 @@ async fn random_sequences_of_bookings_cancels_confirms_and_limit_changes_end_as_
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     let mut seen: HashMap<String, usize> = HashMap::new();
-    for (seed, goods, limit, cap, holds, ops) in &runs {
+    for (seed, goods, model, ops) in runs {
         let context = format!("seed {seed} (replay with TICKETNEST_MODEL_SEED={seed})");
-        let rows = stack.assert_invariants(*goods).await;
-        let hold_ms = if *holds { HOLD_SECONDS * 1000 } else { 0 };
-        let (model, order) = replay(*limit, *cap, hold_ms, ops, &rows, &decided_ms);
+        let rows = stack.assert_invariants(goods).await;
+        let (model, order) = replay(model, &ops, &rows, &decided_ms);
         for r in &rows {
             let word = r
                 .decision
@@ -505,7 +545,7 @@ async fn random_sequences_of_bookings_cancels_confirms_and_limit_changes_end_as_
             );
         }
         assert_eq!(
-            stack.seats(*goods).await,
+            stack.seats(goods).await,
             (model.booked, model.limit),
             "{context}"
         );
