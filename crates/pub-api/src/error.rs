@@ -53,6 +53,8 @@ pub enum ApiError {
     GoodsHasBookings,
     #[error("bookingLimit is below the {0} seats the goods' bookings hold")]
     LimitBelowBooked(i64),
+    #[error("the booking limit change could not be made now (a worker could not process it), retry shortly")]
+    LimitChangeFailed,
     #[error("the sale for this show has not opened yet")]
     SaleNotOpen,
     #[error("the sale for this show has closed")]
@@ -109,6 +111,7 @@ impl ApiError {
             }
             Self::GoodsHasBookings => (StatusCode::CONFLICT, "goods_has_bookings"),
             Self::LimitBelowBooked(_) => (StatusCode::CONFLICT, "limit_below_booked"),
+            Self::LimitChangeFailed => (StatusCode::SERVICE_UNAVAILABLE, "limit_change_failed"),
             Self::SaleNotOpen => (StatusCode::CONFLICT, "sale_not_open"),
             Self::SaleClosed => (StatusCode::CONFLICT, "sale_closed"),
             Self::EmailTaken => (StatusCode::CONFLICT, "email_taken"),

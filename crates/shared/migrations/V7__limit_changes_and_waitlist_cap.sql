@@ -26,7 +26,11 @@ ALTER TABLE booking_requests
 -- does not fit the free seats with the waitlist full is rejected `waitlist_full`.
 -- waitlisted_count: the goods' waitlisted bookings, kept by the worker like
 -- booked_count.
+-- maxPerBooking never exceeds the booking limit: the API checks a change against the
+-- limit the goods has when it writes, and a limit change lowers maxPerBooking with it.
 ALTER TABLE goods
+    ADD CONSTRAINT goods_max_per_booking_within_limit
+        CHECK (max_per_booking <= booking_limit) NOT VALID,
     ADD COLUMN waitlist_limit INTEGER CHECK (waitlist_limit >= 0),
     ADD COLUMN waitlisted_count INTEGER NOT NULL DEFAULT 0 CHECK (waitlisted_count >= 0);
 

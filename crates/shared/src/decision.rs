@@ -137,8 +137,8 @@ words!(
         HoldExpired => "hold_expired",
         /// A confirm or an expiry that found no held booking of its user for the goods.
         NoHold => "no_hold",
-        /// An expiry that arrived before its hold's deadline (the clocks of the worker
-        /// and of Redis differ); the worker sends another.
+        /// An expiry that arrived before its hold's deadline (the Redis server's clock
+        /// stepped back); the worker sends another.
         HoldNotDue => "hold_not_due",
     }
 );

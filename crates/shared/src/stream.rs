@@ -680,6 +680,36 @@ pub async fn read_status<C: ConnectionLike>(
     Ok(StatusRecord::from_fields(request_id, &hash))
 }
 
+/// Which of `request_ids` (of one shard) still have a status hash, in one pipelined
+/// round trip: a request whose hash is gone undecided was lost with its entry (a Redis
+/// restart without AOF, a failover).
+///
+/// # Errors
+/// Redis unreachable.
+pub async fn statuses_exist<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &Keys,
+    request_ids: &[Uuid],
+) -> RedisResult<std::collections::HashSet<Uuid>> {
+    let mut pipe = redis::pipe();
+    let mut asked = Vec::new();
+    for id in request_ids {
+        if let Some(shard) = Keys::shard_in_request_id(*id) {
+            pipe.cmd("EXISTS").arg(keys.request_status(shard, *id));
+            asked.push(*id);
+        }
+    }
+    if asked.is_empty() {
+        return Ok(std::collections::HashSet::new());
+    }
+    let exists: Vec<bool> = pipe.query_async(conn).await?;
+    Ok(asked
+        .into_iter()
+        .zip(exists)
+        .filter_map(|(id, there)| there.then_some(id))
+        .collect())
+}
+
 /// The clock that times a shard's stream entries: the time of the Redis server that
 /// holds the shard's stream (on a cluster, the node of its slot), in Unix
 /// milliseconds. An entry appended after this returns gets an id of at least this

@@ -822,30 +822,38 @@ pub struct DueHold {
 }
 
 /// How many holds past their deadline one scan of a shard sends expiries for; the
-/// next scan takes the rest.
+/// next scan takes the rest (those sent are left out until decided).
 const HOLDS_PER_SCAN: i64 = 1_000;
 
+/// Bounds of the expiry scan's statements: they must never wait on a lock (a
+/// migration's) for long.
+const SCAN_BOUNDS: &str = "SET LOCAL statement_timeout = '5s'; SET LOCAL lock_timeout = '2s'";
+
 /// Holds of `shard`'s goods (of `shards`) whose deadline is at or before `now_ms`,
-/// earliest first (index `bookings_holds_by_deadline`).
+/// earliest first (index `bookings_holds_by_deadline`), leaving out `waiting` (holds
+/// whose expiry is sent and undecided).
 ///
 /// # Errors
-/// The database is unavailable.
+/// The database is unavailable, or the statement outlived its bounds.
 pub async fn holds_due(
     pool: &Pool,
     shard: Shard,
     shards: u32,
     now_ms: i64,
+    waiting: &[Uuid],
 ) -> Result<Vec<DueHold>, WorkerError> {
-    let client = pool.get().await?;
-    let stmt = client
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    tx.batch_execute(SCAN_BOUNDS).await?;
+    let stmt = tx
         .prepare_cached(
             "SELECT request_id, goods_id, user_id FROM bookings \
              WHERE status = 'held' AND hold_expires_at <= to_timestamp($1::int8 / 1000.0) \
-               AND mod(goods_id, $2::int8) = $3::int8 \
+               AND mod(goods_id, $2::int8) = $3::int8 AND request_id <> ALL($5) \
              ORDER BY hold_expires_at LIMIT $4",
         )
         .await?;
-    Ok(client
+    let due = tx
         .query(
             &stmt,
             &[
@@ -853,6 +861,7 @@ pub async fn holds_due(
                 &i64::from(shards),
                 &i64::from(shard.as_i32()),
                 &HOLDS_PER_SCAN,
+                &waiting,
             ],
         )
         .await?
@@ -862,25 +871,31 @@ pub async fn holds_due(
             goods_id: r.get(1),
             user_id: r.get(2),
         })
-        .collect())
+        .collect();
+    tx.commit().await?;
+    Ok(due)
 }
 
 /// Which of `request_ids` the decision log holds.
 ///
 /// # Errors
-/// The database is unavailable.
+/// The database is unavailable, or the statement outlived its bounds.
 pub async fn decided_among(
     pool: &Pool,
     request_ids: &[Uuid],
 ) -> Result<HashSet<Uuid>, WorkerError> {
-    let client = pool.get().await?;
-    let stmt = client
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    tx.batch_execute(SCAN_BOUNDS).await?;
+    let stmt = tx
         .prepare_cached("SELECT request_id FROM booking_requests WHERE request_id = ANY($1)")
         .await?;
-    Ok(client
+    let decided = tx
         .query(&stmt, &[&request_ids])
         .await?
         .iter()
         .map(|r| r.get(0))
-        .collect())
+        .collect();
+    tx.commit().await?;
+    Ok(decided)
 }

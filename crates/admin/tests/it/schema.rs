@@ -45,6 +45,29 @@ async fn the_seat_counter_cannot_pass_the_booking_limit() {
 }
 
 #[tokio::test]
+async fn max_per_booking_cannot_pass_the_booking_limit_nor_a_hold_lack_its_deadline() {
+    let db = TestDatabase::new().await;
+    let (client, goods, users) = goods_with_one_seat(&db).await;
+    let over = client
+        .execute(
+            "UPDATE goods SET max_per_booking = booking_limit + 1 WHERE id = $1",
+            &[&goods],
+        )
+        .await
+        .expect_err("maxPerBooking above the limit refused");
+    assert_eq!(over.code(), Some(&SqlState::CHECK_VIOLATION));
+    let held = client
+        .execute(
+            "INSERT INTO bookings (goods_id, user_id, request_id, quantity, status, position) \
+             VALUES ($1, $2, gen_random_uuid(), 1, 'held', 1)",
+            &[&goods, &users[0]],
+        )
+        .await
+        .expect_err("a hold without a deadline refused");
+    assert_eq!(held.code(), Some(&SqlState::CHECK_VIOLATION));
+}
+
+#[tokio::test]
 async fn a_user_cannot_hold_two_live_bookings_for_one_goods() {
     let db = TestDatabase::new().await;
     let (client, goods, users) = goods_with_one_seat(&db).await;

@@ -146,9 +146,9 @@ fn rfc3339(at: DateTime<Utc>) -> String {
 }
 
 impl PatchGoodsBody {
-    /// The goods' fields with this change, validated as at creation (with the booking
-    /// limit asked for).
-    fn apply(&self, was: &GoodsFields) -> Result<GoodsFields, ApiError> {
+    /// The goods' fields with this change, validated as at creation against booking
+    /// limit `limit`.
+    fn apply(&self, was: &GoodsFields, limit: i64) -> Result<GoodsFields, ApiError> {
         // A show date left out is kept as stored, not validated again (stored values
         // may predate today's rules): validated here is a stand-in, replaced below.
         let show_date = self.show_date.as_deref().unwrap_or("2000-01-01");
@@ -166,7 +166,7 @@ impl PatchGoodsBody {
             price: self.price.unwrap_or(was.price),
             img_url: self.img_url.as_deref().unwrap_or(&was.img_url),
             show_date,
-            booking_limit: self.booking_limit.unwrap_or(i64::from(was.booking_limit)),
+            booking_limit: limit,
             max_per_booking: Some(
                 self.max_per_booking
                     .unwrap_or(i64::from(was.max_per_booking)),
@@ -214,9 +214,11 @@ pub async fn update(
     req: HttpRequest,
     ApiJson(body): ApiJson<PatchGoodsBody>,
 ) -> Result<HttpResponse, ApiError> {
+    // The fields are written against the limit the goods has then (the worker's,
+    // ours or a concurrent change's): maxPerBooking never exceeds it.
     let write = || async {
         let goods = db::update_goods(&state.pool, id, user.id, GoodsChange::Write, |was| {
-            body.apply(was)
+            body.apply(was, i64::from(was.booking_limit))
         })
         .await?;
         state.goods.invalidate(&id).await;
@@ -228,7 +230,7 @@ pub async fn update(
         return Ok(HttpResponse::Ok().json(GoodsResponse::from(goods)));
     };
     db::update_goods(&state.pool, id, user.id, GoodsChange::Check, |was| {
-        body.apply(was)
+        body.apply(was, new_limit)
     })
     .await?;
     // Validated by the check: 1 to MAX_BOOKING_LIMIT.
@@ -260,9 +262,12 @@ pub async fn update(
             Err(ApiError::LimitBelowBooked(booked))
         }
         (_, Some(RejectReason::GoodsNotFound)) => Err(ApiError::GoodsNotFound),
-        (status, reason) => Err(ApiError::Internal(
-            format!("booking limit change {request_id} decided {status} ({reason:?})").into(),
-        )),
+        (status, reason) => {
+            // Dead-lettered (a worker older than limit changes, during an upgrade):
+            // not the change's fault; it may be sent again.
+            tracing::warn!(%request_id, %status, ?reason, "booking limit change not made");
+            Err(ApiError::LimitChangeFailed)
+        }
     }
 }
 
