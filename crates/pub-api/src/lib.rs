@@ -16,9 +16,11 @@
 //!   worker thread; `backlog`: per-shard backpressure and Redis memory samples;
 //!   `revocation`: the set of deleted users, read incrementally; `request_id`: the
 //!   `x-request-id` middleware; `limits`: the per-address signup/login budget and the
-//!   bound on concurrent password hashing.
+//!   bound on concurrent password hashing; `cors`: CORS answers for the origins of
+//!   `TICKETNEST_CORS_ORIGINS`.
 
 mod backlog;
+mod cors;
 mod db;
 mod domain;
 pub mod error;

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     backlog::Backlog,
+    cors,
     error::ApiError,
     extract::{payload_config, query_config},
     limits,
@@ -195,6 +196,7 @@ impl Application {
             })?
             .port();
         let data = Data::new(state.clone());
+        let origins = state.cors_origins.clone();
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
@@ -202,6 +204,7 @@ impl Application {
                 .app_data(query_config())
                 .configure(routes)
                 .default_service(web::to(not_found))
+                .wrap(cors::middleware(origins.clone()))
                 .wrap(from_fn(request_id::middleware))
         })
         .disable_signals()

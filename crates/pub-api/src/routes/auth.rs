@@ -20,6 +20,9 @@ use crate::{
 pub struct SignupBody {
     email: String,
     password: String,
+    /// The password typed again, as the original TicketNest's sign-up form sends it;
+    /// optional, and when present it must equal `password`.
+    confirm: Option<String>,
     nickname: String,
 }
 
@@ -59,6 +62,12 @@ pub async fn signup(
     limits::check_address(&state, &req)?;
     let email = Email::parse(&body.email)?;
     let password = Password::parse(&body.password)?;
+    if body.confirm.as_ref().is_some_and(|c| *c != body.password) {
+        return Err(ApiError::validation(
+            "confirm",
+            "confirm must equal password",
+        ));
+    }
     let nickname = Nickname::parse(&body.nickname)?;
     let hashing = state.passwords.clone();
     let hash = off_the_workers(&state, move || {

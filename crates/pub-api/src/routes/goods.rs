@@ -361,14 +361,10 @@ pub struct ListQuery {
     limit: Option<i64>,
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct GoodsPage {
-    items: Vec<GoodsResponse>,
-    /// Pass as `cursor` to get the next page; `null` on the last page.
-    next_cursor: Option<i64>,
-}
-
+/// `GET /api/goods`: a bare JSON array of goods in id order (what the original
+/// TicketNest front end reads); when more follow, a `Link: <...>; rel="next"` header
+/// (as GitHub's API pages) names the next page, with the same `limit` and the last id
+/// as `cursor`.
 pub async fn list(
     state: web::Data<AppState>,
     query: web::Query<ListQuery>,
@@ -388,15 +384,21 @@ pub async fn list(
     let mut rows = db::list_goods(&state.pool, after, limit + 1).await?;
     let more = rows.len() > page_size;
     rows.truncate(page_size);
-    let next_cursor = if more {
-        rows.last().map(|g| g.id)
-    } else {
-        None
-    };
-    Ok(HttpResponse::Ok().json(GoodsPage {
-        items: rows.into_iter().map(GoodsResponse::from).collect(),
-        next_cursor,
-    }))
+    let mut response = HttpResponse::Ok();
+    if let Some(last) = rows.last().filter(|_| more) {
+        response.insert_header((
+            header::LINK,
+            format!(
+                "</api/goods?limit={limit}&cursor={}>; rel=\"next\"",
+                last.id
+            ),
+        ));
+    }
+    Ok(response.json(
+        rows.into_iter()
+            .map(GoodsResponse::from)
+            .collect::<Vec<_>>(),
+    ))
 }
 
 pub async fn detail(

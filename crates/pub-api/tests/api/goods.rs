@@ -62,14 +62,26 @@ async fn the_goods_list_pages_with_a_stable_cursor() {
             Some(c) => format!("/api/goods?limit=2&cursor={c}"),
             None => "/api/goods?limit=2".to_owned(),
         };
-        let (status, body) = parts(app.get(&path, None).await).await;
+        let response = app.get(&path, None).await;
+        let link = response
+            .headers()
+            .get("link")
+            .map(|v| v.to_str().expect("ascii").to_owned());
+        let (status, body) = parts(response).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         pages += 1;
-        let items = body["items"].as_array().expect("items");
+        let items = body.as_array().expect("a bare array");
         assert!(items.len() <= 2);
         seen.extend(items.iter().map(|g| g["id"].as_i64().expect("id")));
-        match body["nextCursor"].as_i64() {
-            Some(next) => cursor = Some(next),
+        match link {
+            Some(link) => {
+                let last = items.last().expect("a page before the next")["id"].clone();
+                assert_eq!(
+                    link,
+                    format!("</api/goods?limit=2&cursor={last}>; rel=\"next\"")
+                );
+                cursor = last.as_i64();
+            }
             None => break,
         }
     }

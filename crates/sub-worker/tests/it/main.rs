@@ -8,6 +8,7 @@ mod cancel;
 mod dead_letter;
 mod distributed;
 mod fifo;
+mod front_end;
 mod goods_management;
 mod holds;
 mod idempotency;

@@ -1,0 +1,40 @@
+//! CORS for front ends on other origins (`TICKETNEST_CORS_ORIGINS`).
+//!
+//! Each listed origin (exact `scheme://host[:port]`) gets CORS answers with credentials
+//! allowed, so its pages may call the API with the `Authorization` cookie: preflights
+//! are answered (methods, the request headers clients send, a max age), responses carry
+//! `Access-Control-Allow-Origin` for it and expose the headers clients read (`Location`,
+//! `Link`, `Retry-After`). Any other origin gets no CORS headers (a browser then keeps
+//! the answer from the page), but its requests are not refused here: same-origin pages
+//! need no CORS, public reads stay public, and cookie-authenticated changes from other
+//! sites are refused by `extract::check_origin`. No origin is listed by default.
+
+use std::sync::Arc;
+
+use actix_cors::Cors;
+use actix_web::http::{header, Method};
+
+/// How long a browser may cache a preflight answer.
+const PREFLIGHT_MAX_AGE_SECS: usize = 3_600;
+
+/// The CORS middleware for `origins`.
+pub fn middleware(origins: Arc<[String]>) -> Cors {
+    Cors::default()
+        .allowed_origin_fn(move |origin, _| {
+            origin.to_str().is_ok_and(|o| {
+                origins
+                    .iter()
+                    .any(|allowed| allowed.eq_ignore_ascii_case(o))
+            })
+        })
+        .allowed_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+        .allowed_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::HeaderName::from_static("idempotency-key"),
+        ])
+        .expose_headers([header::LOCATION, header::LINK, header::RETRY_AFTER])
+        .supports_credentials()
+        .max_age(PREFLIGHT_MAX_AGE_SECS)
+        .block_on_origin_mismatch(false)
+}
