@@ -498,3 +498,66 @@ pub async fn decision_as_written(
         hold_expires_at_ms: row.try_get(8)?,
     }))
 }
+
+/// One of a user's bookings, as `GET /api/me/bookings` lists it.
+#[derive(Debug)]
+pub struct MyBooking {
+    pub id: i64,
+    pub request_id: Uuid,
+    pub goods_id: i64,
+    pub goods_title: String,
+    pub quantity: i32,
+    /// As written (a newer build's word is passed on).
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+    pub promoted_at: Option<DateTime<Utc>>,
+    pub hold_expires_at: Option<DateTime<Utc>>,
+    /// While waitlisted: 1 + the waitlisted bookings of the goods ahead of it.
+    pub waitlist_position: Option<i64>,
+}
+
+/// The user's bookings with ids below `before` (all when `None`), newest first, at
+/// most `limit` (index `bookings_by_user`; a waitlist place's position is counted on
+/// `bookings_waitlist`).
+///
+/// # Errors
+/// A database failure.
+pub async fn my_bookings(
+    pool: &Pool,
+    user_id: i64,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<MyBooking>, ApiError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT b.id, b.request_id, b.goods_id, g.title, b.quantity, b.status, \
+               b.created_at, b.promoted_at, b.hold_expires_at, \
+               CASE WHEN b.status = 'waitlisted' THEN 1 + (SELECT count(*) FROM bookings w \
+                 WHERE w.goods_id = b.goods_id AND w.status = 'waitlisted' \
+                   AND w.position < b.position) END \
+             FROM bookings b JOIN goods g ON g.id = b.goods_id \
+             WHERE b.user_id = $1 AND ($2::int8 IS NULL OR b.id < $2) \
+             ORDER BY b.id DESC LIMIT $3",
+        )
+        .await?;
+    client
+        .query(&stmt, &[&user_id, &before, &limit])
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(MyBooking {
+                id: r.try_get(0)?,
+                request_id: r.try_get(1)?,
+                goods_id: r.try_get(2)?,
+                goods_title: r.try_get(3)?,
+                quantity: r.try_get(4)?,
+                status: r.try_get(5)?,
+                created_at: r.try_get(6)?,
+                promoted_at: r.try_get(7)?,
+                hold_expires_at: r.try_get(8)?,
+                waitlist_position: r.try_get(9)?,
+            })
+        })
+        .collect()
+}

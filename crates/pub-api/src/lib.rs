@@ -7,7 +7,7 @@
 //!
 //! Module map:
 //! * [`startup`]: builds the state, binds, registers every route (one table).
-//! * `routes`: one module per resource (`auth`, `goods`, `bookings`, `health`); each
+//! * `routes`: one module per resource (`auth`, `goods`, `bookings`, `me`, `health`; `paging` for lists); each
 //!   handler parses, authorizes, calls, answers. Bookings go through `shared::stream`.
 //! * `extract`: typed input (JSON bodies, path ids, the authenticated user).
 //! * `domain`: validated input types; `db`: every SQL statement the API runs.

@@ -28,7 +28,7 @@ use crate::{
     limits,
     redis_local::LocalRedis,
     request_id, revocation,
-    routes::{auth, bookings, goods, health},
+    routes::{auth, bookings, goods, health, me},
     state::AppState,
 };
 
@@ -126,7 +126,8 @@ fn routes(cfg: &mut web::ServiceConfig) {
                 .service(
                     resource("/bookings/requests/{request_id}")
                         .route(web::get().to(bookings::status)),
-                ),
+                )
+                .service(resource("/me/bookings").route(web::get().to(me::bookings))),
         );
 }
 

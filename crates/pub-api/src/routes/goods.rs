@@ -24,12 +24,12 @@ use crate::{
     error::ApiError,
     extract::{ApiJson, AuthUser, IdPath},
     request_id::RequestId,
-    routes::bookings::{now_ms, status_url},
+    routes::{
+        bookings::{now_ms, status_url},
+        paging::PageQuery,
+    },
     state::AppState,
 };
-
-const DEFAULT_PAGE_SIZE: i64 = 20;
-const MAX_PAGE_SIZE: i64 = 100;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -353,52 +353,16 @@ pub async fn delete(
     Ok(HttpResponse::NoContent().finish())
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ListQuery {
-    /// Return goods with ids after this one (the previous page's `nextCursor`).
-    cursor: Option<i64>,
-    limit: Option<i64>,
-}
-
 /// `GET /api/goods`: a bare JSON array of goods in id order (what the original
-/// TicketNest front end reads); when more follow, a `Link: <...>; rel="next"` header
-/// (as GitHub's API pages) names the next page, with the same `limit` and the last id
-/// as `cursor`.
+/// TicketNest front end reads), paged by id (`routes::paging`).
 pub async fn list(
     state: web::Data<AppState>,
-    query: web::Query<ListQuery>,
+    query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let limit = query.limit.unwrap_or(DEFAULT_PAGE_SIZE);
-    let page_size = usize::try_from(limit)
-        .ok()
-        .filter(|_| (1..=MAX_PAGE_SIZE).contains(&limit))
-        .ok_or_else(|| {
-            ApiError::InvalidQuery(format!("limit must be between 1 and {MAX_PAGE_SIZE}"))
-        })?;
-    let after = query.cursor.unwrap_or(0);
-    if after < 0 {
-        return Err(ApiError::InvalidQuery("cursor must not be negative".into()));
-    }
-    // One extra row tells whether another page follows.
-    let mut rows = db::list_goods(&state.pool, after, limit + 1).await?;
-    let more = rows.len() > page_size;
-    rows.truncate(page_size);
-    let mut response = HttpResponse::Ok();
-    if let Some(last) = rows.last().filter(|_| more) {
-        response.insert_header((
-            header::LINK,
-            format!(
-                "</api/goods?limit={limit}&cursor={}>; rel=\"next\"",
-                last.id
-            ),
-        ));
-    }
-    Ok(response.json(
-        rows.into_iter()
-            .map(GoodsResponse::from)
-            .collect::<Vec<_>>(),
-    ))
+    let page = query.checked()?;
+    let rows = db::list_goods(&state.pool, page.cursor.unwrap_or(0), page.fetch()).await?;
+    let goods: Vec<GoodsResponse> = rows.into_iter().map(GoodsResponse::from).collect();
+    Ok(page.respond("/api/goods", goods, |g| g.id))
 }
 
 pub async fn detail(

@@ -4,3 +4,5 @@ pub mod auth;
 pub mod bookings;
 pub mod goods;
 pub mod health;
+pub mod me;
+pub mod paging;

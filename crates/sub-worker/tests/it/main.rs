@@ -15,6 +15,7 @@ mod idempotency;
 mod limit_changes;
 mod memory;
 mod model;
+mod my_bookings;
 mod nemesis;
 mod outages;
 mod redelivery;

@@ -1,0 +1,68 @@
+//! `GET /api/me/bookings`: the caller's bookings of every state, newest first.
+
+use actix_web::{web, HttpResponse};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::{
+    db::{self, MyBooking},
+    error::ApiError,
+    extract::AuthUser,
+    routes::paging::PageQuery,
+    state::AppState,
+};
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BookingResponse {
+    booking_id: i64,
+    /// The booking request that made it (its status URL:
+    /// `/api/bookings/requests/{requestId}`).
+    request_id: Uuid,
+    goods_id: i64,
+    goods_title: String,
+    quantity: i32,
+    /// `confirmed`, `held`, `waitlisted`, `cancelled` or `expired`.
+    status: String,
+    created_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    promoted_at: Option<DateTime<Utc>>,
+    /// A hold's deadline (kept once confirmed or expired).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hold_expires_at: Option<DateTime<Utc>>,
+    /// While waitlisted: its place in the goods' waitlist, 1 = next to be promoted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    waitlist_position: Option<i64>,
+}
+
+impl From<MyBooking> for BookingResponse {
+    fn from(b: MyBooking) -> Self {
+        Self {
+            booking_id: b.id,
+            request_id: b.request_id,
+            goods_id: b.goods_id,
+            goods_title: b.goods_title,
+            quantity: b.quantity,
+            status: b.status,
+            created_at: b.created_at,
+            promoted_at: b.promoted_at,
+            hold_expires_at: b.hold_expires_at,
+            waitlist_position: b.waitlist_position,
+        }
+    }
+}
+
+/// A bare JSON array, newest first, paged by booking id (`routes::paging`: the
+/// `Link` header names the next page).
+#[tracing::instrument(skip_all, fields(user_id = user.id))]
+pub async fn bookings(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    query: web::Query<PageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let page = query.checked()?;
+    let rows = db::my_bookings(&state.pool, user.id, page.cursor, page.fetch()).await?;
+    let bookings: Vec<BookingResponse> = rows.into_iter().map(BookingResponse::from).collect();
+    Ok(page.respond("/api/me/bookings", bookings, |b| b.booking_id))
+}
