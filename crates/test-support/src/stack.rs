@@ -720,6 +720,16 @@ pub fn signal(child: &Child, signal: &str) {
     assert!(sent.success(), "kill -{signal} {pid}");
 }
 
+/// A list page's status, JSON body and `Link` header (the next page, if any).
+pub async fn page_parts(response: Response) -> (StatusCode, Value, Option<String>) {
+    let link = response
+        .headers()
+        .get("link")
+        .map(|v| v.to_str().expect("an ASCII Link header").to_owned());
+    let (status, body) = parts(response).await;
+    (status, body, link)
+}
+
 /// Status and JSON body of a response (`Value::Null` if the body is not JSON).
 pub async fn parts(response: Response) -> (StatusCode, Value) {
     let status = response.status();

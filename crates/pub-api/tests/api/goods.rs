@@ -1,7 +1,7 @@
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{assert_error, assert_invalid_field, parts, spawn_app};
+use crate::helpers::{assert_error, assert_invalid_field, page_parts, parts, spawn_app};
 
 #[tokio::test]
 async fn an_organizer_creates_goods_and_anyone_reads_them_with_seat_counts() {
@@ -62,12 +62,7 @@ async fn the_goods_list_pages_with_a_stable_cursor() {
             Some(c) => format!("/api/goods?limit=2&cursor={c}"),
             None => "/api/goods?limit=2".to_owned(),
         };
-        let response = app.get(&path, None).await;
-        let link = response
-            .headers()
-            .get("link")
-            .map(|v| v.to_str().expect("ascii").to_owned());
-        let (status, body) = parts(response).await;
+        let (status, body, link) = page_parts(app.get(&path, None).await).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         pages += 1;
         let items = body.as_array().expect("a bare array");

@@ -1,6 +1,8 @@
 //! The shared test stack (`test_support::stack`), as the API's tests start it.
 
-pub use test_support::stack::{assert_error, assert_invalid_field, parts, Stack as TestApp};
+pub use test_support::stack::{
+    assert_error, assert_invalid_field, page_parts, parts, Stack as TestApp,
+};
 use test_support::TestRedis;
 
 /// The API in-process with a database and Redis prefix of its own.

@@ -4,16 +4,11 @@
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_error, parts, spawn_stack, Stack};
+use crate::helpers::{assert_error, page_parts, parts, spawn_stack, Stack};
 
 /// The caller's bookings page at `path`: the array and the `Link` header.
 async fn mine(stack: &Stack, path: &str, token: &str) -> (Vec<Value>, Option<String>) {
-    let response = stack.get(path, Some(token)).await;
-    let link = response
-        .headers()
-        .get("link")
-        .map(|v| v.to_str().expect("ascii").to_owned());
-    let (status, body) = parts(response).await;
+    let (status, body, link) = page_parts(stack.get(path, Some(token)).await).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     (body.as_array().expect("a bare array").clone(), link)
 }
