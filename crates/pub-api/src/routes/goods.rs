@@ -54,7 +54,7 @@ pub struct GoodsResponse {
     organizer_id: i64,
     #[serde(flatten)]
     fields: GoodsFields,
-    /// Seats held by confirmed bookings.
+    /// Seats taken by confirmed and held bookings.
     booking_count: i32,
     remaining: i32,
     /// Bookings waiting for seats.
