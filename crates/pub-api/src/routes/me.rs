@@ -1,6 +1,6 @@
 //! `GET /api/me/bookings`: the caller's bookings of every state, newest first.
 
-use actix_web::{web, HttpResponse};
+use actix_web::{http::header, web, HttpResponse};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
@@ -28,10 +28,13 @@ struct BookingResponse {
     created_at: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]
     promoted_at: Option<DateTime<Utc>>,
-    /// A hold's deadline (kept once confirmed or expired).
+    /// A hold's deadline: set on a booking that got its seats as a hold, and kept once
+    /// it is confirmed or expired.
     #[serde(skip_serializing_if = "Option::is_none")]
     hold_expires_at: Option<DateTime<Utc>>,
-    /// While waitlisted: its place in the goods' waitlist, 1 = next to be promoted.
+    /// While waitlisted: its place in the goods' waitlist, 1 = first in line. Seats go
+    /// to the first bookings in line that fit them, so a smaller booking further back
+    /// may be promoted before a larger one ahead.
     #[serde(skip_serializing_if = "Option::is_none")]
     waitlist_position: Option<i64>,
 }
@@ -64,5 +67,11 @@ pub async fn bookings(
     let page = query.checked()?;
     let rows = db::my_bookings(&state.pool, user.id, page.cursor, page.fetch()).await?;
     let bookings: Vec<BookingResponse> = rows.into_iter().map(BookingResponse::from).collect();
-    Ok(page.respond("/api/me/bookings", bookings, |b| b.booking_id))
+    let mut response = page.respond("/api/me/bookings", bookings, |b| b.booking_id);
+    // Personal: no shared cache may keep it.
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("private, no-store"),
+    );
+    Ok(response)
 }

@@ -130,12 +130,16 @@ async fn the_original_front_ends_calls_work_with_a_cookie_jar_only() {
 }
 
 async fn preflight(stack: &Stack, origin: &str) -> reqwest::Response {
+    preflight_with(stack, origin, "content-type").await
+}
+
+async fn preflight_with(stack: &Stack, origin: &str, headers: &str) -> reqwest::Response {
     stack
         .http
         .request(Method::OPTIONS, stack.url("/api/booking/1"))
         .header(header::ORIGIN, origin)
         .header(header::ACCESS_CONTROL_REQUEST_METHOD, "DELETE")
-        .header(header::ACCESS_CONTROL_REQUEST_HEADERS, "content-type")
+        .header(header::ACCESS_CONTROL_REQUEST_HEADERS, headers)
         .send()
         .await
         .expect("send")
@@ -155,6 +159,11 @@ async fn preflights_are_answered_for_listed_origins_only_with_credentials() {
         .to_str()
         .expect("ascii");
     assert!(methods.contains("DELETE"), "{methods}");
+    let asked = preflight_with(&stack, ALLOWED, "x-request-id,idempotency-key").await;
+    assert_eq!(
+        asked.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+        ALLOWED
+    );
 
     let refused = preflight(&stack, "https://evil.example").await;
     assert!(
@@ -185,6 +194,7 @@ async fn preflights_are_answered_for_listed_origins_only_with_credentials() {
         .expect("ascii")
         .to_ascii_lowercase();
     assert!(exposed.contains("link"), "{exposed}");
+    assert!(exposed.contains("x-request-id"), "{exposed}");
     // Another origin still reads public data, without a CORS answer for its page.
     let other = stack
         .http

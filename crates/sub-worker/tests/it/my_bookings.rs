@@ -8,7 +8,13 @@ use crate::helpers::{assert_error, page_parts, parts, spawn_stack, Stack};
 
 /// The caller's bookings page at `path`: the array and the `Link` header.
 async fn mine(stack: &Stack, path: &str, token: &str) -> (Vec<Value>, Option<String>) {
-    let (status, body, link) = page_parts(stack.get(path, Some(token)).await).await;
+    let response = stack.get(path, Some(token)).await;
+    assert_eq!(
+        response.headers()["cache-control"],
+        "private, no-store",
+        "personal: never in a shared cache"
+    );
+    let (status, body, link) = page_parts(response).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     (body.as_array().expect("a bare array").clone(), link)
 }
@@ -29,6 +35,9 @@ async fn my_bookings_lists_every_state_newest_first_with_positions_and_deadlines
     for (user, token) in [u, v, w] {
         stack.book(hall, *user, token, 1).await;
     }
+    // Newest first is the order bookings were made in; the two goods may sit on
+    // different shards, decided side by side: make u's second booking the later one.
+    stack.wait_for_decisions(3).await;
     stack.book(held, u.0, &u.1, 1).await;
     stack.wait_for_decisions(4).await;
 
