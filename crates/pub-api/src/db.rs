@@ -499,6 +499,30 @@ pub async fn decision_as_written(
     }))
 }
 
+/// The waitlist place of the waitlisted booking `b`: 1 + the waitlisted bookings of its
+/// goods ahead of it (counted on the index `bookings_waitlist`).
+const WAITLIST_PLACE: &str = "1 + (SELECT count(*) FROM bookings w \
+     WHERE w.goods_id = b.goods_id AND w.status = 'waitlisted' AND w.position < b.position)";
+
+/// A booking's place in its goods' waitlist (1 = next in line) while it is waitlisted;
+/// `None` once it is not.
+///
+/// # Errors
+/// A database failure.
+pub async fn waitlist_position(pool: &Pool, booking_id: i64) -> Result<Option<i64>, ApiError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(&format!(
+            "SELECT {WAITLIST_PLACE} FROM bookings b WHERE b.id = $1 AND b.status = 'waitlisted'"
+        ))
+        .await?;
+    Ok(client
+        .query_opt(&stmt, &[&booking_id])
+        .await?
+        .map(|row| row.try_get(0))
+        .transpose()?)
+}
+
 /// One of a user's bookings, as `GET /api/me/bookings` lists it.
 #[derive(Debug)]
 pub struct MyBooking {
@@ -530,16 +554,14 @@ pub async fn my_bookings(
 ) -> Result<Vec<MyBooking>, ApiError> {
     let client = pool.get().await?;
     let stmt = client
-        .prepare_cached(
+        .prepare_cached(&format!(
             "SELECT b.id, b.request_id, b.goods_id, g.title, b.quantity, b.status, \
                b.created_at, b.promoted_at, b.hold_expires_at, \
-               CASE WHEN b.status = 'waitlisted' THEN 1 + (SELECT count(*) FROM bookings w \
-                 WHERE w.goods_id = b.goods_id AND w.status = 'waitlisted' \
-                   AND w.position < b.position) END \
+               CASE WHEN b.status = 'waitlisted' THEN {WAITLIST_PLACE} END \
              FROM bookings b JOIN goods g ON g.id = b.goods_id \
              WHERE b.user_id = $1 AND ($2::int8 IS NULL OR b.id < $2) \
-             ORDER BY b.id DESC LIMIT $3",
-        )
+             ORDER BY b.id DESC LIMIT $3"
+        ))
         .await?;
     client
         .query(&stmt, &[&user_id, &before, &limit])

@@ -17,7 +17,8 @@
 //!   `revocation`: the set of deleted users, read incrementally; `request_id`: the
 //!   `x-request-id` middleware; `limits`: the per-address signup/login budget and the
 //!   bound on concurrent password hashing; `cors`: CORS answers for the origins of
-//!   `TICKETNEST_CORS_ORIGINS`.
+//!   `TICKETNEST_CORS_ORIGINS`; `long_poll`: status long-polls, woken by the
+//!   workers' notes on one pub/sub connection.
 
 mod backlog;
 mod cors;
@@ -26,6 +27,7 @@ mod domain;
 pub mod error;
 mod extract;
 mod limits;
+mod long_poll;
 mod redis_local;
 mod request_id;
 mod revocation;

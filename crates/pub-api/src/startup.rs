@@ -26,6 +26,7 @@ use crate::{
     error::ApiError,
     extract::{payload_config, query_config},
     limits,
+    long_poll::Waiters,
     redis_local::LocalRedis,
     request_id, revocation,
     routes::{auth, bookings, goods, health, me},
@@ -70,6 +71,9 @@ pub struct Application {
     port: u16,
     server: Server,
     state: AppState,
+    redis_config: shared::config::RedisConfig,
+    /// Ends every long-poll at once when shutdown begins.
+    stopping: CancellationToken,
     /// Picks up where the startup load of deleted users left off.
     revocation: revocation::Refresher,
 }
@@ -162,6 +166,7 @@ impl Application {
         shared::queue::check_server(&mut redis).await?;
         let passwords = PasswordHashing::new(config.auth.argon2)?;
         let dummy_hash: Arc<str> = passwords.hash(&uuid::Uuid::new_v4().to_string())?.into();
+        let stopping = CancellationToken::new();
         let state = AppState {
             pool,
             redis: LocalRedis::new(config.redis.clone(), redis),
@@ -182,6 +187,7 @@ impl Application {
             hashing: limits::hashing_permits(config.http.hashing_concurrency),
             secure_cookies: config.environment == Environment::Prod,
             cors_origins: config.http.cors_origins.clone().into(),
+            waiters: Waiters::new(stopping.clone()),
         };
         let mut revoked_users = revocation::Refresher::new();
         revoked_users
@@ -224,6 +230,8 @@ impl Application {
             port,
             server,
             state,
+            redis_config: config.redis,
+            stopping,
             revocation: revoked_users,
         })
     }
@@ -249,6 +257,11 @@ impl Application {
             .auth_limiter
             .clone()
             .map(|limiter| tokio::spawn(limits::run(limiter, shutdown.child_token())));
+        let listener = tokio::spawn(self.state.waiters.clone().listen(
+            self.redis_config,
+            self.state.keys.clone(),
+            shutdown.child_token(),
+        ));
         let refresher = tokio::spawn(revocation::run(
             self.state,
             self.revocation,
@@ -256,9 +269,12 @@ impl Application {
         ));
         let stopper = {
             let shutdown = shutdown.clone();
+            let stopping = self.stopping;
             tokio::spawn(async move {
                 shutdown.cancelled().await;
                 tracing::info!("shutting down: finishing in-flight requests");
+                // Long-polls answer now with the status they have.
+                stopping.cancel();
                 handle.stop(true).await;
             })
         };
@@ -267,6 +283,7 @@ impl Application {
         let _ = stopper.await;
         let _ = refresher.await;
         let _ = sampler.await;
+        let _ = listener.await;
         if let Some(forgetter) = forgetter {
             let _ = forgetter.await;
         }

@@ -17,7 +17,10 @@ use shared::{
     keys::Keys,
 };
 
-use crate::{backlog::Backlog, db::GoodsLimits, limits::AddressLimiter, redis_local::LocalRedis};
+use crate::{
+    backlog::Backlog, db::GoodsLimits, limits::AddressLimiter, long_poll::Waiters,
+    redis_local::LocalRedis,
+};
 
 /// Most goods kept in the in-process cache.
 const GOODS_CACHE_CAPACITY: u64 = 100_000;
@@ -53,6 +56,8 @@ pub struct AppState {
     pub dummy_hash: Arc<str>,
     /// Whether cookies are marked `Secure` (prod).
     pub secure_cookies: bool,
+    /// The status long-polls waiting in this process (`long_poll`).
+    pub waiters: Waiters,
     /// Other origins allowed to send cookie-authenticated state-changing requests
     /// (`TICKETNEST_CORS_ORIGINS`), lower case.
     pub cors_origins: Arc<[String]>,

@@ -95,6 +95,30 @@ impl Keys {
         format!("{}:{{s{shard}}}:rate:{user_id}", self.prefix)
     }
 
+    /// `tn:{s3}:turns` — per goods of shard 3 (field: goods id), the last turn handed
+    /// out: how many requests for it were ever accepted. Advanced by the enqueue
+    /// script, which stamps the turn on the request's entry (`n`) and status hash
+    /// (`turn`). Never expires (a few bytes per goods).
+    pub fn turns(&self, shard: Shard) -> String {
+        format!("{}:{{s{shard}}}:turns", self.prefix)
+    }
+
+    /// `tn:{s3}:decided` — per goods of shard 3 (field: goods id), the highest turn
+    /// decided: raised by the worker's settle script as it acknowledges entries. A
+    /// queued request's position is its turn - 1 - this (`stream::poll_status`).
+    pub fn decided_turns(&self, shard: Shard) -> String {
+        format!("{}:{{s{shard}}}:decided", self.prefix)
+    }
+
+    /// `tn:{s3}:settled` — the pub/sub channel on which the worker's settle script
+    /// names (comma-separated request ids, 32 hex digits each) the requests of shard 3
+    /// whose status it just wrote. API copies listen on every shard's channel to
+    /// answer long-polls at once; a note nobody hears costs nothing (a channel holds
+    /// nothing).
+    pub fn settled_channel(&self, shard: Shard) -> String {
+        format!("{}:{{s{shard}}}:settled", self.prefix)
+    }
+
     /// A new request id for a booking on `shard`: a time-ordered UUIDv7 whose last two
     /// bytes carry the shard, so a status poll, which has only the id, finds the status
     /// hash (`request_status`) without asking anyone.
@@ -161,6 +185,9 @@ mod tests {
         assert_eq!(keys.lease(s(3)), "tn:{s3}:lease");
         assert_eq!(keys.dead_letter(s(3)), "tn:{s3}:dead");
         assert_eq!(keys.user_rate(s(3), 7), "tn:{s3}:rate:7");
+        assert_eq!(keys.turns(s(3)), "tn:{s3}:turns");
+        assert_eq!(keys.decided_turns(s(3)), "tn:{s3}:decided");
+        assert_eq!(keys.settled_channel(s(3)), "tn:{s3}:settled");
     }
 
     #[test]

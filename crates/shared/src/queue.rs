@@ -139,6 +139,41 @@ pub async fn connect_dedicated(
     }
 }
 
+/// Opens a pub/sub connection subscribed to `channels`, on the first node that
+/// answers (the server, or the first seed node of a cluster that does: a cluster
+/// delivers `PUBLISH` to every node's subscribers). Connecting and subscribing are
+/// each bounded by the configured timeout.
+///
+/// # Errors
+/// No node answered within the timeout, or none took the subscription.
+pub async fn subscribe(
+    config: &RedisConfig,
+    channels: &[String],
+) -> Result<(redis::aio::PubSubSink, redis::aio::PubSubStream), SharedError> {
+    let mut last = None;
+    for node in nodes(config) {
+        let attempt = async {
+            let client = Client::open(node.as_str())?;
+            let (mut sink, stream) = client.get_async_pubsub().await?.split();
+            sink.subscribe(channels).await?;
+            Ok::<_, redis::RedisError>((sink, stream))
+        };
+        match tokio::time::timeout(config.timeout, attempt).await {
+            Ok(Ok(subscribed)) => return Ok(subscribed),
+            Ok(Err(e)) => last = Some(e),
+            Err(_) => {
+                last = Some(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "timed out subscribing",
+                )));
+            }
+        }
+    }
+    Err(SharedError::QueueUnavailable(last.unwrap_or_else(|| {
+        redis::RedisError::from((redis::ErrorKind::Client, "no Redis node configured"))
+    })))
+}
+
 /// The oldest Redis TicketNest runs on: 7.0 reports a consumer group's `lag` (the
 /// backlog check), takes `XTRIM MINID` (trimming) and script flags.
 pub const MIN_REDIS_VERSION: (u32, u32) = (7, 0);

@@ -54,6 +54,10 @@ pub mod fields {
     pub const ACCEPTED_AT: &str = "at";
     /// The HTTP request id, so worker logs join API logs.
     pub const TRACE: &str = "trace";
+    /// The request's turn: its place among the requests for its goods, 1 for the
+    /// first ever accepted (written by the enqueue script, not part of [`Message`]:
+    /// see [`enqueue`]).
+    pub const TURN: &str = "n";
 
     /// Status hash fields.
     pub mod status {
@@ -69,6 +73,9 @@ pub mod fields {
         pub const PROMOTED: &str = "promoted";
         /// A held booking's deadline, Unix milliseconds.
         pub const HOLD_EXPIRES: &str = "holdexp";
+        /// The request's turn (as the entry's `n`), kept so a `queued` status can say
+        /// how many requests for its goods are still ahead of it.
+        pub const TURN: &str = "turn";
         /// The fencing token of the worker that wrote it: a worker writes over a status
         /// only when its token is at least the one there, so the late write of a
         /// worker that lost the shard never undoes a newer owner's.
@@ -549,11 +556,17 @@ pub enum Enqueued {
 }
 
 /// Accepts a booking in one round trip and one atomic step (a script): checks and
-/// spends the user's rate-limit budget, writes the status `queued` (expiring only
-/// after [`QUEUED_STATUS_TTL`]: its owner must never be told "not found" while it
-/// waits), then appends the entry to its shard's stream. Either all of it happens or
-/// none of it: Redis refuses the whole script, before it writes anything, when it is
-/// out of memory.
+/// spends the user's rate-limit budget, hands the request the next turn of its goods
+/// (`Keys::turns`), writes the status `queued` with that turn (expiring only after
+/// [`QUEUED_STATUS_TTL`]: its owner must never be told "not found" while it waits),
+/// then appends the entry, with its turn, to its shard's stream. Either all of it
+/// happens or none of it: Redis refuses the whole script, before it writes anything,
+/// when it is out of memory.
+///
+/// Turns are handed out in the same atomic step as the append, so for one goods they
+/// follow stream order; the worker decides in stream order, so the requests of a goods
+/// decided so far are always turns 1 to the highest decided ([`settle`] records it),
+/// and a queued request's position is a subtraction ([`poll_status`]).
 ///
 /// # Errors
 /// Redis unreachable or refusing the script.
@@ -569,7 +582,8 @@ pub async fn enqueue<C: ConnectionLike>(
     let mut invocation = ENQUEUE_SCRIPT.key(keys.request_status(shard, request.request_id));
     invocation
         .key(keys.stream(shard))
-        .key(keys.user_rate(shard, request.user_id));
+        .key(keys.user_rate(shard, request.user_id))
+        .key(keys.turns(shard));
     match limit {
         Some(limit) => invocation
             .arg(
@@ -593,7 +607,9 @@ pub async fn enqueue<C: ConnectionLike>(
         .arg(f::STATUS)
         .arg(RequestStatus::Queued.as_str())
         .arg(f::KIND)
-        .arg(message.kind().as_str());
+        .arg(message.kind().as_str())
+        .arg(f::TURN)
+        .arg(fields::TURN);
     for (name, value) in message.to_fields() {
         invocation.arg(name).arg(value);
     }
@@ -614,10 +630,11 @@ pub async fn enqueue<C: ConnectionLike>(
 /// but not forever, should its entry ever be deleted undecided by hand.
 pub const QUEUED_STATUS_TTL: Duration = Duration::from_secs(7 * 86_400);
 
-/// KEYS: the status hash, the stream, the user's rate key. ARGV: the rate limit's
-/// interval in microseconds (0: no limit) and burst, the `queued` status's TTL in
-/// seconds, `1` when the request id comes from an idempotency key, then 5 status
-/// field/value pairs (user, goods, qty, status, kind), then the entry's field/value
+/// KEYS: the status hash, the stream, the user's rate key, the shard's turns hash.
+/// ARGV: the rate limit's interval in microseconds (0: no limit) and burst, the
+/// `queued` status's TTL in seconds, `1` when the request id comes from an idempotency
+/// key, then 5 status field/value pairs (user, goods, qty, status, kind), the names of
+/// the turn's field in the status hash and in the entry, then the entry's field/value
 /// pairs. Returns {1, 0, ''} when accepted, {0, ms to wait, ''} when over the limit,
 /// and for an idempotent request whose status hash exists (accepted before; nothing
 /// is written, no budget spent) {2, 0, its status} when it is of the same kind and (a
@@ -657,9 +674,10 @@ if interval > 0 then
   redis.call('SET', KEYS[3], string.format('%.0f', next_tat),
     'PX', math.ceil((next_tat - now) / 1000) + 1)
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5, 14))
+local turn = redis.call('HINCRBY', KEYS[4], ARGV[8], 1)
+redis.call('HSET', KEYS[1], ARGV[15], turn, unpack(ARGV, 5, 14))
 redis.call('EXPIRE', KEYS[1], ARGV[3])
-redis.call('XADD', KEYS[2], '*', unpack(ARGV, 15))
+redis.call('XADD', KEYS[2], '*', ARGV[16], turn, unpack(ARGV, 17))
 return {1, 0, ''}";
 
 /// Reads a request's status hash (the shard comes from the request id); `None` when
@@ -679,6 +697,79 @@ pub async fn read_status<C: ConnectionLike>(
     let hash: HashMap<String, String> = redis::cmd("HGETALL").arg(key).query_async(conn).await?;
     Ok(StatusRecord::from_fields(request_id, &hash))
 }
+
+/// A request's status as its owner polls it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Polled {
+    pub record: StatusRecord,
+    /// While `queued`: how many requests for the same goods are ahead of it in stream
+    /// order and still undecided. `None` for a request accepted by a build before
+    /// turns (it has none).
+    pub position: Option<u64>,
+}
+
+/// Reads a request's status and, while it is `queued`, its position, in one round trip
+/// and one atomic step (a script reading the status hash and its goods' highest
+/// decided turn): O(1) however long the queue. `None` as [`read_status`].
+///
+/// The position is the request's turn - 1 - the goods' highest decided turn: every
+/// turn up to that one is decided (turns follow stream order, and so do decisions),
+/// none after it. It is read in the same step as the status, and a worker raises the
+/// decided turn in the same step as it writes the statuses ([`settle`]), so a `queued`
+/// status never comes with a position that counts requests already decided, nor
+/// misses one still undecided.
+///
+/// # Errors
+/// Redis unreachable.
+pub async fn poll_status<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &Keys,
+    request_id: Uuid,
+) -> RedisResult<Option<Polled>> {
+    let Some(shard) = Keys::shard_in_request_id(request_id) else {
+        return Ok(None);
+    };
+    let (hash, decided): (HashMap<String, String>, String) = POLL_SCRIPT
+        .key(keys.request_status(shard, request_id))
+        .key(keys.decided_turns(shard))
+        .arg(fields::status::GOODS)
+        .invoke_async(conn)
+        .await?;
+    let Some(record) = StatusRecord::from_fields(request_id, &hash) else {
+        return Ok(None);
+    };
+    let turn = hash
+        .get(fields::status::TURN)
+        .and_then(|t| t.parse::<u64>().ok());
+    let position = (record.status == RequestStatus::Queued)
+        .then(|| turn.map(|t| queue_position(t, decided.parse().unwrap_or(0))))
+        .flatten();
+    Ok(Some(Polled { record, position }))
+}
+
+/// How many requests are ahead of turn `turn` when every turn up to `decided` is
+/// decided. A decided turn at or past it (its own decision landed, its status was
+/// not rewritten: a newer owner fenced it off) leaves none ahead.
+fn queue_position(turn: u64, decided: u64) -> u64 {
+    turn.saturating_sub(1).saturating_sub(decided)
+}
+
+/// KEYS: the status hash, the shard's decided-turns hash. ARGV: the name of the status
+/// hash's goods field. Returns {the hash as field/value pairs, the goods' highest
+/// decided turn or ''}. Reads only, so it runs on a full Redis.
+static POLL_SCRIPT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"#!lua flags=allow-oom,no-writes
+local hash = redis.call('HGETALL', KEYS[1])
+local goods
+for i = 1, #hash, 2 do
+  if hash[i] == ARGV[1] then goods = hash[i + 1] end
+end
+local decided = ''
+if goods then decided = redis.call('HGET', KEYS[2], goods) or '' end
+return {hash, decided}",
+    )
+});
 
 /// Which of `request_ids` (of one shard) still have a status hash, in one pipelined
 /// round trip: a request whose hash is gone undecided was lost with its entry (a Redis
@@ -771,10 +862,45 @@ pub struct Settled {
     pub trim_error: Option<String>,
 }
 
+/// An entry a worker is done with (decided, dead-lettered, or found decided before),
+/// as [`settle`] acknowledges it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handled {
+    /// Its id in the shard stream.
+    pub id: String,
+    /// Its goods and turn, when it carries both (every entry the API wrote since turns
+    /// exist), whether or not it decoded.
+    pub turn: Option<(i64, u64)>,
+}
+
+impl Handled {
+    /// The entry as read from the stream.
+    pub fn of(raw: &redis::streams::StreamId) -> Self {
+        let text = |name: &str| {
+            raw.map
+                .get(name)
+                .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
+        };
+        let goods = text(fields::GOODS).and_then(|g| g.parse::<i64>().ok());
+        let turn = text(fields::TURN).and_then(|t| t.parse::<u64>().ok());
+        Self {
+            id: raw.id.clone(),
+            turn: goods.zip(turn),
+        }
+    }
+}
+
 /// After COMMIT, in one round trip and one atomic step (a script): the statuses of
-/// decided requests, the dead letters (and their owners' statuses), XACK of every
-/// entry handled, then the trim of what is decided and older than the retention (as
-/// [`trim`]; a failed trim does not undo the rest).
+/// decided requests, the dead letters (and their owners' statuses), each goods'
+/// highest decided turn raised to the highest handled (see [`enqueue`]), XACK of every
+/// entry handled, a note on the shard's settled channel naming every request whose
+/// status was written (what long-polling API copies wait for: see
+/// `Keys::settled_channel`), then the trim of what is decided and older than the
+/// retention (as [`trim`]; a failed trim does not undo the rest).
+///
+/// A decided turn only ever rises, and only to a turn that was handed out, so a late
+/// settle of a worker that lost the shard (it decided those entries: its commit was
+/// fenced) or a copy of an entry with a made-up turn cannot move it wrong.
 ///
 /// The script may write over `maxmemory` (`allow-oom`): a worker's writes are bounded
 /// by its batch, and acknowledging and trimming is what frees memory; the API stops
@@ -792,11 +918,14 @@ pub async fn settle<C: ConnectionLike>(
     fence: FenceToken,
     statuses: &[StatusRecord],
     dead: &[DeadLetter],
-    handled: &[String],
+    handled: &[Handled],
     retention: Retention,
 ) -> RedisResult<Settled> {
     let mut invocation = SETTLE_SCRIPT.key(keys.stream(shard));
-    invocation.key(keys.dead_letter(shard));
+    invocation
+        .key(keys.dead_letter(shard))
+        .key(keys.turns(shard))
+        .key(keys.decided_turns(shard));
     // Statuses to write: decided ones in full (`1`: over whatever is there, unless a
     // worker with a newer fencing token wrote it); an undecodable entry's, if it names
     // a request of this shard, marked rejected only over the `queued` the API wrote
@@ -821,7 +950,17 @@ pub async fn settle<C: ConnectionLike>(
         .arg(fence.get())
         .arg(retention.dead_letters)
         .arg(u64::try_from(retention.entries.as_millis()).unwrap_or(u64::MAX))
-        .arg(dead.len());
+        .arg(dead.len())
+        .arg(keys.settled_channel(shard));
+    let mut turns: std::collections::BTreeMap<i64, u64> = std::collections::BTreeMap::new();
+    for (goods, turn) in handled.iter().filter_map(|h| h.turn) {
+        let highest = turns.entry(goods).or_default();
+        *highest = (*highest).max(turn);
+    }
+    invocation.arg(turns.len());
+    for (goods, turn) in &turns {
+        invocation.arg(*goods).arg(*turn);
+    }
     for (request_id, always, pairs) in &writes {
         invocation
             .arg(*always)
@@ -842,8 +981,8 @@ pub async fn settle<C: ConnectionLike>(
             invocation.arg(name).arg(value);
         }
     }
-    for id in handled {
-        invocation.arg(id);
+    for entry in handled {
+        invocation.arg(&entry.id);
     }
     let (trimmed, error): (i64, String) = invocation.invoke_async(conn).await?;
     Ok(Settled {
@@ -936,24 +1075,37 @@ local function trim(stream, group, retention_ms)
   return redis.call('XTRIM', stream, 'MINID', floor)
 end";
 
-/// KEYS[1] the stream, KEYS[2] its dead-letter stream, KEYS[3..] status hashes. ARGV:
-/// the group, the writer's fencing token, the dead-letter stream's length cap, the
-/// entry retention (ms), the number of dead letters; then per status hash `1` (write,
-/// unless the hash's `fence` is newer than ours) or `0` (write only over a `queued`
-/// status: never over a decision), its TTL (s), a pair count and its pairs; then per
-/// dead letter a pair count and its pairs; then the ids to acknowledge. Returns
+/// KEYS[1] the stream, KEYS[2] its dead-letter stream, KEYS[3] the shard's turns hash,
+/// KEYS[4] its decided-turns hash, KEYS[5..] status hashes. ARGV: the group, the
+/// writer's fencing token, the dead-letter stream's length cap, the entry retention
+/// (ms), the number of dead letters, the settled channel, the number of goods with
+/// handled turns and per goods its id and highest handled turn; then per status hash
+/// `1` (write, unless the hash's `fence` is newer than ours) or `0` (write only over a
+/// `queued` status: never over a decision), its TTL (s), a pair count and its pairs;
+/// then per dead letter a pair count and its pairs; then the ids to acknowledge.
+/// Status keys end in the request id's 32 hex digits (`Keys::request_status`): the
+/// note on the channel lists those of the statuses written, comma-separated. Returns
 /// {trimmed, ''} or {-1, why trimming failed}.
 const SETTLE_BODY: &str = r"
 local group, fence, cap = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local retention_ms, letters = tonumber(ARGV[4]), tonumber(ARGV[5])
-local at = 6
+local retention_ms, letters, channel = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+local at = 8
+for _ = 1, tonumber(ARGV[7]) do
+  local goods, turn = ARGV[at], tonumber(ARGV[at + 1]); at = at + 2
+  local handed = tonumber(redis.call('HGET', KEYS[3], goods)) or 0
+  local decided = tonumber(redis.call('HGET', KEYS[4], goods)) or 0
+  if turn > decided and turn <= handed then
+    redis.call('HSET', KEYS[4], goods, ARGV[at - 1])
+  end
+end
 local function take(n)
   local out = {}
   for i = at, at + 2 * n - 1 do out[#out + 1] = ARGV[i] end
   at = at + 2 * n
   return out
 end
-for k = 3, #KEYS do
+local written = {}
+for k = 5, #KEYS do
   local always, ttl, n = ARGV[at] == '1', ARGV[at + 1], tonumber(ARGV[at + 2]); at = at + 3
   local pairs = take(n)
   local held = redis.call('HMGET', KEYS[k], 'status', 'fence')
@@ -962,8 +1114,10 @@ for k = 3, #KEYS do
   if write then
     redis.call('HSET', KEYS[k], 'fence', ARGV[2], unpack(pairs))
     redis.call('EXPIRE', KEYS[k], ttl)
+    written[#written + 1] = string.sub(KEYS[k], -32)
   end
 end
+if #written > 0 then redis.call('PUBLISH', channel, table.concat(written, ',')) end
 for _ = 1, letters do
   local n = tonumber(ARGV[at]); at = at + 1
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', cap, '*', unpack(take(n)))
@@ -1146,6 +1300,15 @@ mod tests {
             Message::from_fields(&fields),
             Err(DecodeError::InvalidField { field: "qty", .. })
         ));
+    }
+
+    #[test]
+    fn a_position_counts_the_turns_between_the_decided_and_its_own() {
+        assert_eq!(queue_position(1, 0), 0, "the first ever");
+        assert_eq!(queue_position(10, 3), 6);
+        assert_eq!(queue_position(10, 9), 0, "next in line");
+        // Its own decision landed but its status was not rewritten (fenced off).
+        assert_eq!(queue_position(10, 12), 0);
     }
 
     #[test]

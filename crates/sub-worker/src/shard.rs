@@ -318,7 +318,7 @@ impl ShardTask {
             }
         }
         let statuses: Vec<StatusRecord> = committed.into_iter().map(|c| c.status).collect();
-        let handled: Vec<String> = batch.iter().map(|e| e.id.clone()).collect();
+        let handled: Vec<stream::Handled> = batch.iter().map(stream::Handled::of).collect();
         let mut backoff = Backoff::default();
         loop {
             let mut conn = self.ctx.redis.clone();

@@ -338,6 +338,20 @@ impl Stack {
         .await
     }
 
+    /// `DELETE /api/goods/{goods}/bookings/me` as `token` (a cancel): the status and
+    /// the JSON body.
+    pub async fn cancel_booking(&self, goods: i64, token: &str) -> (StatusCode, Value) {
+        parts(
+            self.http
+                .delete(self.url(&format!("/api/goods/{goods}/bookings/me")))
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("send"),
+        )
+        .await
+    }
+
     pub async fn get(&self, path: &str, token: Option<&str>) -> Response {
         let mut request = self.http.get(self.url(path));
         if let Some(token) = token {

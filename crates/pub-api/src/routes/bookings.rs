@@ -1,7 +1,8 @@
 //! `POST /api/goods/{id}/bookings` (the hot path), `DELETE /api/goods/{id}/bookings/me`
 //! (cancel; also `DELETE /api/booking/{id}`, the original TicketNest's route),
 //! `POST /api/goods/{id}/bookings/me/confirm` (confirm a hold) and
-//! `GET /api/bookings/requests/{id}`.
+//! `GET /api/bookings/requests/{id}` (a request's status, with its queue or waitlist
+//! position; `?wait=N` long-polls: see `long_poll`).
 //!
 //! A cancel and a confirm travel like a booking, through the goods' shard stream, so
 //! the worker decides them in order with the bookings around them.
@@ -431,6 +432,12 @@ struct StatusResponse {
     /// The hold's deadline (RFC 3339, UTC), for a booking that got seats as a hold.
     #[serde(skip_serializing_if = "Option::is_none")]
     hold_expires_at: Option<String>,
+    /// While `queued`: the undecided requests for the same goods ahead of it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    position: Option<u64>,
+    /// While `waitlisted`: its booking's place in the goods' waitlist, 1 = next in line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    waitlist_position: Option<i64>,
 }
 
 /// Unix milliseconds as RFC 3339 with milliseconds, UTC.
@@ -452,6 +459,8 @@ impl From<StatusRecord> for StatusResponse {
             booking_id: r.booking_id,
             promoted_at: r.promoted_at_ms.and_then(rfc3339_ms),
             hold_expires_at: r.hold_expires_at_ms.and_then(rfc3339_ms),
+            position: None,
+            waitlist_position: None,
         }
     }
 }
@@ -469,25 +478,71 @@ impl StatusResponse {
             booking_id: d.booking_id,
             promoted_at: d.promoted_at_ms.and_then(rfc3339_ms),
             hold_expires_at: d.hold_expires_at_ms.and_then(rfc3339_ms),
+            position: None,
+            waitlist_position: None,
         }
     }
 }
 
-/// Answered from the status hash in Redis; from the decision log once it has expired.
-#[tracing::instrument(skip_all, fields(user_id = user.id))]
-pub async fn status(
-    state: web::Data<AppState>,
-    user: AuthUser,
-    path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    let request_id = Uuid::try_parse(&path).map_err(|_| {
-        ApiError::InvalidPath(
-            "request id must be a UUID as returned by the booking endpoint".into(),
-        )
-    })?;
+/// The longest long-poll, in seconds.
+const MAX_WAIT_SECS: u64 = 30;
+/// How long a status read waits for a waitlisted booking's place before answering
+/// without it (logged).
+const WAITLIST_PLACE_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusQuery {
+    /// Long-poll: seconds to wait for the status to change, 1 to 30.
+    wait: Option<String>,
+    /// The status the client last saw (default `queued`): a long-poll answers as soon as
+    /// the status is another.
+    seen: Option<String>,
+}
+
+impl StatusQuery {
+    /// `Some((how long, the status last seen))` for a long-poll.
+    fn long_poll(&self) -> Result<Option<(std::time::Duration, RequestStatus)>, ApiError> {
+        let seen = match &self.seen {
+            None => RequestStatus::Queued,
+            Some(word) => word.parse().map_err(|_| {
+                let words: Vec<&str> = RequestStatus::ALL.iter().map(|s| s.as_str()).collect();
+                ApiError::InvalidQuery(format!(
+                    "seen must be a request status: {}",
+                    words.join(", ")
+                ))
+            })?,
+        };
+        let Some(wait) = &self.wait else {
+            return Ok(None);
+        };
+        let secs = wait
+            .parse::<u64>()
+            .ok()
+            .filter(|s| (1..=MAX_WAIT_SECS).contains(s))
+            .ok_or_else(|| {
+                ApiError::InvalidQuery(format!(
+                    "wait must be a whole number of seconds from 1 to {MAX_WAIT_SECS}"
+                ))
+            })?;
+        Ok(Some((std::time::Duration::from_secs(secs), seen)))
+    }
+}
+
+/// A request's status as its owner may see it now: from the status hash in Redis (with
+/// its position while queued), or from the decision log once the hash has expired;
+/// with its booking's waitlist place while waitlisted.
+async fn current_status(
+    state: &AppState,
+    user: &AuthUser,
+    request_id: Uuid,
+) -> Result<StatusResponse, ApiError> {
     let mut conn = state.redis.get().await;
-    let response = match stream::read_status(&mut conn, &state.keys, request_id).await? {
-        Some(record) => StatusResponse::from(record),
+    let mut response = match stream::poll_status(&mut conn, &state.keys, request_id).await? {
+        Some(polled) => StatusResponse {
+            position: polled.position,
+            ..StatusResponse::from(polled.record)
+        },
         // Expired (or written with words this build does not know): the log answers,
         // as written.
         None => db::decision_as_written(&state.pool, request_id)
@@ -499,5 +554,67 @@ pub async fn status(
     if response.user_id != user.id {
         return Err(ApiError::RequestNotFound);
     }
-    Ok(HttpResponse::Ok().json(response))
+    if response.status == RequestStatus::Waitlisted.as_str() {
+        if let Some(booking) = response.booking_id {
+            response.waitlist_position = match tokio::time::timeout(
+                WAITLIST_PLACE_WAIT,
+                db::waitlist_position(&state.pool, booking),
+            )
+            .await
+            {
+                Ok(Ok(place)) => place,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "status answered without its waitlist place");
+                    None
+                }
+                Err(_) => {
+                    tracing::warn!("status answered without its waitlist place: the database did not answer in time");
+                    None
+                }
+            };
+        }
+    }
+    Ok(response)
+}
+
+/// A request's status. With `?wait=N`, answers as soon as the status is other than
+/// `seen` (default `queued`; at once if it already is), else after N seconds with the
+/// status then (`long_poll`: woken by the worker's note, no Redis connection per
+/// waiting client).
+#[tracing::instrument(skip_all, fields(user_id = user.id))]
+pub async fn status(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    path: web::Path<String>,
+    query: web::Query<StatusQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let request_id = Uuid::try_parse(&path).map_err(|_| {
+        ApiError::InvalidPath(
+            "request id must be a UUID as returned by the booking endpoint".into(),
+        )
+    })?;
+    let long_poll = query.long_poll()?;
+    let Some((wait, seen)) = long_poll else {
+        return Ok(personal(current_status(&state, &user, request_id).await?));
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    // Registered before the first read: a decision landing in between still wakes it.
+    let mut waiter = state.waiters.watch(request_id);
+    loop {
+        let now = current_status(&state, &user, request_id).await?;
+        if now.status != seen.as_str()
+            || tokio::time::Instant::now() >= deadline
+            || state.waiters.stopping()
+        {
+            return Ok(personal(now));
+        }
+        waiter.woken(deadline).await;
+    }
+}
+
+/// `200` with a status: personal, so no shared cache may keep it.
+fn personal(status: StatusResponse) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "private, no-store"))
+        .json(status)
 }

@@ -363,7 +363,7 @@ async fn settling_over_maxmemory_writes_everything_or_nothing_and_trims() {
     let read = read_new(&mut conn, &stream_key, "w", 3).await;
     let raw = read;
     assert_eq!(raw.len(), 3);
-    let handled: Vec<String> = raw.iter().map(|e| e.id.clone()).collect();
+    let handled: Vec<stream::Handled> = raw.iter().map(stream::Handled::of).collect();
     let dead = *stream::decode(&raw[1]).expect_err("not a booking");
     let decided = StatusRecord {
         status: RequestStatus::Waitlisted,
@@ -489,10 +489,10 @@ async fn settling_the_largest_batch_acknowledges_every_entry() {
         pipe.xadd(&stream_key, AUTO_ID, &[("n", i)]).ignore();
     }
     let _: () = pipe.query_async(&mut conn).await.expect("xadd");
-    let handled: Vec<String> = read_new(&mut conn, &stream_key, "w", 10_000)
+    let handled: Vec<stream::Handled> = read_new(&mut conn, &stream_key, "w", 10_000)
         .await
-        .into_iter()
-        .map(|e| e.id)
+        .iter()
+        .map(stream::Handled::of)
         .collect();
     assert_eq!(handled.len(), 10_000);
     stream::settle(
@@ -640,4 +640,102 @@ async fn an_entry_appended_after_reading_the_stream_clock_is_not_stamped_earlier
             "the same clock: {stamped} vs {clock}"
         );
     }
+}
+
+/// A queued request's position comes from turns: the enqueue script numbers a goods'
+/// requests in stream order, and settling raises the goods' highest decided turn. That
+/// turn only rises, and only to a turn handed out: a late settle of entries decided
+/// before (a worker that lost the shard) or an entry with a made-up turn moves nothing.
+#[tokio::test]
+async fn a_queued_requests_position_counts_the_undecided_requests_of_its_goods_ahead() {
+    let (redis, keys, shard, stream_key, mut conn) = grouped_stream(1).await;
+    let hot: Vec<BookingRequestV1> = (1..=5).map(|user| booking(&keys, user)).collect();
+    let other = BookingRequestV1 {
+        goods_id: 7,
+        ..booking(&keys, 9)
+    };
+    for request in [&hot[0], &hot[1], &other, &hot[2], &hot[3], &hot[4]] {
+        let message = Message::Book(request.clone());
+        assert_eq!(
+            stream::enqueue(&mut conn, &keys, &message, None)
+                .await
+                .expect("enqueue"),
+            Enqueued::Accepted
+        );
+    }
+    let positions = |requests: Vec<BookingRequestV1>| {
+        let mut conn = conn.clone();
+        let keys = keys.clone();
+        async move {
+            let mut out = Vec::new();
+            for request in requests {
+                let polled = stream::poll_status(&mut conn, &keys, request.request_id)
+                    .await
+                    .expect("poll")
+                    .expect("a status");
+                out.push(polled.position);
+            }
+            out
+        }
+    };
+    assert_eq!(
+        positions(hot.clone()).await,
+        [Some(0), Some(1), Some(2), Some(3), Some(4)]
+    );
+    assert_eq!(positions(vec![other.clone()]).await, [Some(0)]);
+
+    let read = read_new(&mut redis.connection().await, &stream_key, "w", 6).await;
+    assert_eq!(read.len(), 6);
+    let handled: Vec<stream::Handled> = read.iter().map(stream::Handled::of).collect();
+    assert_eq!(handled[0].turn, Some((4, 1)));
+    assert_eq!(handled[2].turn, Some((7, 1)));
+    assert_eq!(handled[5].turn, Some((4, 5)));
+    let decided = |request: &BookingRequestV1| StatusRecord {
+        status: RequestStatus::Confirmed,
+        booking_id: Some(1),
+        ..StatusRecord::queued(&Message::Book(request.clone()))
+    };
+    let settle = |statuses: Vec<StatusRecord>, handled: Vec<stream::Handled>| {
+        let mut conn = conn.clone();
+        let keys = keys.clone();
+        async move {
+            stream::settle(
+                &mut conn,
+                &keys,
+                shard,
+                fence(),
+                &statuses,
+                &[],
+                &handled,
+                retention(),
+            )
+            .await
+            .expect("settled");
+        }
+    };
+    // The first three entries decided: two of the hot goods, the other goods' one.
+    settle(
+        vec![decided(&hot[0]), decided(&hot[1]), decided(&other)],
+        handled[..3].to_vec(),
+    )
+    .await;
+    assert_eq!(
+        positions(hot.clone()).await,
+        [None, None, Some(0), Some(1), Some(2)]
+    );
+    // A late settle of the first entry again, and an entry claiming turn 99 of the hot
+    // goods: neither moves the count.
+    settle(vec![decided(&hot[0])], handled[..1].to_vec()).await;
+    settle(
+        Vec::new(),
+        vec![stream::Handled {
+            id: "1-1".into(),
+            turn: Some((4, 99)),
+        }],
+    )
+    .await;
+    assert_eq!(
+        positions(hot[2..].to_vec()).await,
+        [Some(0), Some(1), Some(2)]
+    );
 }

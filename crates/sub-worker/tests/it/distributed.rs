@@ -50,7 +50,7 @@ async fn a_sale_through_haproxy_two_apis_a_redis_cluster_and_two_workers_keeps_e
         goods.push(stack.create_goods(300, 1).await);
     }
     let users = stack.customers("dist", 5_000).await;
-    let _workers = [
+    let workers = [
         stack.named_worker("w1", None, &[]),
         stack.named_worker("w2", None, &[]),
     ];
@@ -114,5 +114,36 @@ async fn a_sale_through_haproxy_two_apis_a_redis_cluster_and_two_workers_keeps_e
         served.iter().all(|n| *n > 100),
         "HAProxy spread the load: {served:?}"
     );
+
+    // Long-polls through either copy wake on the decision, whichever node holds the
+    // shard: one per shard, waiting while no worker runs.
+    drop(workers);
+    let (_, owner) = stack.organizer().await;
+    let mut per_shard = Vec::new();
+    while per_shard.len() < SHARDS as usize {
+        per_shard.push(stack.create_goods_as(&owner, 1, 1).await);
+    }
+    let late = stack.customers("late", SHARDS as usize).await;
+    let mut polls = Vec::new();
+    for (goods, (user, token)) in per_shard.iter().zip(&late) {
+        let id = stack.book(*goods, *user, token, 1).await.request_id;
+        let request = stack
+            .http
+            .get(stack.url(&format!("/api/bookings/requests/{id}?wait=30")))
+            .bearer_auth(token);
+        polls.push(tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let response = request.send().await.expect("long-poll");
+            let body: serde_json::Value = response.json().await.expect("json");
+            (body, started.elapsed())
+        }));
+    }
+    // (A poll that arrives after its decision answers at once, which is also right.)
+    let _worker = stack.named_worker("w3", None, &[]);
+    for poll in polls {
+        let (body, took) = poll.await.expect("poll task");
+        assert_eq!(body["status"], "confirmed", "{body}");
+        assert!(took < Duration::from_secs(20), "answered after {took:?}");
+    }
     second_stop.cancel();
 }

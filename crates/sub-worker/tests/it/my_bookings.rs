@@ -49,16 +49,7 @@ async fn my_bookings_lists_every_state_newest_first_with_positions_and_deadlines
     assert_eq!(list[0]["goodsTitle"], "Sold-out show");
 
     // User u gives up the seat: v is promoted, w moves up.
-    let (status, body) = parts(
-        stack
-            .http
-            .delete(stack.url(&format!("/api/goods/{hall}/bookings/me")))
-            .bearer_auth(&u.1)
-            .send()
-            .await
-            .expect("send"),
-    )
-    .await;
+    let (status, body) = stack.cancel_booking(hall, &u.1).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     stack.wait_for_decisions(5).await;
     let (list, _) = mine(&stack, "/api/me/bookings", &w.1).await;
