@@ -192,7 +192,6 @@ impl PatchGoodsBody {
 /// How long PATCH waits for the worker to decide a `bookingLimit` change before
 /// answering `202` with where to follow it.
 const LIMIT_CHANGE_WAIT: Duration = Duration::from_secs(5);
-const LIMIT_CHANGE_POLL: Duration = Duration::from_millis(20);
 
 /// `PATCH /api/goods/{id}`: the organizer who created it changes it; `200` with the
 /// goods. This API copy forgets its cached copy at once; others within
@@ -318,12 +317,14 @@ async fn enqueue_limit_change(
 }
 
 /// The request's status once decided, or `None` if it is still queued after
-/// [`LIMIT_CHANGE_WAIT`].
+/// [`LIMIT_CHANGE_WAIT`] (or when shutdown begins). Woken by the worker's note, as a
+/// status long-poll is (`long_poll`).
 async fn wait_for_decision(
     state: &AppState,
     request_id: Uuid,
 ) -> Result<Option<StatusRecord>, ApiError> {
     let deadline = tokio::time::Instant::now() + LIMIT_CHANGE_WAIT;
+    let mut waiter = state.waiters.watch(request_id);
     loop {
         let mut conn = state.redis.get().await;
         let status = stream::read_status(&mut conn, &state.keys, request_id).await?;
@@ -331,10 +332,10 @@ async fn wait_for_decision(
         if let Some(decided) = status.filter(|s| s.status != RequestStatus::Queued) {
             return Ok(Some(decided));
         }
-        if tokio::time::Instant::now() >= deadline {
+        if tokio::time::Instant::now() >= deadline || state.waiters.stopping() {
             return Ok(None);
         }
-        tokio::time::sleep(LIMIT_CHANGE_POLL).await;
+        waiter.woken(deadline).await;
     }
 }
 

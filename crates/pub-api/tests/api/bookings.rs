@@ -38,12 +38,13 @@ async fn a_booking_is_accepted_enqueued_once_and_pollable_by_its_owner_only() {
     assert_eq!(fields["uid"], user.to_string());
     assert_eq!(fields["qty"], "2");
     assert_eq!(fields["rid"], request_id.replace('-', ""));
+    assert_eq!(fields["n"], "1", "the goods' first turn");
 
     let (status, body) = app.poll(&request_id, &token).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         body,
-        json!({ "requestId": request_id, "goodsId": goods, "kind": "book", "quantity": 2, "status": "queued" })
+        json!({ "requestId": request_id, "goodsId": goods, "kind": "book", "quantity": 2, "status": "queued", "position": 0 })
     );
     let (status, body) = app.poll(&request_id, &other_token).await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "request_not_found");
