@@ -505,22 +505,34 @@ const WAITLIST_PLACE: &str = "1 + (SELECT count(*) FROM bookings w \
      WHERE w.goods_id = b.goods_id AND w.status = 'waitlisted' AND w.position < b.position)";
 
 /// A booking's place in its goods' waitlist (1 = next in line) while it is waitlisted;
-/// `None` once it is not.
+/// `None` once it is not. A count that takes longer than `bound` is cancelled on the
+/// server (dropping the query would leave it running there).
 ///
 /// # Errors
-/// A database failure.
-pub async fn waitlist_position(pool: &Pool, booking_id: i64) -> Result<Option<i64>, ApiError> {
+/// A database failure, or no answer within `bound`.
+pub async fn waitlist_position(
+    pool: &Pool,
+    booking_id: i64,
+    bound: std::time::Duration,
+) -> Result<Option<i64>, ApiError> {
     let client = pool.get().await?;
     let stmt = client
         .prepare_cached(&format!(
             "SELECT {WAITLIST_PLACE} FROM bookings b WHERE b.id = $1 AND b.status = 'waitlisted'"
         ))
         .await?;
-    Ok(client
-        .query_opt(&stmt, &[&booking_id])
-        .await?
-        .map(|row| row.try_get(0))
-        .transpose()?)
+    match tokio::time::timeout(bound, client.query_opt(&stmt, &[&booking_id])).await {
+        Ok(row) => Ok(row?.map(|row| row.try_get(0)).transpose()?),
+        Err(elapsed) => {
+            let cancel = client.cancel_token();
+            tokio::spawn(async move {
+                if let Err(e) = cancel.cancel_query(tokio_postgres::NoTls).await {
+                    tracing::debug!(error = %e, "could not cancel a slow waitlist count");
+                }
+            });
+            Err(ApiError::DatabaseUnavailable(Box::new(elapsed)))
+        }
+    }
 }
 
 /// One of a user's bookings, as `GET /api/me/bookings` lists it.

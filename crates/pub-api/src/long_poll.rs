@@ -35,6 +35,8 @@ use uuid::Uuid;
 pub const UNSUBSCRIBED_POLL: Duration = Duration::from_secs(1);
 /// How often the listener checks that its subscription still answers.
 const PING_EVERY: Duration = Duration::from_secs(5);
+/// The first pause before subscribing again.
+const FIRST_RETRY: Duration = Duration::from_millis(100);
 /// The longest pause between two attempts to subscribe.
 const MAX_RETRY: Duration = Duration::from_secs(2);
 
@@ -127,7 +129,7 @@ impl Waiters {
     /// whenever the subscription fails.
     pub async fn listen(self, config: RedisConfig, keys: Keys, shutdown: CancellationToken) {
         let channels: Vec<String> = keys.shards().map(|s| keys.settled_channel(s)).collect();
-        let mut delay = Duration::from_millis(100);
+        let mut delay = FIRST_RETRY;
         loop {
             let subscribed = tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -135,7 +137,7 @@ impl Waiters {
             };
             match subscribed {
                 Ok((mut sink, mut notes)) => {
-                    delay = Duration::from_millis(100);
+                    let up_since = Instant::now();
                     self.set_subscribed(true);
                     tracing::debug!(channels = channels.len(), "listening for settled requests");
                     let mut ping =
@@ -163,6 +165,12 @@ impl Waiters {
                         }
                     };
                     self.set_subscribed(false);
+                    // Only a subscription that lasted starts the backoff over: one
+                    // dropped right after subscribing (a proxy that cuts it, a full
+                    // output buffer) must not wake every waiter ten times a second.
+                    if up_since.elapsed() >= PING_EVERY {
+                        delay = FIRST_RETRY;
+                    }
                     tracing::warn!(reason = %why, "lost the settled-requests subscription; long-polls read every second until it is back");
                 }
                 Err(e) => {

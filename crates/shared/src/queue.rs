@@ -141,8 +141,8 @@ pub async fn connect_dedicated(
 
 /// Opens a pub/sub connection subscribed to `channels`, on the first node that
 /// answers (the server, or the first seed node of a cluster that does: a cluster
-/// delivers `PUBLISH` to every node's subscribers). Connecting and subscribing are
-/// each bounded by the configured timeout.
+/// delivers `PUBLISH` to every node's subscribers). Connecting and subscribing to one
+/// node are bounded together by the configured timeout.
 ///
 /// # Errors
 /// No node answered within the timeout, or none took the subscription.
@@ -151,7 +151,11 @@ pub async fn subscribe(
     channels: &[String],
 ) -> Result<(redis::aio::PubSubSink, redis::aio::PubSubStream), SharedError> {
     let mut last = None;
-    for node in nodes(config) {
+    let candidates = match config.mode {
+        RedisMode::Cluster => nodes(config),
+        RedisMode::Single => vec![config.url.expose_secret().to_owned()],
+    };
+    for node in candidates {
         let attempt = async {
             let client = Client::open(node.as_str())?;
             let (mut sink, stream) = client.get_async_pubsub().await?.split();

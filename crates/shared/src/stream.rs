@@ -860,6 +860,9 @@ pub struct Settled {
     pub trimmed: u64,
     /// Why trimming failed, if it did (the settle itself stands).
     pub trim_error: Option<String>,
+    /// Why the note on the settled channel could not be published, if it could not
+    /// (the settle itself stands; long-polls answer at their deadline instead).
+    pub notify_error: Option<String>,
 }
 
 /// An entry a worker is done with (decided, dead-lettered, or found decided before),
@@ -895,8 +898,10 @@ impl Handled {
 /// highest decided turn raised to the highest handled (see [`enqueue`]), XACK of every
 /// entry handled, a note on the shard's settled channel naming every request whose
 /// status was written (what long-polling API copies wait for: see
-/// `Keys::settled_channel`), then the trim of what is decided and older than the
-/// retention (as [`trim`]; a failed trim does not undo the rest).
+/// `Keys::settled_channel`; best effort: a refused note, as for a Redis user without
+/// the channel's permission, is reported and undoes nothing), then the trim of what is
+/// decided and older than the retention (as [`trim`]; a failed trim does not undo the
+/// rest either).
 ///
 /// A decided turn only ever rises, and only to a turn that was handed out, so a late
 /// settle of a worker that lost the shard (it decided those entries: its commit was
@@ -984,10 +989,11 @@ pub async fn settle<C: ConnectionLike>(
     for entry in handled {
         invocation.arg(&entry.id);
     }
-    let (trimmed, error): (i64, String) = invocation.invoke_async(conn).await?;
+    let (trimmed, error, noted): (i64, String, String) = invocation.invoke_async(conn).await?;
     Ok(Settled {
         trimmed: u64::try_from(trimmed).unwrap_or_default(),
         trim_error: (!error.is_empty()).then_some(error),
+        notify_error: (!noted.is_empty()).then_some(noted),
     })
 }
 
@@ -1085,7 +1091,7 @@ end";
 /// then per dead letter a pair count and its pairs; then the ids to acknowledge.
 /// Status keys end in the request id's 32 hex digits (`Keys::request_status`): the
 /// note on the channel lists those of the statuses written, comma-separated. Returns
-/// {trimmed, ''} or {-1, why trimming failed}.
+/// {trimmed or -1, why trimming failed or '', why the note failed or ''}.
 const SETTLE_BODY: &str = r"
 local group, fence, cap = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local retention_ms, letters, channel = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
@@ -1117,21 +1123,28 @@ for k = 5, #KEYS do
     written[#written + 1] = string.sub(KEYS[k], -32)
   end
 end
-if #written > 0 then redis.call('PUBLISH', channel, table.concat(written, ',')) end
 for _ = 1, letters do
   local n = tonumber(ARGV[at]); at = at + 1
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', cap, '*', unpack(take(n)))
 end
-if at <= #ARGV then
-  -- In chunks: Lua's unpack takes a few thousand values at most.
-  for first = at, #ARGV, 1000 do
-    redis.call('XACK', KEYS[1], group, unpack(ARGV, first, math.min(first + 999, #ARGV)))
-  end
-  local ok, result = pcall(trim, KEYS[1], group, retention_ms)
-  if ok then return {result, ''} end
-  return {-1, type(result) == 'table' and result.err or tostring(result)}
+local acked = at <= #ARGV
+-- In chunks: Lua's unpack takes a few thousand values at most.
+for first = at, #ARGV, 1000 do
+  redis.call('XACK', KEYS[1], group, unpack(ARGV, first, math.min(first + 999, #ARGV)))
 end
-return {0, ''}";
+-- Best effort, after everything that matters: a user without the channel's permission
+-- (or anything else refusing it) only costs long-polls their early answer.
+local noted = ''
+if #written > 0 then
+  local reply = redis.pcall('PUBLISH', channel, table.concat(written, ','))
+  if type(reply) == 'table' and reply.err then noted = reply.err end
+end
+if acked then
+  local ok, result = pcall(trim, KEYS[1], group, retention_ms)
+  if ok then return {result, '', noted} end
+  return {-1, type(result) == 'table' and result.err or tostring(result), noted}
+end
+return {0, '', noted}";
 
 /// Removes, in one atomic step, every consumer of the shard's group that holds no
 /// pending entry, except `keep`. Two round trips (`XINFO CONSUMERS`, then `XGROUP

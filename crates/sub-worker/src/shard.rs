@@ -338,6 +338,9 @@ impl ShardTask {
                     if let Some(error) = settled.trim_error {
                         tracing::warn!(%error, "could not trim decided entries from the stream");
                     }
+                    if let Some(error) = settled.notify_error {
+                        tracing::warn!(%error, "could not publish the settled note: long-polls answer at their deadline (does the Redis user have the channel's permission?)");
+                    }
                     return Ok(None);
                 }
                 Err(e) => {

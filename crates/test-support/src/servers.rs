@@ -782,7 +782,7 @@ impl HaProxy {
             .collect();
         let config = format!(
             "global\n    maxconn 4096\n\n\
-             defaults\n    mode http\n    timeout connect 2s\n    timeout client 30s\n    timeout server 40s\n\n\
+             defaults\n    mode http\n    timeout connect 2s\n    timeout client 40s\n    timeout server 40s\n\n\
              frontend ticketnest\n    bind 127.0.0.1:{port}\n    default_backend pub_api\n\n\
              backend pub_api\n    balance roundrobin\n    option httpchk GET /readyz\n{servers}\n\
              listen stats\n    bind 127.0.0.1:{stats}\n    stats enable\n    stats uri /stats\n"

@@ -490,8 +490,9 @@ const MAX_WAIT_SECS: u64 = 30;
 /// without it (logged).
 const WAITLIST_PLACE_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// Other parameters are ignored, as they always were on this route (cache-busters such
+/// as jQuery's `_=`).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct StatusQuery {
     /// Long-poll: seconds to wait for the status to change, 1 to 30.
     wait: Option<String>,
@@ -516,9 +517,9 @@ impl StatusQuery {
         let Some(wait) = &self.wait else {
             return Ok(None);
         };
-        let secs = wait
-            .parse::<u64>()
-            .ok()
+        let secs = Some(wait)
+            .filter(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|w| w.parse::<u64>().ok())
             .filter(|s| (1..=MAX_WAIT_SECS).contains(s))
             .ok_or_else(|| {
                 ApiError::InvalidQuery(format!(
@@ -556,22 +557,14 @@ async fn current_status(
     }
     if response.status == RequestStatus::Waitlisted.as_str() {
         if let Some(booking) = response.booking_id {
-            response.waitlist_position = match tokio::time::timeout(
-                WAITLIST_PLACE_WAIT,
-                db::waitlist_position(&state.pool, booking),
-            )
-            .await
-            {
-                Ok(Ok(place)) => place,
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "status answered without its waitlist place");
-                    None
-                }
-                Err(_) => {
-                    tracing::warn!("status answered without its waitlist place: the database did not answer in time");
-                    None
-                }
-            };
+            response.waitlist_position =
+                match db::waitlist_position(&state.pool, booking, WAITLIST_PLACE_WAIT).await {
+                    Ok(place) => place,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "status answered without its waitlist place");
+                        None
+                    }
+                };
         }
     }
     Ok(response)

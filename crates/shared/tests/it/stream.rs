@@ -739,3 +739,68 @@ async fn a_queued_requests_position_counts_the_undecided_requests_of_its_goods_a
         [Some(0), Some(1), Some(2)]
     );
 }
+
+/// A Redis user allowed TicketNest's keys but no pub/sub channels (Redis 7's default
+/// for a new ACL user) still settles: the note for long-polls is best effort, and the
+/// statuses, the acknowledgement and the decided turns never depend on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settling_works_for_a_redis_user_without_channel_permissions() {
+    let server = RedisServer::start(false).await;
+    let mut admin = TestRedis::on(server.url()).connection().await;
+    let _: () = redis::cmd("ACL")
+        .arg(&[
+            "SETUSER",
+            "keysonly",
+            "on",
+            ">secret",
+            "~*",
+            "+@all",
+            "resetchannels",
+        ])
+        .query_async(&mut admin)
+        .await
+        .expect("ACL SETUSER");
+    let url = format!("redis://keysonly:secret@127.0.0.1:{}", server.port());
+    let (_redis, keys, shard, stream_key, mut conn) =
+        grouped_stream_on(TestRedis::on(url), 1).await;
+    let request = booking(&keys, 7);
+    let message = Message::Book(request.clone());
+    stream::enqueue(&mut conn, &keys, &message, None)
+        .await
+        .expect("enqueue");
+    let read = read_new(&mut conn, &stream_key, "w", 1).await;
+    let decided = StatusRecord {
+        status: RequestStatus::Confirmed,
+        booking_id: Some(3),
+        ..StatusRecord::queued(&message)
+    };
+    let settled = stream::settle(
+        &mut conn,
+        &keys,
+        shard,
+        fence(),
+        std::slice::from_ref(&decided),
+        &[],
+        &read.iter().map(stream::Handled::of).collect::<Vec<_>>(),
+        retention(),
+    )
+    .await
+    .expect("settled without the note");
+    assert!(
+        settled
+            .notify_error
+            .as_deref()
+            .is_some_and(|e| e.contains("publish")),
+        "the failed note is reported: {settled:?}"
+    );
+    let pending: StreamPendingReply = conn
+        .xpending(&stream_key, CONSUMER_GROUP)
+        .await
+        .expect("xpending");
+    assert_eq!(pending.count(), 0, "acknowledged");
+    let polled = stream::poll_status(&mut conn, &keys, request.request_id)
+        .await
+        .expect("poll")
+        .expect("a status");
+    assert_eq!(polled.record, decided);
+}

@@ -58,12 +58,16 @@ async fn a_long_poll_answers_on_the_decision_or_at_its_deadline() {
         "wait=31",
         "wait=1.5",
         "wait=",
+        "wait=+5",
         "wait=10&seen=sold",
-        "wait=10&since=queued",
     ] {
         let (status, body, _) = long_poll(&stack, &format!("{a}?{query}"), &first.1).await;
         assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_query");
     }
+    // Other parameters (a cache-buster) are ignored: a plain read, at once.
+    let (status, body, _) = long_poll(&stack, &format!("{a}?_=1700000000"), &first.1).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["position"], 0);
     // Someone else's request is not found, at once.
     let (status, body, took) = long_poll(&stack, &format!("{a}?wait=30"), &stranger.1).await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "request_not_found");
@@ -151,14 +155,36 @@ async fn a_long_poll_answers_on_the_decision_or_at_its_deadline() {
     assert!(took < Duration::from_secs(20), "{took:?}");
 }
 
-/// Connections to a Redis server, as `CLIENT LIST` counts them.
-async fn connections(conn: &mut redis::aio::MultiplexedConnection) -> usize {
+/// A stack whose Redis is a server of its own, so `CLIENT LIST` shows only its
+/// connections (and the test's).
+async fn stack_on_a_private_redis() -> (RedisServer, Stack) {
+    let server = RedisServer::start(false).await;
+    let stack = spawn_stack_on(
+        TestDatabase::new().await,
+        TestRedis::on(server.url()),
+        SHARDS,
+        |_| {},
+    )
+    .await;
+    (server, stack)
+}
+
+/// `CLIENT LIST`: one line per connection.
+async fn client_list(conn: &mut redis::aio::MultiplexedConnection) -> Vec<String> {
     let list: String = redis::cmd("CLIENT")
         .arg("LIST")
         .query_async(conn)
         .await
         .expect("CLIENT LIST");
-    list.lines().filter(|l| !l.trim().is_empty()).count()
+    list.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Connections to a Redis server.
+async fn connections(conn: &mut redis::aio::MultiplexedConnection) -> usize {
+    client_list(conn).await.len()
 }
 
 /// Script calls a Redis server has run (`INFO commandstats`): every status read is one.
@@ -181,14 +207,7 @@ async fn script_calls(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_thousand_long_polls_cost_a_handful_of_redis_connections() {
     const POLLS: usize = 2_000;
-    let server = RedisServer::start(false).await;
-    let stack = spawn_stack_on(
-        TestDatabase::new().await,
-        TestRedis::on(server.url()),
-        SHARDS,
-        |_| {},
-    )
-    .await;
+    let (_server, stack) = stack_on_a_private_redis().await;
     let goods = stack.create_goods(1_500, 1).await;
     let fans = stack.customers("lp2k", POLLS).await;
     let accepted = stack.book_all(goods, &fans, 32).await;
@@ -265,4 +284,57 @@ async fn two_thousand_long_polls_cost_a_handful_of_redis_connections() {
         }
     }
     assert_eq!((confirmed, waitlisted), (1_500, 500));
+}
+
+/// Subscribers (pub/sub connections) on a Redis server, as `CLIENT LIST` shows them.
+async fn subscribers(conn: &mut redis::aio::MultiplexedConnection) -> usize {
+    client_list(conn)
+        .await
+        .iter()
+        .filter(|l| l.split(' ').any(|f| f.starts_with("sub=") && f != "sub=0"))
+        .count()
+}
+
+/// The API's subscription dies (here: killed by Redis); it subscribes again, and
+/// long-polls are woken by the worker's notes as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_subscription_comes_back_and_long_polls_still_wake() {
+    let (_server, stack) = stack_on_a_private_redis().await;
+    let goods = stack.create_goods(5, 1).await;
+    let (user, token) = stack.customers("resub", 1).await.remove(0);
+    let id = stack.book(goods, user, &token, 1).await.request_id;
+    let mut conn = stack.redis.connection().await;
+    wait_until("the API subscribed", Duration::from_secs(10), || async {
+        subscribers(&mut stack.redis.connection().await).await == 1
+    })
+    .await;
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg(&["KILL", "TYPE", "pubsub"])
+        .query_async(&mut conn)
+        .await
+        .expect("CLIENT KILL");
+    assert_eq!(killed, 1);
+    wait_until(
+        "the API subscribed again",
+        Duration::from_secs(10),
+        || async { subscribers(&mut stack.redis.connection().await).await == 1 },
+    )
+    .await;
+
+    let poll = {
+        let request = stack
+            .http
+            .get(stack.url(&format!("/api/bookings/requests/{id}?wait=30")))
+            .bearer_auth(&token);
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let response = request.send().await.expect("send");
+            (parts(response).await, started.elapsed())
+        })
+    };
+    let _worker = stack.worker(&[]);
+    let ((status, body), took) = poll.await.expect("poll task");
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "confirmed");
+    assert!(took < Duration::from_secs(20), "{took:?}");
 }
