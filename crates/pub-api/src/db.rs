@@ -506,7 +506,8 @@ const WAITLIST_PLACE: &str = "1 + (SELECT count(*) FROM bookings w \
 
 /// A booking's place in its goods' waitlist (1 = next in line) while it is waitlisted;
 /// `None` once it is not. A count that takes longer than `bound` is cancelled on the
-/// server (dropping the query would leave it running there).
+/// server (dropping the query would leave it running there), and its connection
+/// closed rather than returned to the pool.
 ///
 /// # Errors
 /// A database failure, or no answer within `bound`.
@@ -524,11 +525,18 @@ pub async fn waitlist_position(
     match tokio::time::timeout(bound, client.query_opt(&stmt, &[&booking_id])).await {
         Ok(row) => Ok(row?.map(|row| row.try_get(0)).transpose()?),
         Err(elapsed) => {
-            let cancel = client.cancel_token();
+            // The connection leaves the pool for good: a cancel that arrived after the
+            // count finished would otherwise hit whatever query its next user runs.
+            let client = deadpool_postgres::Object::take(client);
             tokio::spawn(async move {
-                if let Err(e) = cancel.cancel_query(tokio_postgres::NoTls).await {
+                if let Err(e) = client
+                    .cancel_token()
+                    .cancel_query(tokio_postgres::NoTls)
+                    .await
+                {
                     tracing::debug!(error = %e, "could not cancel a slow waitlist count");
                 }
+                drop(client);
             });
             Err(ApiError::DatabaseUnavailable(Box::new(elapsed)))
         }
