@@ -505,9 +505,9 @@ const WAITLIST_PLACE: &str = "1 + (SELECT count(*) FROM bookings w \
      WHERE w.goods_id = b.goods_id AND w.status = 'waitlisted' AND w.position < b.position)";
 
 /// A booking's place in its goods' waitlist (1 = next in line) while it is waitlisted;
-/// `None` once it is not. A count that takes longer than `bound` is cancelled on the
-/// server (dropping the query would leave it running there), and its connection
-/// closed rather than returned to the pool.
+/// `None` once it is not. Bounded by `bound` as a whole (the pool, the statements), and
+/// the count by the server too (`statement_timeout` for its transaction), so a count
+/// given up on here does not run on and hold up the connection's next user.
 ///
 /// # Errors
 /// A database failure, or no answer within `bound`.
@@ -516,31 +516,31 @@ pub async fn waitlist_position(
     booking_id: i64,
     bound: std::time::Duration,
 ) -> Result<Option<i64>, ApiError> {
-    let client = pool.get().await?;
-    let stmt = client
-        .prepare_cached(&format!(
-            "SELECT {WAITLIST_PLACE} FROM bookings b WHERE b.id = $1 AND b.status = 'waitlisted'"
+    let read = async {
+        let mut client = pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.batch_execute(&format!(
+            "SET LOCAL statement_timeout = {}",
+            bound.as_millis().max(1)
         ))
         .await?;
-    match tokio::time::timeout(bound, client.query_opt(&stmt, &[&booking_id])).await {
-        Ok(row) => Ok(row?.map(|row| row.try_get(0)).transpose()?),
-        Err(elapsed) => {
-            // The connection leaves the pool for good: a cancel that arrived after the
-            // count finished would otherwise hit whatever query its next user runs.
-            let client = deadpool_postgres::Object::take(client);
-            tokio::spawn(async move {
-                if let Err(e) = client
-                    .cancel_token()
-                    .cancel_query(tokio_postgres::NoTls)
-                    .await
-                {
-                    tracing::debug!(error = %e, "could not cancel a slow waitlist count");
-                }
-                drop(client);
-            });
-            Err(ApiError::DatabaseUnavailable(Box::new(elapsed)))
-        }
-    }
+        let stmt = tx
+            .prepare_cached(&format!(
+                "SELECT {WAITLIST_PLACE} FROM bookings b \
+                 WHERE b.id = $1 AND b.status = 'waitlisted'"
+            ))
+            .await?;
+        let place = tx
+            .query_opt(&stmt, &[&booking_id])
+            .await?
+            .map(|row| row.try_get(0))
+            .transpose()?;
+        tx.commit().await?;
+        Ok(place)
+    };
+    tokio::time::timeout(bound, read)
+        .await
+        .map_err(|elapsed| ApiError::DatabaseUnavailable(Box::new(elapsed)))?
 }
 
 /// One of a user's bookings, as `GET /api/me/bookings` lists it.

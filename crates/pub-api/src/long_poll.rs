@@ -137,7 +137,8 @@ impl Waiters {
             };
             match subscribed {
                 Ok((mut sink, mut notes)) => {
-                    let up_since = Instant::now();
+                    // Whether the subscription proved itself (a note, a PING answered).
+                    let mut healthy = false;
                     self.set_subscribed(true);
                     tracing::debug!(channels = channels.len(), "listening for settled requests");
                     let mut ping =
@@ -150,14 +151,17 @@ impl Waiters {
                             }
                             note = notes.next() => match note {
                                 Some(note) => match note.get_payload::<String>() {
-                                    Ok(ids) => self.wake_named(&ids),
+                                    Ok(ids) => {
+                                        healthy = true;
+                                        self.wake_named(&ids);
+                                    }
                                     Err(e) => tracing::debug!(error = %e, "unreadable settled note"),
                                 },
                                 None => break "the connection closed".to_owned(),
                             },
                             _ = ping.tick() => {
                                 match tokio::time::timeout(config.timeout, sink.ping::<redis::Value>()).await {
-                                    Ok(Ok(_)) => {}
+                                    Ok(Ok(_)) => healthy = true,
                                     Ok(Err(e)) => break e.to_string(),
                                     Err(_) => break "no answer to PING".to_owned(),
                                 }
@@ -165,16 +169,21 @@ impl Waiters {
                         }
                     };
                     self.set_subscribed(false);
-                    // Only a subscription that lasted starts the backoff over: one
-                    // dropped right after subscribing (a proxy that cuts it, a full
-                    // output buffer) must not wake every waiter ten times a second.
-                    if up_since.elapsed() >= PING_EVERY {
+                    // Only a subscription that proved itself starts the backoff over:
+                    // one dropped before (a proxy that cuts it, a full output buffer)
+                    // must not wake every waiter ten times a second.
+                    if healthy {
                         delay = FIRST_RETRY;
                     }
                     tracing::warn!(reason = %why, "lost the settled-requests subscription; long-polls read every second until it is back");
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, ?delay, "could not subscribe to settled requests; retrying");
+                    let refused = shared::error::display_chain(&e).contains("NOPERM");
+                    if refused {
+                        tracing::error!(error = %e, ?delay, "the Redis user may not subscribe to the settled channels (ACL: allow &<prefix>:*): long-polls read their status every second instead; retrying");
+                    } else {
+                        tracing::warn!(error = %e, ?delay, "could not subscribe to settled requests; retrying");
+                    }
                 }
             }
             tokio::select! {

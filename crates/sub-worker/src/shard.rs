@@ -60,6 +60,8 @@ pub struct ShardTask {
     fence: FenceToken,
     stream_key: String,
     cancel: CancellationToken,
+    /// Whether a refused settled note was logged already (once per task is enough).
+    note_refused: std::sync::atomic::AtomicBool,
 }
 
 impl ShardTask {
@@ -76,6 +78,7 @@ impl ShardTask {
             fence,
             stream_key,
             cancel,
+            note_refused: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -339,7 +342,12 @@ impl ShardTask {
                         tracing::warn!(%error, "could not trim decided entries from the stream");
                     }
                     if let Some(error) = settled.notify_error {
-                        tracing::warn!(%error, "could not publish the settled note: long-polls answer at their deadline (does the Redis user have the channel's permission?)");
+                        let first = !self
+                            .note_refused
+                            .swap(true, std::sync::atomic::Ordering::Relaxed);
+                        if first {
+                            tracing::warn!(%error, "could not publish the settled note (logged once per shard ownership): long-polls learn of decisions only by reading again; does the Redis user have the channel's permission?");
+                        }
                     }
                     return Ok(None);
                 }

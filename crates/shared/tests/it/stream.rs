@@ -790,7 +790,7 @@ async fn settling_works_for_a_redis_user_without_channel_permissions() {
         settled
             .notify_error
             .as_deref()
-            .is_some_and(|e| e.contains("publish")),
+            .is_some_and(|e| e.contains("channel")),
         "the failed note is reported: {settled:?}"
     );
     let pending: StreamPendingReply = conn

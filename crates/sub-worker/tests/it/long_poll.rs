@@ -321,6 +321,7 @@ async fn a_lost_subscription_comes_back_and_long_polls_still_wake() {
     )
     .await;
 
+    let reads_before = script_calls(&mut conn).await;
     let poll = {
         let request = stack
             .http
@@ -332,6 +333,11 @@ async fn a_lost_subscription_comes_back_and_long_polls_still_wake() {
             (parts(response).await, started.elapsed())
         })
     };
+    // The poll has read `queued` and waits before the worker starts.
+    wait_until("the long-poll waiting", Duration::from_secs(10), || async {
+        script_calls(&mut stack.redis.connection().await).await > reads_before
+    })
+    .await;
     let _worker = stack.worker(&[]);
     let ((status, body), took) = poll.await.expect("poll task");
     assert_eq!(status, StatusCode::OK, "{body}");
