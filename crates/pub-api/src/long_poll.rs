@@ -103,6 +103,10 @@ impl Waiters {
         self.inner.map().len()
     }
 
+    fn anyone_waiting(&self) -> bool {
+        !self.inner.map().is_empty()
+    }
+
     /// Wakes the waiters of every request a note names (comma-separated ids).
     fn wake_named(&self, note: &str) {
         let map = self.inner.map();
@@ -150,13 +154,16 @@ impl Waiters {
                                 return;
                             }
                             note = notes.next() => match note {
-                                Some(note) => match note.get_payload::<String>() {
-                                    Ok(ids) => {
-                                        healthy = true;
-                                        self.wake_named(&ids);
+                                Some(note) => {
+                                    healthy = true;
+                                    // Most notes name nobody waiting here: not even read then.
+                                    if self.anyone_waiting() {
+                                        match note.get_payload::<String>() {
+                                            Ok(ids) => self.wake_named(&ids),
+                                            Err(e) => tracing::debug!(error = %e, "unreadable settled note"),
+                                        }
                                     }
-                                    Err(e) => tracing::debug!(error = %e, "unreadable settled note"),
-                                },
+                                }
                                 None => break "the connection closed".to_owned(),
                             },
                             _ = ping.tick() => {
