@@ -21,7 +21,9 @@ use std::{
 };
 
 use redis::streams::StreamInfoGroupsReply;
-use shared::{keys::Keys, queue::QueueConnection, shard::Shard, stream::CONSUMER_GROUP};
+use shared::{
+    keys::Keys, meter::names, queue::QueueConnection, shard::Shard, stream::CONSUMER_GROUP,
+};
 use tokio_util::sync::CancellationToken;
 
 pub const REFRESH_INTERVAL: Duration = Duration::from_millis(200);
@@ -58,7 +60,8 @@ impl Backlog {
             .is_some_and(|n| n.load(Ordering::Relaxed) >= self.limit)
     }
 
-    async fn sample(conn: &mut QueueConnection, stream: &str) -> redis::RedisResult<u64> {
+    /// The shard's backlog (never delivered + pending) and its pending entries.
+    async fn sample(conn: &mut QueueConnection, stream: &str) -> redis::RedisResult<(u64, u64)> {
         let groups: redis::RedisResult<StreamInfoGroupsReply> = redis::cmd("XINFO")
             .arg("GROUPS")
             .arg(stream)
@@ -67,19 +70,29 @@ impl Backlog {
         let groups = match groups {
             Ok(groups) => groups,
             // No stream yet: nothing waiting.
-            Err(e) if e.to_string().contains("no such key") => return Ok(0),
+            Err(e) if e.to_string().contains("no such key") => return Ok((0, 0)),
             Err(e) => return Err(e),
         };
+        let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
         match groups.groups.iter().find(|g| g.name == CONSUMER_GROUP) {
-            Some(group) => match group.lag {
-                Some(lag) => Ok(u64::try_from(lag + group.pending).unwrap_or(u64::MAX)),
-                // Redis cannot tell the lag (entries after the group's position were
-                // deleted): count the whole stream, an upper bound that stays close
-                // because decided entries are trimmed.
-                None => redis::cmd("XLEN").arg(stream).query_async(conn).await,
-            },
+            Some(group) => {
+                let pending = count(group.pending);
+                match group.lag {
+                    Some(lag) => Ok((count(lag).saturating_add(pending), pending)),
+                    // Redis cannot tell the lag (entries after the group's position
+                    // were deleted): count the whole stream, an upper bound that stays
+                    // close because decided entries are trimmed.
+                    None => {
+                        let len: u64 = redis::cmd("XLEN").arg(stream).query_async(conn).await?;
+                        Ok((len, pending))
+                    }
+                }
+            }
             // No worker has created the group yet: every entry is waiting.
-            None => redis::cmd("XLEN").arg(stream).query_async(conn).await,
+            None => {
+                let len: u64 = redis::cmd("XLEN").arg(stream).query_async(conn).await?;
+                Ok((len, 0))
+            }
         }
     }
 
@@ -114,7 +127,16 @@ impl Backlog {
         for (shard, sample) in samples {
             let slot = self.per_shard.get(shard.index());
             match (sample, slot) {
-                (Ok(n), Some(slot)) => slot.store(n, Ordering::Relaxed),
+                (Ok((backlog, pending)), Some(slot)) => {
+                    slot.store(backlog, Ordering::Relaxed);
+                    #[allow(clippy::cast_precision_loss)] // gauges are f64
+                    {
+                        let shard = shard.to_string();
+                        metrics::gauge!(names::SHARD_BACKLOG, "shard" => shard.clone())
+                            .set(backlog as f64);
+                        metrics::gauge!(names::SHARD_PENDING, "shard" => shard).set(pending as f64);
+                    }
+                }
                 (Err(e), _) => {
                     tracing::debug!(shard = shard.get(), error = %e, "could not sample backlog")
                 }

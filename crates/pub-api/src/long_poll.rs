@@ -85,6 +85,7 @@ impl Waiters {
             .entry(request_id)
             .or_insert_with(|| watch::channel(()).0)
             .subscribe();
+        metrics::gauge!(shared::meter::names::LONG_POLLS).increment(1.0);
         Waiter {
             inner: self.inner.clone(),
             request_id,
@@ -239,6 +240,7 @@ impl Waiter {
 
 impl Drop for Waiter {
     fn drop(&mut self) {
+        metrics::gauge!(shared::meter::names::LONG_POLLS).decrement(1.0);
         let mut map = self.inner.map();
         drop(self.receiver.take());
         if map

@@ -1,7 +1,7 @@
 //! pub-api binary: telemetry, config, build, run until SIGINT/SIGTERM.
 
 use anyhow::Context;
-use pub_api::startup::{Application, StartupError};
+use pub_api::startup::Application;
 use shared::config::{ApiConfig, FromVars};
 use tokio_util::sync::CancellationToken;
 
@@ -16,14 +16,9 @@ async fn main() -> anyhow::Result<()> {
     let config = ApiConfig::from_env().context("invalid configuration")?;
     let shutdown = CancellationToken::new();
     tokio::spawn(shared::shutdown::cancel_on_signal(shutdown.clone()));
-    let app = shared::retry::until_available(
-        "pub-api startup",
-        &shutdown,
-        |e: &StartupError| e.is_unavailable(),
-        || Application::build(config.clone()),
-    )
-    .await
-    .context("pub-api failed to start")?;
+    let app = Application::start(config.clone(), &shutdown)
+        .await
+        .context("pub-api failed to start")?;
     tracing::info!(addr = %config.http.addr, port = app.port(), "pub-api listening");
     app.run_until_stopped(shutdown)
         .await

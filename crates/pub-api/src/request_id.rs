@@ -1,4 +1,4 @@
-//! Request ids and the per-request root span.
+//! Request ids, the per-request root span, and each request's log line and metrics.
 //!
 //! Every request runs inside a span carrying `request_id`: the caller's `x-request-id`
 //! when it is a sane token (so a client or load balancer can correlate), otherwise a
@@ -15,6 +15,7 @@ use actix_web::{
     middleware::Next,
     HttpMessage,
 };
+use shared::meter::{names, status_class};
 use tracing::Instrument;
 
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
@@ -48,12 +49,31 @@ pub async fn middleware(
         path = %req.path(),
     );
     let started = Instant::now();
-    let mut response = next.call(req).instrument(span.clone()).await?;
+    let method = req.method().clone();
+    let in_flight = metrics::gauge!(names::HTTP_IN_FLIGHT);
+    in_flight.increment(1.0);
+    let answered = next.call(req).instrument(span.clone()).await;
+    in_flight.decrement(1.0);
+    let mut response = answered?;
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
     let status = response.status().as_u16();
-    let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-    span.in_scope(|| tracing::info!(status, micros, "request finished"));
+    let elapsed = started.elapsed();
+    // The route template (`/api/goods/{id}`), never the path: bounded label values.
+    let route = response
+        .request()
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    metrics::counter!(
+        names::HTTP_REQUESTS,
+        "route" => route.clone(),
+        "method" => method.as_str().to_owned(),
+        "status" => status_class(status),
+    )
+    .increment(1);
+    metrics::histogram!(names::HTTP_DURATION, "route" => route.clone()).record(elapsed);
+    let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+    span.in_scope(|| tracing::info!(route = %route, status, micros, "request finished"));
     Ok(response)
 }

@@ -17,6 +17,7 @@ use shared::{
     config::{ApiConfig, Environment},
     error::SharedError,
     keys::Keys,
+    probe::{self, Otherwise, Readiness},
 };
 use tokio_util::sync::CancellationToken;
 
@@ -96,6 +97,7 @@ fn resource(path: &str) -> actix_web::Resource {
 fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/healthz").route(web::get().to(health::healthz)))
         .service(resource("/readyz").route(web::get().to(health::readyz)))
+        .service(resource("/metrics").route(web::get().to(health::metrics)))
         .service(
             web::scope("/api")
                 // The booking route first: actix tries resources in order, and dynamic
@@ -136,6 +138,75 @@ fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 impl Application {
+    /// Binds `config.http.addr` and from that moment answers on it: `/healthz` `200`,
+    /// `/readyz` `503` naming what it waits for, `/metrics`, anything else `503
+    /// starting` (`shared::probe`), while it connects to PostgreSQL and Redis and
+    /// migrates, retrying whatever is worth waiting for until `shutdown`. Then the API
+    /// takes the port over.
+    ///
+    /// # Errors
+    /// The address taken, a failure not worth waiting for (a failing migration, an
+    /// unsuitable Redis, a bad setting), or the last failure when shut down meanwhile.
+    pub async fn start(
+        config: ApiConfig,
+        shutdown: &CancellationToken,
+    ) -> Result<Self, StartupError> {
+        let listener =
+            TcpListener::bind(&config.http.addr).map_err(|source| StartupError::Bind {
+                addr: config.http.addr.clone(),
+                source,
+            })?;
+        Self::start_on(config, listener, shutdown).await
+    }
+
+    /// Like `start`, on a listener the caller bound (tests bind port 0).
+    ///
+    /// # Errors
+    /// As `start`.
+    pub async fn start_on(
+        config: ApiConfig,
+        listener: TcpListener,
+        shutdown: &CancellationToken,
+    ) -> Result<Self, StartupError> {
+        let bind_error = |source| StartupError::Bind {
+            addr: config.http.addr.clone(),
+            source,
+        };
+        shared::meter::install();
+        let readiness = Readiness::starting("connecting to PostgreSQL and Redis");
+        if let Ok(local) = listener.local_addr() {
+            tracing::info!(
+                port = local.port(),
+                "pub-api bound: /healthz, /readyz and /metrics answer while it starts"
+            );
+        }
+        let probe_listener = listener
+            .try_clone()
+            .and_then(|l| {
+                l.set_nonblocking(true)?;
+                tokio::net::TcpListener::from_std(l)
+            })
+            .map_err(bind_error)?;
+        let (probe_stop, probe) =
+            probe::spawn(probe_listener, readiness.clone(), Otherwise::Starting);
+        let built = probe::until_started(
+            "pub-api startup",
+            shutdown,
+            &readiness,
+            StartupError::is_unavailable,
+            || {
+                let attempt = listener.try_clone().map_err(bind_error);
+                let config = config.clone();
+                async move { Self::build_with_listener(config, attempt?).await }
+            },
+        )
+        .await;
+        // The API answers on the port from here; the probe stops accepting.
+        probe_stop.cancel();
+        let _ = probe.await;
+        built
+    }
+
     /// Migrates, connects and binds `config.http.addr`.
     ///
     /// # Errors
@@ -157,6 +228,7 @@ impl Application {
         config: ApiConfig,
         listener: TcpListener,
     ) -> Result<Self, StartupError> {
+        shared::meter::install();
         let keys = Keys::new(config.redis.prefix.clone(), config.shards.shards)
             .map_err(StartupError::InvalidSetting)?;
         shared::db::migrate(&config.database).await?;
@@ -247,6 +319,7 @@ impl Application {
     /// The server failed while running.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let handle = self.server.handle();
+        let upkeep = tokio::spawn(shared::meter::upkeep(shutdown.child_token()));
         let sampler = tokio::spawn(self.state.backlog.clone().run(
             self.state.redis.shared(),
             self.state.keys.clone(),
@@ -284,6 +357,7 @@ impl Application {
         let _ = refresher.await;
         let _ = sampler.await;
         let _ = listener.await;
+        let _ = upkeep.await;
         if let Some(forgetter) = forgetter {
             let _ = forgetter.await;
         }

@@ -480,6 +480,9 @@ pub struct WorkerConfig {
     /// `TICKETNEST_DEAD_LETTER_MAX_LEN`: most copies a shard's dead-letter stream keeps
     /// (the oldest go first; decisions stay in PostgreSQL).
     pub dead_letter_max_len: u64,
+    /// `TICKETNEST_WORKER_HTTP_ADDR`: where the worker answers `/healthz`, `/readyz` and
+    /// `/metrics` (port 0: any free port, logged). Each worker on one host needs its own.
+    pub http_addr: String,
 }
 
 impl WorkerConfig {
@@ -549,6 +552,8 @@ impl WorkerConfig {
                 100,
                 100_000_000,
             )?,
+            http_addr: var(vars, "TICKETNEST_WORKER_HTTP_ADDR")
+                .unwrap_or_else(|| "127.0.0.1:9464".into()),
         };
         if config.block * 2 >= config.lease_ttl {
             return Err(ConfigError::Invalid {

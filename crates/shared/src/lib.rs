@@ -14,6 +14,9 @@
 //! * [`auth`]: access tokens and password hashing; [`error`]: the shared errors.
 //! * [`telemetry`]: the tracing subscriber; [`shutdown`]: the stop signal;
 //!   [`retry`]: waiting for dependencies at startup.
+//! * [`meter`]: the Prometheus recorder and every metric's name; [`probe`]: the small
+//!   HTTP listener for `/healthz`, `/readyz` and `/metrics` that is up before anything
+//!   else.
 //!
 //! No HTTP and no worker loop live here; every binary depends on this crate and
 //! never on another binary.
@@ -25,6 +28,8 @@ pub mod db;
 pub mod decision;
 pub mod error;
 pub mod keys;
+pub mod meter;
+pub mod probe;
 pub mod queue;
 pub mod retry;
 pub mod shard;

@@ -7,6 +7,7 @@ use deadpool_postgres::Pool;
 use shared::{
     config::{RedisConfig, WorkerConfig},
     keys::Keys,
+    probe::Readiness,
     queue::QueueConnection,
     stream::Retention,
 };
@@ -21,4 +22,7 @@ pub struct Context {
     pub worker: WorkerConfig,
     /// How long decided statuses, decided entries and dead letters stay in Redis.
     pub retention: Retention,
+    /// What `/readyz` answers: ready while the worker is in the membership set and may
+    /// own shards (its heartbeat succeeds).
+    pub readiness: Readiness,
 }

@@ -124,8 +124,10 @@ impl LeaseManager {
             self.reap().await;
             self.collect_acquired(&shutdown).await;
             self.renew_all().await;
+            shared::meter::record_pool(&self.ctx.pool);
             match self.live_workers().await {
                 Ok(live) => {
+                    self.ctx.readiness.set_ready();
                     let share = fair_share(self.ctx.keys.shards().count(), live);
                     if self.held.len() > share {
                         self.hand_over(self.held.len() - share);
@@ -134,6 +136,9 @@ impl LeaseManager {
                     }
                 }
                 Err(e) => {
+                    self.ctx
+                        .readiness
+                        .set_not_ready("redis: the worker heartbeat failed");
                     tracing::warn!(error = %e, "worker heartbeat failed; keeping current shards")
                 }
             }
@@ -142,6 +147,7 @@ impl LeaseManager {
                 () = tokio::time::sleep(tick) => {}
             }
         }
+        self.ctx.readiness.set_not_ready("stopping");
         self.leave().await;
         self.release_all().await;
     }
@@ -249,6 +255,7 @@ impl LeaseManager {
             }
         }
         for shard in lost {
+            metrics::counter!(shared::meter::names::LEASES_LOST).increment(1);
             if let Some(held) = self.held.remove(&shard) {
                 held.cancel.cancel();
                 self.draining.insert(shard, held.task);
@@ -336,6 +343,7 @@ impl LeaseManager {
                 self.release(shard).await;
                 continue;
             }
+            metrics::counter!(shared::meter::names::LEASES_ACQUIRED).increment(1);
             let cancel = shutdown.child_token();
             let task =
                 tokio::spawn(ShardTask::new(self.ctx.clone(), shard, fence, cancel.clone()).run());

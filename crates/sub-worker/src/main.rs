@@ -1,10 +1,7 @@
 //! sub-worker binary: telemetry, config, build, run until SIGINT/SIGTERM.
 
 use anyhow::Context;
-use shared::{
-    config::{FromVars, SubWorkerConfig},
-    error::SharedError,
-};
+use shared::config::{FromVars, SubWorkerConfig};
 use sub_worker::startup::Worker;
 use tokio_util::sync::CancellationToken;
 
@@ -19,14 +16,9 @@ async fn main() -> anyhow::Result<()> {
     let config = SubWorkerConfig::from_env().context("invalid configuration")?;
     let shutdown = CancellationToken::new();
     tokio::spawn(shared::shutdown::cancel_on_signal(shutdown.clone()));
-    let worker = shared::retry::until_available(
-        "sub-worker startup",
-        &shutdown,
-        SharedError::is_unavailable,
-        || Worker::build(config.clone()),
-    )
-    .await
-    .context("sub-worker failed to start")?;
+    let worker = Worker::start(config, &shutdown)
+        .await
+        .context("sub-worker failed to start")?;
     tracing::info!(worker_id = worker.worker_id(), "sub-worker running");
     worker.run_until_stopped(shutdown).await;
     tracing::info!("sub-worker stopped");

@@ -7,7 +7,7 @@
 //! batch in hand (or abandons it unacknowledged, to be reclaimed by the next owner).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -20,6 +20,7 @@ use redis::{
     AsyncCommands,
 };
 use shared::error::display_chain as chain;
+use shared::meter::names;
 use shared::{
     config::CrashPoint,
     decision::RejectReason,
@@ -86,6 +87,7 @@ impl ShardTask {
     #[tracing::instrument(name = "shard", skip_all, fields(shard = self.shard.get(), fence = self.fence.get()))]
     pub async fn run(self) -> ShardExit {
         tracing::info!("shard acquired");
+        let _owned = Owned::mark(self.shard);
         // Hold expiry runs while this task does, and stops with it.
         let expiry = self.cancel.child_token();
         let _stop_expiry = expiry.clone().drop_guard();
@@ -99,6 +101,7 @@ impl ShardTask {
                 Ok(exit) => return exit,
                 Err(e) => {
                     let delay = backoff.next_delay();
+                    metrics::counter!(names::RETRIES, "class" => "shard").increment(1);
                     tracing::warn!(error = %e, ?delay, "shard loop interrupted; retrying");
                     if self.sleep_or_cancel(delay).await {
                         return ShardExit::Cancelled;
@@ -148,6 +151,7 @@ impl ShardTask {
             let batch: Vec<StreamId> = reply
                 .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
                 .unwrap_or_default();
+            self.record_lag(batch.first());
             if batch.is_empty() {
                 // Every settle trims what it decided; with a retention, what ages past
                 // it while the shard is idle is trimmed here.
@@ -282,6 +286,7 @@ impl ShardTask {
             match stream::decode(item) {
                 Ok(entry) => entries.push(entry),
                 Err(letter) => {
+                    metrics::counter!(names::DEAD_LETTERS, "cause" => "undecodable").increment(1);
                     tracing::warn!(stream_id = %letter.source_id, reason = %letter.reason, "dead-lettering undecodable entry");
                     dead.push(*letter);
                 }
@@ -320,6 +325,7 @@ impl ShardTask {
                 }
             }
         }
+        record_decisions(&entries, &committed);
         let statuses: Vec<StatusRecord> = committed.into_iter().map(|c| c.status).collect();
         let handled: Vec<stream::Handled> = batch.iter().map(stream::Handled::of).collect();
         let mut backoff = Backoff::default();
@@ -353,6 +359,7 @@ impl ShardTask {
                 }
                 Err(e) => {
                     let delay = backoff.next_delay();
+                    metrics::counter!(names::RETRIES, "class" => "settle").increment(1);
                     tracing::warn!(error = %e, ?delay, "could not acknowledge a committed batch; retrying");
                     // Leaving now is safe: the entries stay pending, the next owner
                     // reclaims them and finds them decided.
@@ -373,6 +380,7 @@ impl ShardTask {
     ) -> Result<(Vec<Committed>, Vec<DeadLetter>), ShardExit> {
         let mut backoff = Backoff::default();
         loop {
+            let started = Instant::now();
             match db::commit_batch(
                 &self.ctx.pool,
                 self.shard,
@@ -382,12 +390,17 @@ impl ShardTask {
             )
             .await
             {
-                Ok(committed) => return Ok((committed, Vec::new())),
+                Ok(committed) => {
+                    record_batch(entries.len(), started.elapsed());
+                    return Ok((committed, Vec::new()));
+                }
                 Err(WorkerError::Fenced { .. }) => {
+                    metrics::counter!(names::FENCE_REFUSALS).increment(1);
                     tracing::warn!("fencing token superseded: another worker owns this shard now");
                     return Err(ShardExit::Fenced);
                 }
                 Err(e) if e.is_transient() => {
+                    metrics::counter!(names::RETRIES, "class" => "commit").increment(1);
                     let delay = backoff.next_delay();
                     tracing::warn!(error = %chain(&e), ?delay, "batch not committed; retrying");
                     if self.sleep_or_cancel(delay).await {
@@ -416,16 +429,24 @@ impl ShardTask {
             let mut backoff = Backoff::default();
             loop {
                 let one = std::slice::from_ref(entry);
+                let started = Instant::now();
                 match db::commit_batch(&self.ctx.pool, self.shard, self.fence, one, self.stall())
                     .await
                 {
                     Ok(c) => {
+                        record_batch(1, started.elapsed());
                         committed.extend(c);
                         break;
                     }
-                    Err(WorkerError::Fenced { .. }) => return Err(ShardExit::Fenced),
-                    Err(e) if e.is_transient() => {}
+                    Err(WorkerError::Fenced { .. }) => {
+                        metrics::counter!(names::FENCE_REFUSALS).increment(1);
+                        return Err(ShardExit::Fenced);
+                    }
+                    Err(e) if e.is_transient() => {
+                        metrics::counter!(names::RETRIES, "class" => "commit").increment(1);
+                    }
                     Err(e) => {
+                        metrics::counter!(names::RETRIES, "class" => "refused").increment(1);
                         refusals += 1;
                         if refusals >= self.ctx.worker.max_attempts {
                             let reason =
@@ -438,6 +459,9 @@ impl ShardTask {
                             );
                             let status = self.record_dead_letter(entry).await?;
                             if status.reason == Some(RejectReason::Unprocessable) {
+                                metrics::counter!(names::DEAD_LETTERS, "cause" => "refused")
+                                    .increment(1);
+                                record_decision(&status);
                                 let mut letter = DeadLetter::refused(entry, reason);
                                 letter.status = Some(status);
                                 dead.push(letter);
@@ -475,4 +499,73 @@ impl ShardTask {
             }
         }
     }
+}
+
+/// Marks a shard owned by this worker (`ticketnest_shard_owned` 1) for as long as it
+/// lives; 0, and no lag, once its task ends.
+struct Owned(String);
+
+impl Owned {
+    fn mark(shard: Shard) -> Self {
+        let label = shard.to_string();
+        metrics::gauge!(names::SHARD_OWNED, "shard" => label.clone()).set(1.0);
+        Self(label)
+    }
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        metrics::gauge!(names::SHARD_OWNED, "shard" => self.0.clone()).set(0.0);
+        metrics::gauge!(names::SHARD_LAG, "shard" => self.0.clone()).set(0.0);
+    }
+}
+
+impl ShardTask {
+    /// Sets the shard's lag: the age of the oldest entry not yet decided, which is the
+    /// first of the batch just read (everything before it is decided), or none when
+    /// nothing was read. Entry ids carry Redis's clock; the age is taken on this
+    /// process's.
+    fn record_lag(&self, first: Option<&StreamId>) {
+        let age = first.and_then(|e| EntryId::parse(&e.id)).map_or(0.0, |id| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+            #[allow(clippy::cast_precision_loss)] // a gauge in seconds
+            let seconds = now.saturating_sub(id.ms).max(0) as f64 / 1000.0;
+            seconds
+        });
+        metrics::gauge!(names::SHARD_LAG, "shard" => self.shard.to_string()).set(age);
+    }
+}
+
+/// One committed batch: its count, size and transaction time.
+#[allow(clippy::cast_precision_loss)] // histograms are f64
+fn record_batch(size: usize, took: Duration) {
+    metrics::counter!(names::BATCHES).increment(1);
+    metrics::histogram!(names::BATCH_SIZE).record(size as f64);
+    metrics::histogram!(names::COMMIT_DURATION).record(took);
+}
+
+/// The decisions this batch made on its own entries (not redeliveries found decided,
+/// nor the earlier requests whose bookings it promoted or released).
+fn record_decisions(entries: &[Entry], committed: &[Committed]) {
+    let asked: HashSet<Uuid> = entries
+        .iter()
+        .map(|e| e.message.request().request_id)
+        .collect();
+    for c in committed
+        .iter()
+        .filter(|c| c.new && asked.contains(&c.status.request_id))
+    {
+        record_decision(&c.status);
+    }
+}
+
+fn record_decision(status: &StatusRecord) {
+    metrics::counter!(
+        names::DECISIONS,
+        "outcome" => status.status.as_str(),
+        "reason" => status.reason.map_or("none", RejectReason::as_str),
+    )
+    .increment(1);
 }

@@ -2,22 +2,97 @@
 
 use std::sync::Arc;
 
-use shared::{config::SubWorkerConfig, error::SharedError, keys::Keys, stream::Retention};
+use shared::{
+    config::SubWorkerConfig,
+    error::SharedError,
+    keys::Keys,
+    probe::{self, Otherwise, Readiness},
+    stream::Retention,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{context::Context, lease::LeaseManager};
 
+/// Why a worker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("could not bind TICKETNEST_WORKER_HTTP_ADDR {addr}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Dependency(#[from] SharedError),
+}
+
 /// A worker connected and ready to run.
 pub struct Worker {
     ctx: Arc<Context>,
+    /// Stops the HTTP listener (`start`) once the worker has stopped.
+    probe_stop: Option<CancellationToken>,
 }
 
 impl Worker {
-    /// Migrates, connects, and checks that Redis is one TicketNest can run on.
+    /// Binds `TICKETNEST_WORKER_HTTP_ADDR` and from that moment answers `/healthz`,
+    /// `/readyz` (503 naming what it waits for) and `/metrics` there, while it connects
+    /// to PostgreSQL and Redis and migrates, retrying whatever is worth waiting for
+    /// until `shutdown`.
+    ///
+    /// # Errors
+    /// The address taken, a failure not worth waiting for, or the last failure when
+    /// shut down meanwhile.
+    pub async fn start(
+        config: SubWorkerConfig,
+        shutdown: &CancellationToken,
+    ) -> Result<Self, StartError> {
+        shared::meter::install();
+        let addr = config.worker.http_addr.clone();
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: addr.clone(),
+                source,
+            })?;
+        if let Ok(local) = listener.local_addr() {
+            tracing::info!(addr = %local, "worker HTTP listener: /healthz, /readyz, /metrics");
+        }
+        let readiness = Readiness::starting("connecting to PostgreSQL and Redis");
+        let (probe_stop, _) = probe::spawn(listener, readiness.clone(), Otherwise::NotFound);
+        let built = probe::until_started(
+            "sub-worker startup",
+            shutdown,
+            &readiness,
+            SharedError::is_unavailable,
+            || Self::build_with(config.clone(), readiness.clone()),
+        )
+        .await;
+        match built {
+            Ok(mut worker) => {
+                worker.probe_stop = Some(probe_stop);
+                Ok(worker)
+            }
+            Err(e) => {
+                probe_stop.cancel();
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Migrates, connects, and checks that Redis is one TicketNest can run on (no HTTP
+    /// listener: `start` adds it).
     ///
     /// # Errors
     /// PostgreSQL or Redis unreachable, migrations failing, or a shard count out of range.
     pub async fn build(config: SubWorkerConfig) -> Result<Self, SharedError> {
+        Self::build_with(config, Readiness::starting("starting")).await
+    }
+
+    async fn build_with(
+        config: SubWorkerConfig,
+        readiness: Readiness,
+    ) -> Result<Self, SharedError> {
+        shared::meter::install();
         let keys = Keys::new(config.redis.prefix.clone(), config.shards.shards)
             .map_err(SharedError::InvalidSetting)?;
         shared::db::migrate(&config.database).await?;
@@ -27,6 +102,7 @@ impl Worker {
         shared::db::check_shard_count(&pool, config.shards.shards).await?;
         let mut redis = shared::queue::connect_shared(&config.redis).await?;
         shared::queue::check_server(&mut redis).await?;
+        readiness.set_not_ready("joining the workers");
         Ok(Self {
             ctx: Arc::new(Context {
                 pool,
@@ -39,7 +115,9 @@ impl Worker {
                 },
                 redis_config: config.redis,
                 worker: config.worker,
+                readiness,
             }),
+            probe_stop: None,
         })
     }
 
@@ -48,8 +126,16 @@ impl Worker {
     }
 
     /// Runs until `shutdown` is cancelled; then finishes the batches in hand, commits
-    /// and acknowledges them, and releases every lease before returning.
+    /// and acknowledges them, and releases every lease before returning. The HTTP
+    /// listener answers until then (`/readyz` 503 `stopping` meanwhile).
     pub async fn run_until_stopped(self, shutdown: CancellationToken) {
+        let readiness = self.ctx.readiness.clone();
+        let upkeep = tokio::spawn(shared::meter::upkeep(shutdown.child_token()));
         LeaseManager::new(self.ctx).run(shutdown).await;
+        let _ = upkeep.await;
+        readiness.set_not_ready("stopped");
+        if let Some(stop) = self.probe_stop {
+            stop.cancel();
+        }
     }
 }

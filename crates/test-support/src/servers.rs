@@ -38,7 +38,8 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 const PORT_ATTEMPTS: usize = 5;
 
 /// A free TCP port on 127.0.0.1 (free when this returns; the server binds it right after).
-fn free_port() -> u16 {
+/// A port free on 127.0.0.1 a moment ago (for a server a test starts itself).
+pub fn free_port() -> u16 {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .expect("binding 127.0.0.1:0 to find a free port");
     listener

@@ -200,6 +200,9 @@ impl Stack {
             .env("TICKETNEST_BLOCK_MS", "100")
             .env("TICKETNEST_BATCH_SIZE", "200")
             .env("TICKETNEST_DATABASE_POOL_SIZE", "4")
+            // Any free port: several workers run side by side (a test names one to
+            // read it).
+            .env("TICKETNEST_WORKER_HTTP_ADDR", "127.0.0.1:0")
             .env_remove("TICKETNEST_CRASH_POINT")
             .kill_on_drop(true)
             .stdin(Stdio::null());

@@ -308,8 +308,7 @@ async fn enqueue_limit_change(
             .map(|r| r.0.clone())
             .unwrap_or_default(),
     });
-    let mut conn = state.redis.get().await;
-    match stream::enqueue(&mut conn, &state.keys, &message, state.user_rate).await? {
+    match super::bookings::enqueue(state, &message).await? {
         Enqueued::Accepted | Enqueued::Existing { .. } => Ok(request_id),
         Enqueued::KeyReused => Err(ApiError::IdempotencyKeyReused),
         Enqueued::RateLimited { retry_after } => Err(ApiError::RateLimited(retry_after)),

@@ -1,4 +1,5 @@
-//! `/healthz` (the process answers) and `/readyz` (it can do its job).
+//! `/healthz` (the process answers), `/readyz` (it can do its job) and `/metrics`
+//! (Prometheus text, `shared::meter`).
 
 use std::time::Duration;
 
@@ -9,6 +10,14 @@ use crate::state::AppState;
 
 /// Upper bound on the whole readiness check, so a hung dependency cannot hang probes.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Every metric now, with the database pool's connections sampled at this moment.
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    shared::meter::record_pool(&state.pool);
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(shared::meter::render())
+}
 
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))

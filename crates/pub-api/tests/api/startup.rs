@@ -24,6 +24,26 @@ async fn run_with(env: &[(&str, &str)]) -> (Option<i32>, String) {
     )
 }
 
+/// The real binary on a database and Redis prefix of the test's, on any free port,
+/// logging JSON lines to a pipe (its stdout).
+fn pub_api(
+    db: &test_support::TestDatabase,
+    redis: &test_support::TestRedis,
+) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_pub-api"));
+    command
+        .env("TICKETNEST_DATABASE_URL", db.url())
+        .env("TICKETNEST_REDIS_URL", redis.url())
+        .env("TICKETNEST_REDIS_PREFIX", redis.prefix())
+        .env("TICKETNEST_HTTP_ADDR", "127.0.0.1:0")
+        .env("TICKETNEST_LOG_FORMAT", "json")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
 #[tokio::test]
 async fn prod_without_a_jwt_secret_refuses_to_start_naming_the_variable() {
     let (code, stderr) = run_with(&[("TICKETNEST_ENV", "prod")]).await;
@@ -48,20 +68,11 @@ async fn logs_carry_request_ids_and_never_passwords_or_tokens() {
 
     let db = test_support::TestDatabase::new().await;
     let redis = test_support::TestRedis::new();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pub-api"))
-        .env("TICKETNEST_DATABASE_URL", db.url())
-        .env("TICKETNEST_REDIS_URL", test_support::redis_url())
-        .env("TICKETNEST_REDIS_PREFIX", redis.prefix())
-        .env("TICKETNEST_HTTP_ADDR", "127.0.0.1:0")
+    let mut child = pub_api(&db, &redis)
         .env("TICKETNEST_JWT_SECRET", test_support::TEST_JWT_SECRET)
         .env("TICKETNEST_ARGON2_MEMORY_KIB", "8")
         .env("TICKETNEST_ARGON2_ITERATIONS", "1")
-        .env("TICKETNEST_LOG_FORMAT", "json")
         .env("RUST_LOG", "debug")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .expect("spawn pub-api");
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
@@ -134,4 +145,93 @@ async fn logs_carry_request_ids_and_never_passwords_or_tokens() {
         .expect("signup logged");
     assert!(signed_up.contains(&signup_id), "{signed_up}");
     assert!(log.iter().any(|l| l.contains("request finished")));
+}
+
+/// Started while its Redis is down, pub-api answers at once: `/healthz` 200, `/readyz`
+/// 503 naming what it waits for, `/metrics`, and `503 starting` for the API; once Redis
+/// is up, it is ready and serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn started_before_redis_it_answers_probes_at_once_and_serves_once_redis_is_up() {
+    use serde_json::Value;
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let db = test_support::TestDatabase::new().await;
+    let mut server = test_support::servers::RedisServer::start(false).await;
+    let redis = test_support::TestRedis::on(server.url());
+    server.kill().await;
+    let mut child = pub_api(&db, &redis)
+        .env("TICKETNEST_REDIS_TIMEOUT_MS", "300")
+        .env("RUST_LOG", "info")
+        .spawn()
+        .expect("spawn pub-api");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let port = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.expect("read log") {
+            let parsed: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+            if let Some(port) = parsed["fields"]["port"].as_u64() {
+                return port;
+            }
+        }
+        panic!("pub-api exited before binding");
+    })
+    .await
+    .expect("pub-api bound");
+    // Keep reading its log, so it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    let get = |path: &str| {
+        let request = http.get(format!("{base}{path}"));
+        async move {
+            let response = request.send().await.expect("an answer");
+            let status = response.status();
+            let retry_after = response.headers().get("retry-after").cloned();
+            let text = response.text().await.expect("body");
+            (status, text, retry_after)
+        }
+    };
+    let (status, body, _) = get("/healthz").await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    // PostgreSQL answers at once; the wait is for Redis.
+    test_support::wait_until(
+        "readyz names the queue",
+        Duration::from_secs(20),
+        || async {
+            let (_, body, _) = get("/readyz").await;
+            body.contains("queue unavailable")
+        },
+    )
+    .await;
+    let (status, body, _) = get("/readyz").await;
+    assert_eq!(status, reqwest::StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let body: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(body["error"]["code"], "not_ready");
+    let (status, body, retry_after) = get("/api/goods").await;
+    assert_eq!(status, reqwest::StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).expect("json")["error"]["code"],
+        "starting"
+    );
+    assert_eq!(
+        retry_after.as_ref().and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    let (status, _, _) = get("/metrics").await;
+    assert_eq!(status, reqwest::StatusCode::OK);
+
+    server.start_again().await;
+    test_support::wait_until(
+        "ready once Redis is up",
+        Duration::from_secs(30),
+        || async { get("/readyz").await.0 == reqwest::StatusCode::OK },
+    )
+    .await;
+    let (status, body, _) = get("/api/goods").await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    assert_eq!(body, "[]");
+    let (status, _, _) = get("/healthz").await;
+    assert_eq!(status, reqwest::StatusCode::OK);
 }

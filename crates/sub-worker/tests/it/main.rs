@@ -18,6 +18,7 @@ mod memory;
 mod model;
 mod my_bookings;
 mod nemesis;
+mod observability;
 mod outages;
 mod queue_position;
 mod redelivery;
