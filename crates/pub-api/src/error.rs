@@ -212,12 +212,7 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let (status, code) = self.status_and_code();
-        metrics::counter!(
-            shared::meter::names::HTTP_ERRORS,
-            "code" => code,
-            "status" => status.as_str().to_owned(),
-        )
-        .increment(1);
+        metrics::counter!(shared::meter::names::HTTP_ERRORS, "code" => code).increment(1);
         if status.is_server_error() {
             tracing::error!(code, error = %chain(self), "request failed");
         } else {

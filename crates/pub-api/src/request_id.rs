@@ -49,11 +49,11 @@ pub async fn middleware(
         path = %req.path(),
     );
     let started = Instant::now();
-    let method = req.method().clone();
-    let in_flight = metrics::gauge!(names::HTTP_IN_FLIGHT);
-    in_flight.increment(1.0);
+    let method = method_label(req.method());
+    // Counted down on drop: actix drops a request's future when its client resets.
+    let in_flight = InFlight::start();
     let answered = next.call(req).instrument(span.clone()).await;
-    in_flight.decrement(1.0);
+    drop(in_flight);
     let mut response = answered?;
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
@@ -64,16 +64,82 @@ pub async fn middleware(
     let route = response
         .request()
         .match_pattern()
-        .unwrap_or_else(|| "unmatched".to_owned());
+        .map_or("unmatched", |pattern| intern(&pattern));
     metrics::counter!(
         names::HTTP_REQUESTS,
-        "route" => route.clone(),
-        "method" => method.as_str().to_owned(),
+        "route" => route,
+        "method" => method,
         "status" => status_class(status),
     )
     .increment(1);
-    metrics::histogram!(names::HTTP_DURATION, "route" => route.clone()).record(elapsed);
+    metrics::histogram!(names::HTTP_DURATION, "route" => route).record(elapsed);
     let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
     span.in_scope(|| tracing::info!(route = %route, status, micros, "request finished"));
     Ok(response)
+}
+
+/// A method as a label: the standard ones by name, any other `other` (clients may send
+/// any token as a method; labels must stay a bounded set).
+fn method_label(method: &actix_web::http::Method) -> &'static str {
+    use actix_web::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// Route templates as `'static` labels: a template is one of the registered routes (a
+/// bounded set), kept once for the life of the process, so a request builds its labels
+/// without copying strings.
+fn intern(template: &str) -> &'static str {
+    static SEEN: std::sync::RwLock<Vec<&'static str>> = std::sync::RwLock::new(Vec::new());
+    let known = |seen: &[&'static str]| seen.iter().copied().find(|t| *t == template);
+    if let Some(found) = SEEN.read().ok().and_then(|seen| known(&seen)) {
+        return found;
+    }
+    let mut seen = SEEN
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(found) = known(&seen) {
+        return found;
+    }
+    let leaked: &'static str = Box::leak(template.to_owned().into_boxed_str());
+    seen.push(leaked);
+    leaked
+}
+
+/// One request being answered (`ticketnest_http_requests_in_flight`).
+struct InFlight;
+
+impl InFlight {
+    fn start() -> Self {
+        metrics::gauge!(names::HTTP_IN_FLIGHT).increment(1.0);
+        Self
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!(names::HTTP_IN_FLIGHT).decrement(1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_stay_a_bounded_set() {
+        let odd = actix_web::http::Method::from_bytes(b"FOOBAR").expect("a token");
+        assert_eq!(method_label(&odd), "other");
+        assert_eq!(method_label(&actix_web::http::Method::POST), "POST");
+        let first = intern("/api/goods/{id}");
+        assert!(std::ptr::eq(first, intern("/api/goods/{id}")), "kept once");
+    }
 }

@@ -201,7 +201,11 @@ impl Application {
             },
         )
         .await;
-        // The API answers on the port from here; the probe stops accepting.
+        // The API answers on the port from here; the probe stops accepting (a request
+        // it still answers meanwhile is told the truth: ready).
+        if built.is_ok() {
+            readiness.set_ready();
+        }
         probe_stop.cancel();
         let _ = probe.await;
         built

@@ -482,8 +482,14 @@ pub struct WorkerConfig {
     pub dead_letter_max_len: u64,
     /// `TICKETNEST_WORKER_HTTP_ADDR`: where the worker answers `/healthz`, `/readyz` and
     /// `/metrics` (port 0: any free port, logged). Each worker on one host needs its own.
-    pub http_addr: String,
+    /// `None`: not set, [`DEFAULT_WORKER_HTTP_ADDR`] is tried (a worker that finds it
+    /// taken runs without a listener, warning, rather than not at all).
+    pub http_addr: Option<String>,
 }
+
+/// Where a worker listens for probes and scrapes when `TICKETNEST_WORKER_HTTP_ADDR` is
+/// not set.
+pub const DEFAULT_WORKER_HTTP_ADDR: &str = "127.0.0.1:9464";
 
 impl WorkerConfig {
     /// # Errors
@@ -552,8 +558,7 @@ impl WorkerConfig {
                 100,
                 100_000_000,
             )?,
-            http_addr: var(vars, "TICKETNEST_WORKER_HTTP_ADDR")
-                .unwrap_or_else(|| "127.0.0.1:9464".into()),
+            http_addr: var(vars, "TICKETNEST_WORKER_HTTP_ADDR"),
         };
         if config.block * 2 >= config.lease_ttl {
             return Err(ConfigError::Invalid {

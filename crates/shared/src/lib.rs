@@ -18,8 +18,8 @@
 //!   HTTP listener for `/healthz`, `/readyz` and `/metrics` that is up before anything
 //!   else.
 //!
-//! No HTTP and no worker loop live here; every binary depends on this crate and
-//! never on another binary.
+//! No API routes and no worker loop live here (only the small probe listener both
+//! binaries share); every binary depends on this crate and never on another binary.
 
 pub mod audit;
 pub mod auth;

@@ -22,27 +22,31 @@ pub mod names {
     pub const HTTP_DURATION: &str = "ticketnest_http_request_duration_seconds";
     /// Gauge: HTTP requests being answered now (long-polls included).
     pub const HTTP_IN_FLIGHT: &str = "ticketnest_http_requests_in_flight";
-    /// Counter: error answers by their `code` (the `error.code` clients see), with the
-    /// `status`.
+    /// Counter: error answers by their `code` (the `error.code` clients see; the code
+    /// implies the status).
     pub const HTTP_ERRORS: &str = "ticketnest_http_errors_total";
     /// Histogram (s): the enqueue script's Redis round trip.
     pub const ENQUEUE_DURATION: &str = "ticketnest_enqueue_duration_seconds";
     /// Gauge: long-polls waiting in this process.
     pub const LONG_POLLS: &str = "ticketnest_long_polls_waiting";
     /// Gauge, per `shard`: undecided entries (never delivered + pending), as the API's
-    /// backpressure samples them (every 200 ms).
+    /// backpressure samples them (every 200 ms). Every API copy samples every shard:
+    /// aggregate with `max`, not `sum`.
     pub const SHARD_BACKLOG: &str = "ticketnest_shard_backlog";
 
     // sub-worker
     /// Gauge, per `shard`: 1 while this worker owns the shard, else 0.
     pub const SHARD_OWNED: &str = "ticketnest_shard_owned";
     /// Gauge, per `shard` (sampled by the API with the backlog): entries read by a worker
-    /// and not yet acknowledged.
+    /// and not yet acknowledged. Every API copy samples every shard: aggregate with
+    /// `max`, not `sum`.
     pub const SHARD_PENDING: &str = "ticketnest_shard_pending";
-    /// Gauge, per `shard` (sampled by its owner): age in seconds of the oldest
-    /// undecided entry (0 when none).
+    /// Gauge, per `shard` (set by its owner every lease tick): age in seconds of the
+    /// oldest entry read and not yet decided (0 when the owner has none in hand: an
+    /// entry not yet read shows in the backlog instead).
     pub const SHARD_LAG: &str = "ticketnest_shard_lag_seconds";
-    /// Counter: batches committed.
+    /// Counter: batch transactions committed (a redelivered batch found decided
+    /// included).
     pub const BATCHES: &str = "ticketnest_worker_batches_total";
     /// Histogram: entries per batch.
     pub const BATCH_SIZE: &str = "ticketnest_worker_batch_size";
@@ -53,13 +57,14 @@ pub mod names {
     pub const DECISIONS: &str = "ticketnest_decisions_total";
     /// Counter: shard leases acquired.
     pub const LEASES_ACQUIRED: &str = "ticketnest_leases_acquired_total";
-    /// Counter: shard leases lost (expired before renewal, or taken by another worker).
+    /// Counter: shard leases lost (expired before renewal, taken by another worker, or
+    /// fenced off by a newer owner's token).
     pub const LEASES_LOST: &str = "ticketnest_leases_lost_total";
     /// Counter: commits refused because another worker holds a newer fencing token.
     pub const FENCE_REFUSALS: &str = "ticketnest_fence_refusals_total";
     /// Counter: retries, by `class` (`commit`: a transient database failure; `settle`:
-    /// Redis after COMMIT; `refused`: the database refusing one entry; `shard`: the
-    /// shard loop reconnecting).
+    /// Redis after COMMIT; `refused`: the database refusing one entry's data, the
+    /// refusal that dead-letters it included; `shard`: the shard loop reconnecting).
     pub const RETRIES: &str = "ticketnest_worker_retries_total";
     /// Counter: entries dead-lettered, by `cause` (`undecodable`, `refused`).
     pub const DEAD_LETTERS: &str = "ticketnest_dead_letters_total";
@@ -80,6 +85,7 @@ pub const SIZE_BUCKETS: &[f64] = &[
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();
 
 /// Installs the process's recorder (once; later calls do nothing) and describes every
 /// metric. Without a recorder (one installed by something else) metrics are dropped and
@@ -110,7 +116,9 @@ pub fn install() {
 pub fn render() -> String {
     match HANDLE.get() {
         Some(Some(handle)) => {
-            metrics_process::Collector::default().collect();
+            PROCESS
+                .get_or_init(metrics_process::Collector::default)
+                .collect();
             handle.render()
         }
         _ => String::new(),
@@ -167,7 +175,7 @@ fn describe() {
         HTTP_IN_FLIGHT,
         "HTTP requests being answered now, long-polls included"
     );
-    describe_counter!(HTTP_ERRORS, "error answers by error code and status");
+    describe_counter!(HTTP_ERRORS, "error answers by error code");
     describe_histogram!(
         ENQUEUE_DURATION,
         Unit::Seconds,

@@ -10,12 +10,13 @@
 use std::{
     convert::Infallible,
     sync::{Arc, RwLock},
+    time::Duration,
 };
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{body::Incoming, header, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -117,9 +118,20 @@ where
     .await
 }
 
+/// Most connections served at once; more wait in the kernel's accept queue.
+const MAX_CONNECTIONS: usize = 64;
+/// How long a connection may take to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one connection may stay open at all.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
+
 /// Serves `listener` until `stop`: `/healthz` always `200`, `/readyz` `200` or `503`
-/// naming the failing check, `/metrics` what `metrics` renders (Prometheus text).
-/// Connections in flight when `stop` fires are answered and closed.
+/// naming the failing check, `/metrics` what `metrics` renders (Prometheus text). A
+/// connection gets [`HEADER_READ_TIMEOUT`] per request's headers and
+/// [`CONNECTION_LIFETIME`] in all, and at most [`MAX_CONNECTIONS`] are served at once,
+/// so idle or slow clients cannot pile up. When `stop` fires, a connection between
+/// requests is closed at once and one in a request answers it first; one that has not
+/// sent its first request yet is closed by its header timeout.
 pub async fn serve(
     listener: TcpListener,
     readiness: Readiness,
@@ -127,7 +139,15 @@ pub async fn serve(
     otherwise: Otherwise,
     stop: CancellationToken,
 ) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let permit = tokio::select! {
+            () = stop.cancelled() => return,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+        };
         let accepted = tokio::select! {
             () = stop.cancelled() => return,
             accepted = listener.accept() => accepted,
@@ -135,31 +155,42 @@ pub async fn serve(
         let stream = match accepted {
             Ok((stream, _)) => stream,
             Err(e) => {
+                // Out of descriptors, for instance: pause rather than spin.
                 tracing::debug!(error = %e, "probe listener: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
         let readiness = readiness.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let answer = answer(req.uri().path(), &readiness, metrics, otherwise);
                 async move { Ok::<_, Infallible>(answer) }
             });
             let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .keep_alive(true)
                 .serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
-            tokio::select! {
-                result = connection.as_mut() => {
-                    if let Err(e) = result {
-                        tracing::debug!(error = %e, "probe listener: connection failed");
+            let served = tokio::time::timeout(CONNECTION_LIFETIME, async {
+                tokio::select! {
+                    result = connection.as_mut() => {
+                        if let Err(e) = result {
+                            tracing::debug!(error = %e, "probe listener: connection failed");
+                        }
+                    }
+                    () = stop.cancelled() => {
+                        connection.as_mut().graceful_shutdown();
+                        let _ = connection.as_mut().await;
                     }
                 }
-                () = stop.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
-                }
+            })
+            .await;
+            if served.is_err() {
+                tracing::debug!("probe listener: connection closed after its lifetime");
             }
         });
     }

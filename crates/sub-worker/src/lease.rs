@@ -76,6 +76,8 @@ struct Held {
     renewed: Instant,
     cancel: CancellationToken,
     task: JoinHandle<ShardExit>,
+    /// The task's oldest entry in hand (stream ms; 0: none), for the lag gauge.
+    oldest: Arc<std::sync::atomic::AtomicI64>,
 }
 
 pub struct LeaseManager {
@@ -125,6 +127,12 @@ impl LeaseManager {
             self.collect_acquired(&shutdown).await;
             self.renew_all().await;
             shared::meter::record_pool(&self.ctx.pool);
+            for (shard, held) in &self.held {
+                crate::shard::record_lag(
+                    *shard,
+                    held.oldest.load(std::sync::atomic::Ordering::Relaxed),
+                );
+            }
             match self.live_workers().await {
                 Ok(live) => {
                     self.ctx.readiness.set_ready();
@@ -189,6 +197,9 @@ impl LeaseManager {
         for shard in ended {
             if let Some(held) = self.held.remove(&shard) {
                 let exit = held.task.await;
+                if matches!(exit, Ok(ShardExit::Fenced)) {
+                    metrics::counter!(shared::meter::names::LEASES_LOST).increment(1);
+                }
                 tracing::info!(shard = shard.get(), ?exit, "shard task ended");
                 self.release(shard).await;
             }
@@ -345,8 +356,17 @@ impl LeaseManager {
             }
             metrics::counter!(shared::meter::names::LEASES_ACQUIRED).increment(1);
             let cancel = shutdown.child_token();
-            let task =
-                tokio::spawn(ShardTask::new(self.ctx.clone(), shard, fence, cancel.clone()).run());
+            let oldest = Arc::new(std::sync::atomic::AtomicI64::new(0));
+            let task = tokio::spawn(
+                ShardTask::new(
+                    self.ctx.clone(),
+                    shard,
+                    fence,
+                    cancel.clone(),
+                    oldest.clone(),
+                )
+                .run(),
+            );
             self.held.insert(
                 shard,
                 Held {
@@ -354,6 +374,7 @@ impl LeaseManager {
                     renewed,
                     cancel,
                     task,
+                    oldest,
                 },
             );
         }

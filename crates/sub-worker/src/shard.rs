@@ -63,6 +63,9 @@ pub struct ShardTask {
     cancel: CancellationToken,
     /// Whether a refused settled note was logged already (once per task is enough).
     note_refused: std::sync::atomic::AtomicBool,
+    /// The stream time (ms) of the oldest entry in hand and not yet decided; 0 when none.
+    /// The lease loop turns it into `ticketnest_shard_lag_seconds`.
+    oldest: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl ShardTask {
@@ -71,6 +74,7 @@ impl ShardTask {
         shard: Shard,
         fence: FenceToken,
         cancel: CancellationToken,
+        oldest: Arc<std::sync::atomic::AtomicI64>,
     ) -> Self {
         let stream_key = ctx.keys.stream(shard);
         Self {
@@ -80,6 +84,7 @@ impl ShardTask {
             stream_key,
             cancel,
             note_refused: std::sync::atomic::AtomicBool::new(false),
+            oldest,
         }
     }
 
@@ -151,7 +156,9 @@ impl ShardTask {
             let batch: Vec<StreamId> = reply
                 .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
                 .unwrap_or_default();
-            self.record_lag(batch.first());
+            if batch.is_empty() {
+                self.set_oldest(None);
+            }
             if batch.is_empty() {
                 // Every settle trims what it decided; with a retention, what ages past
                 // it while the shard is idle is trimmed here.
@@ -276,6 +283,7 @@ impl ShardTask {
     /// Decides one batch: commit, then statuses, dead letters and XACK. Returns
     /// `Some(exit)` when the shard must stop.
     async fn process(&self, batch: &[StreamId]) -> Result<Option<ShardExit>, WorkerError> {
+        self.set_oldest(batch.first());
         if let Some(CrashPoint::StallAfterRead(stall)) = self.ctx.worker.crash_point {
             tracing::warn!(?stall, "crash point stall_after_read: holding the batch");
             tokio::time::sleep(stall).await;
@@ -286,7 +294,6 @@ impl ShardTask {
             match stream::decode(item) {
                 Ok(entry) => entries.push(entry),
                 Err(letter) => {
-                    metrics::counter!(names::DEAD_LETTERS, "cause" => "undecodable").increment(1);
                     tracing::warn!(stream_id = %letter.source_id, reason = %letter.reason, "dead-lettering undecodable entry");
                     dead.push(*letter);
                 }
@@ -325,8 +332,8 @@ impl ShardTask {
                 }
             }
         }
-        record_decisions(&entries, &committed);
         let statuses: Vec<StatusRecord> = committed.into_iter().map(|c| c.status).collect();
+        let undecodable = dead.iter().filter(|d| d.status.is_none()).count();
         let handled: Vec<stream::Handled> = batch.iter().map(stream::Handled::of).collect();
         let mut backoff = Backoff::default();
         loop {
@@ -344,6 +351,9 @@ impl ShardTask {
             .await;
             match settled {
                 Ok(settled) => {
+                    // Counted once settled: an entry abandoned before is read again.
+                    metrics::counter!(names::DEAD_LETTERS, "cause" => "undecodable")
+                        .increment(u64::try_from(undecodable).unwrap_or(u64::MAX));
                     if let Some(error) = settled.trim_error {
                         tracing::warn!(%error, "could not trim decided entries from the stream");
                     }
@@ -392,6 +402,7 @@ impl ShardTask {
             {
                 Ok(committed) => {
                     record_batch(entries.len(), started.elapsed());
+                    record_decisions(entries, &committed);
                     return Ok((committed, Vec::new()));
                 }
                 Err(WorkerError::Fenced { .. }) => {
@@ -434,7 +445,9 @@ impl ShardTask {
                     .await
                 {
                     Ok(c) => {
+                        // Recorded now: a fenced or cancelled later entry drops the rest.
                         record_batch(1, started.elapsed());
+                        record_decisions(one, &c);
                         committed.extend(c);
                         break;
                     }
@@ -521,21 +534,31 @@ impl Drop for Owned {
 }
 
 impl ShardTask {
-    /// Sets the shard's lag: the age of the oldest entry not yet decided, which is the
-    /// first of the batch just read (everything before it is decided), or none when
-    /// nothing was read. Entry ids carry Redis's clock; the age is taken on this
-    /// process's.
-    fn record_lag(&self, first: Option<&StreamId>) {
-        let age = first.and_then(|e| EntryId::parse(&e.id)).map_or(0.0, |id| {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-            #[allow(clippy::cast_precision_loss)] // a gauge in seconds
-            let seconds = now.saturating_sub(id.ms).max(0) as f64 / 1000.0;
-            seconds
-        });
-        metrics::gauge!(names::SHARD_LAG, "shard" => self.shard.to_string()).set(age);
+    /// Notes the oldest entry in hand (the first of the batch being decided: everything
+    /// before it is decided), or none.
+    fn set_oldest(&self, first: Option<&StreamId>) {
+        let ms = first
+            .and_then(|e| EntryId::parse(&e.id))
+            .map_or(0, |id| id.ms);
+        self.oldest.store(ms, std::sync::atomic::Ordering::Relaxed);
     }
+}
+
+/// Sets `ticketnest_shard_lag_seconds` of `shard` from the stream time of its oldest
+/// entry in hand (0: none). Entry ids carry Redis's clock; the age is taken on this
+/// process's.
+pub fn record_lag(shard: Shard, oldest_ms: i64) {
+    let age = if oldest_ms <= 0 {
+        0.0
+    } else {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        #[allow(clippy::cast_precision_loss)] // a gauge in seconds
+        let seconds = now.saturating_sub(oldest_ms).max(0) as f64 / 1000.0;
+        seconds
+    };
+    metrics::gauge!(names::SHARD_LAG, "shard" => shard.to_string()).set(age);
 }
 
 /// One committed batch: its count, size and transaction time.

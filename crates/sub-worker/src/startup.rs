@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use shared::{
-    config::SubWorkerConfig,
+    config::{SubWorkerConfig, DEFAULT_WORKER_HTTP_ADDR},
     error::SharedError,
     keys::Keys,
     probe::{self, Otherwise, Readiness},
@@ -47,18 +47,11 @@ impl Worker {
         shutdown: &CancellationToken,
     ) -> Result<Self, StartError> {
         shared::meter::install();
-        let addr = config.worker.http_addr.clone();
-        let listener = tokio::net::TcpListener::bind(&addr)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: addr.clone(),
-                source,
-            })?;
-        if let Ok(local) = listener.local_addr() {
-            tracing::info!(addr = %local, "worker HTTP listener: /healthz, /readyz, /metrics");
-        }
         let readiness = Readiness::starting("connecting to PostgreSQL and Redis");
-        let (probe_stop, _) = probe::spawn(listener, readiness.clone(), Otherwise::NotFound);
+        let probe_stop = match Self::listen(&config.worker.http_addr).await? {
+            Some(listener) => probe::spawn(listener, readiness.clone(), Otherwise::NotFound).0,
+            None => CancellationToken::new(),
+        };
         let built = probe::until_started(
             "sub-worker startup",
             shutdown,
@@ -77,6 +70,30 @@ impl Worker {
                 Err(e.into())
             }
         }
+    }
+
+    /// Binds the HTTP listener: `addr` as configured (failing to is fatal), or the
+    /// default one when none is configured (taken: `None`, with a warning: a second
+    /// worker on a host without an address of its own still works).
+    async fn listen(addr: &Option<String>) -> Result<Option<tokio::net::TcpListener>, StartError> {
+        let chosen = addr.as_deref().unwrap_or(DEFAULT_WORKER_HTTP_ADDR);
+        let listener = match tokio::net::TcpListener::bind(chosen).await {
+            Ok(listener) => listener,
+            Err(source) if addr.is_some() => {
+                return Err(StartError::Bind {
+                    addr: chosen.to_owned(),
+                    source,
+                })
+            }
+            Err(e) => {
+                tracing::warn!(addr = chosen, error = %e, "the default HTTP listener address is taken: running without /healthz, /readyz and /metrics (set TICKETNEST_WORKER_HTTP_ADDR for each worker on this host)");
+                return Ok(None);
+            }
+        };
+        if let Ok(local) = listener.local_addr() {
+            tracing::info!(addr = %local, "worker HTTP listener: /healthz, /readyz, /metrics");
+        }
+        Ok(Some(listener))
     }
 
     /// Migrates, connects, and checks that Redis is one TicketNest can run on (no HTTP

@@ -58,9 +58,10 @@ async fn an_invalid_value_refuses_to_start_naming_the_variable() {
     assert!(stderr.contains("TICKETNEST_SHARDS"), "{stderr}");
 }
 
-/// Runs the real binary with debug JSON logs, signs up, logs in and books, then checks
-/// the log: no password or token anywhere, and handler lines carry the request id that
-/// the response echoed.
+/// Runs the real binary with every log line of every crate (`trace`, JSON), signs up,
+/// logs in, creates a goods as an organizer and books with a Bearer token and with the
+/// login cookie, then checks everything it wrote: no password, token or password hash
+/// anywhere, and handler lines carry the request id that the response echoed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_carry_request_ids_and_never_passwords_or_tokens() {
     use serde_json::{json, Value};
@@ -72,7 +73,7 @@ async fn logs_carry_request_ids_and_never_passwords_or_tokens() {
         .env("TICKETNEST_JWT_SECRET", test_support::TEST_JWT_SECRET)
         .env("TICKETNEST_ARGON2_MEMORY_KIB", "8")
         .env("TICKETNEST_ARGON2_ITERATIONS", "1")
-        .env("RUST_LOG", "debug")
+        .env("RUST_LOG", "trace")
         .spawn()
         .expect("spawn pub-api");
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
@@ -89,8 +90,19 @@ async fn logs_carry_request_ids_and_never_passwords_or_tokens() {
     })
     .await
     .expect("pub-api listening");
+    // Read everything it writes from now on, while the test talks to it: at `trace`
+    // it writes more than a pipe holds.
+    let reader = tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            log.push(line);
+        }
+        log
+    });
     let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
     let password = "Secr3t!Pass";
     let signup = http
         .post(format!("{base}/api/auth/signup"))
@@ -120,24 +132,83 @@ async fn logs_carry_request_ids_and_never_passwords_or_tokens() {
         .await
         .expect("get");
     assert_eq!(goods.status(), reqwest::StatusCode::NOT_FOUND);
+    // An organizer's goods, booked with the token and with the cookie login sets.
+    let user_id: i64 = db
+        .client()
+        .await
+        .query_one("SELECT id FROM users WHERE email = 'log@example.com'", &[])
+        .await
+        .expect("the user")
+        .get(0);
+    test_support::make_organizer(&db, user_id).await;
+    let relogin = http
+        .post(format!("{base}/api/auth/login"))
+        .json(&json!({"email": "log@example.com", "password": password}))
+        .send()
+        .await
+        .expect("login");
+    let cookie = relogin
+        .headers()
+        .get("set-cookie")
+        .and_then(|c| c.to_str().ok())
+        .and_then(|c| c.split(';').next())
+        .expect("the login cookie")
+        .to_owned();
+    let organizer: Value = relogin.json().await.expect("json");
+    let organizer_token = organizer["accessToken"].as_str().expect("token").to_owned();
+    let created: Value = http
+        .post(format!("{base}/api/goods"))
+        .bearer_auth(&organizer_token)
+        .json(
+            &json!({"title": "Logged", "content": "", "price": 1, "imgUrl": "",
+            "showDate": "2030-01-01T00:00:00Z", "bookingLimit": 10, "maxPerBooking": 2}),
+        )
+        .send()
+        .await
+        .expect("create goods")
+        .json()
+        .await
+        .expect("json");
+    let goods_id = created["id"].as_i64().expect("goods id");
+    let booked = http
+        .post(format!("{base}/api/goods/{goods_id}/bookings"))
+        .bearer_auth(&organizer_token)
+        .json(&json!({"quantity": 2}))
+        .send()
+        .await
+        .expect("book");
+    assert_eq!(booked.status(), reqwest::StatusCode::ACCEPTED);
+    let by_cookie = http
+        .delete(format!("{base}/api/booking/{goods_id}"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("cancel by cookie");
+    assert_eq!(by_cookie.status(), reqwest::StatusCode::ACCEPTED);
 
     std::process::Command::new("kill")
         .args(["-TERM", &child.id().expect("pid").to_string()])
         .status()
         .expect("kill");
-    tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(line) = lines.next_line().await.expect("read log") {
-            log.push(line);
-        }
-    })
-    .await
-    .expect("pub-api stopped");
+    let log = tokio::time::timeout(Duration::from_secs(20), reader)
+        .await
+        .expect("pub-api stopped")
+        .expect("log reader");
     let status = child.wait().await.expect("wait");
     assert_eq!(status.code(), Some(0), "graceful exit");
 
     let all = log.join("\n");
+    assert!(all.lines().count() > 100, "trace logs were captured");
     assert!(!all.contains(password), "a password reached the log");
-    assert!(!all.contains(&token), "a token reached the log");
+    for secret in [&token, &organizer_token] {
+        assert!(!all.contains(secret.as_str()), "a token reached the log");
+        // Not even the signature alone (the part that makes a token usable).
+        let signature = secret.rsplit('.').next().expect("a JWT");
+        assert!(
+            !all.contains(signature),
+            "a token's signature reached the log"
+        );
+    }
     assert!(!all.contains("$argon2"), "a password hash reached the log");
     let signed_up = log
         .iter()
@@ -179,8 +250,11 @@ async fn started_before_redis_it_answers_probes_at_once_and_serves_once_redis_is
     // Keep reading its log, so it never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     let base = format!("http://127.0.0.1:{port}");
+    // No pooled connections: one kept from the probe's time would be closed at the
+    // handover under a request.
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
+        .pool_max_idle_per_host(0)
         .build()
         .expect("client");
     let get = |path: &str| {
