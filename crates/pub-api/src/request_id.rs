@@ -65,14 +65,7 @@ pub async fn middleware(
         .request()
         .match_pattern()
         .map_or("unmatched", |pattern| intern(&pattern));
-    metrics::counter!(
-        names::HTTP_REQUESTS,
-        "route" => route,
-        "method" => method,
-        "status" => status_class(status),
-    )
-    .increment(1);
-    metrics::histogram!(names::HTTP_DURATION, "route" => route).record(elapsed);
+    record(route, method, status_class(status), elapsed);
     let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
     span.in_scope(|| tracing::info!(route = %route, status, micros, "request finished"));
     Ok(response)
@@ -114,19 +107,59 @@ fn intern(template: &str) -> &'static str {
     leaked
 }
 
+/// A request's count and latency. The handles are looked up in the recorder once per
+/// thread and label set, then kept: a lookup hashes every label, and this runs on every
+/// request.
+fn record(
+    route: &'static str,
+    method: &'static str,
+    class: &'static str,
+    elapsed: std::time::Duration,
+) {
+    type Handles = std::collections::HashMap<
+        (&'static str, &'static str, &'static str),
+        (metrics::Counter, metrics::Histogram),
+    >;
+    thread_local! {
+        static HANDLES: std::cell::RefCell<Handles> = std::cell::RefCell::new(Handles::new());
+    }
+    HANDLES.with(|handles| {
+        let mut handles = handles.borrow_mut();
+        let (count, latency) = handles.entry((route, method, class)).or_insert_with(|| {
+            (
+                metrics::counter!(
+                    names::HTTP_REQUESTS,
+                    "route" => route,
+                    "method" => method,
+                    "status" => class,
+                ),
+                metrics::histogram!(names::HTTP_DURATION, "route" => route),
+            )
+        });
+        count.increment(1);
+        latency.record(elapsed);
+    });
+}
+
 /// One request being answered (`ticketnest_http_requests_in_flight`).
 struct InFlight;
 
+/// The in-flight gauge's handle, looked up once.
+fn in_flight_gauge() -> &'static metrics::Gauge {
+    static GAUGE: std::sync::OnceLock<metrics::Gauge> = std::sync::OnceLock::new();
+    GAUGE.get_or_init(|| metrics::gauge!(names::HTTP_IN_FLIGHT))
+}
+
 impl InFlight {
     fn start() -> Self {
-        metrics::gauge!(names::HTTP_IN_FLIGHT).increment(1.0);
+        in_flight_gauge().increment(1.0);
         Self
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        metrics::gauge!(names::HTTP_IN_FLIGHT).decrement(1.0);
+        in_flight_gauge().decrement(1.0);
     }
 }
 

@@ -129,9 +129,10 @@ const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
 /// naming the failing check, `/metrics` what `metrics` renders (Prometheus text). A
 /// connection gets [`HEADER_READ_TIMEOUT`] per request's headers and
 /// [`CONNECTION_LIFETIME`] in all, and at most [`MAX_CONNECTIONS`] are served at once,
-/// so idle or slow clients cannot pile up. When `stop` fires, a connection between
-/// requests is closed at once and one in a request answers it first; one that has not
-/// sent its first request yet is closed by its header timeout.
+/// so idle or slow clients cannot pile up. The worker's listener keeps connections
+/// alive; when `stop` fires, one between requests is closed at once and one in a
+/// request answers it first. pub-api's (`Otherwise::Starting`) serves one request per
+/// connection, and answers it even when `stop` fires meanwhile (the handover).
 pub async fn serve(
     listener: TcpListener,
     readiness: Readiness,
@@ -169,10 +170,14 @@ pub async fn serve(
                 let answer = answer(req.uri().path(), &readiness, metrics, otherwise);
                 async move { Ok::<_, Infallible>(answer) }
             });
+            // While pub-api starts, one request per connection: at the handover a
+            // connection already accepted answers its request rather than being cut
+            // off, and the next request opens a connection actix accepts.
+            let keep_alive = otherwise == Otherwise::NotFound;
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
-                .keep_alive(true)
+                .keep_alive(keep_alive)
                 .serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
             let served = tokio::time::timeout(CONNECTION_LIFETIME, async {
@@ -183,7 +188,9 @@ pub async fn serve(
                         }
                     }
                     () = stop.cancelled() => {
-                        connection.as_mut().graceful_shutdown();
+                        if keep_alive {
+                            connection.as_mut().graceful_shutdown();
+                        }
                         let _ = connection.as_mut().await;
                     }
                 }

@@ -801,6 +801,120 @@ pub async fn statuses_exist<C: ConnectionLike>(
         .collect())
 }
 
+/// What one shard stream holds, for the invariant check (`ticketnest-admin verify`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Census {
+    /// Entries the workers acknowledged that decode: (goods, request id). A worker
+    /// acknowledges only after COMMIT, so each must be in the decision log.
+    pub acknowledged: Vec<(i64, Uuid)>,
+    /// Entries acknowledged that do not decode (dead-lettered, never in the log).
+    pub unnamed: usize,
+    /// Entries not decided yet: never delivered, or delivered and pending.
+    pub undecided: usize,
+}
+
+/// Reads a shard stream whole (in pages) with its group's state, in this order: the
+/// group's last delivered id, the pending entries, then the entries. An entry
+/// delivered before the first read and not pending at the second was acknowledged
+/// before either, so whatever decision log is read afterwards holds it; workers
+/// running meanwhile can only make an entry look undecided, never decided.
+///
+/// # Errors
+/// Redis unreachable.
+pub async fn census<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &Keys,
+    shard: Shard,
+) -> RedisResult<Census> {
+    let stream = keys.stream(shard);
+    let groups: RedisResult<redis::streams::StreamInfoGroupsReply> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(&stream)
+        .query_async(conn)
+        .await;
+    let delivered = match groups {
+        Ok(groups) => groups
+            .groups
+            .into_iter()
+            .find(|g| g.name == CONSUMER_GROUP)
+            .and_then(|g| EntryId::parse(&g.last_delivered_id)),
+        // No stream: nothing in it.
+        Err(e) if e.to_string().contains("no such key") => return Ok(Census::default()),
+        Err(e) => return Err(e),
+    };
+    let mut pending = std::collections::HashSet::new();
+    let mut from = "-".to_owned();
+    loop {
+        let page: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+            .arg(&stream)
+            .arg(CONSUMER_GROUP)
+            .arg(&from)
+            .arg("+")
+            .arg(CENSUS_PAGE)
+            .query_async(conn)
+            .await
+            .or_else(|e| {
+                if e.code() == Some("NOGROUP") {
+                    Ok(Vec::new())
+                } else {
+                    Err(e)
+                }
+            })?;
+        let Some(last) = page.last().map(|p| p.0.clone()) else {
+            break;
+        };
+        let full = page.len() >= CENSUS_PAGE;
+        pending.extend(page.into_iter().filter_map(|p| EntryId::parse(&p.0)));
+        if !full {
+            break;
+        }
+        from = format!("({last}");
+    }
+    let mut census = Census::default();
+    let mut from = "-".to_owned();
+    loop {
+        let page: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&stream)
+            .arg(&from)
+            .arg("+")
+            .arg("COUNT")
+            .arg(CENSUS_PAGE)
+            .query_async(conn)
+            .await?;
+        let Some(last) = page.ids.last().map(|e| e.id.clone()) else {
+            break;
+        };
+        let full = page.ids.len() >= CENSUS_PAGE;
+        for entry in &page.ids {
+            let id = EntryId::parse(&entry.id);
+            let acknowledged = matches!((id, delivered), (Some(id), Some(d)) if id <= d)
+                && id.is_some_and(|id| !pending.contains(&id));
+            if !acknowledged {
+                census.undecided += 1;
+                continue;
+            }
+            // Only what decodes is decided in PostgreSQL; the rest was dead-lettered.
+            match decode(entry) {
+                Ok(decoded) => {
+                    let request = decoded.message.request();
+                    census
+                        .acknowledged
+                        .push((request.goods_id, request.request_id));
+                }
+                Err(_) => census.unnamed += 1,
+            }
+        }
+        if !full {
+            break;
+        }
+        from = format!("({last}");
+    }
+    Ok(census)
+}
+
+/// Entries (or pending entries) read per round trip by [`census`].
+const CENSUS_PAGE: usize = 1_000;
+
 /// The clock that times a shard's stream entries: the time of the Redis server that
 /// holds the shard's stream (on a cluster, the node of its slot), in Unix
 /// milliseconds. An entry appended after this returns gets an id of at least this

@@ -584,11 +584,22 @@ fn record_decisions(entries: &[Entry], committed: &[Committed]) {
     }
 }
 
+/// Counts one decision; the counter of each (outcome, reason) is looked up once per
+/// thread, not once per decision.
 fn record_decision(status: &StatusRecord) {
-    metrics::counter!(
-        names::DECISIONS,
-        "outcome" => status.status.as_str(),
-        "reason" => status.reason.map_or("none", RejectReason::as_str),
-    )
-    .increment(1);
+    type Counters = HashMap<(&'static str, &'static str), metrics::Counter>;
+    thread_local! {
+        static COUNTERS: std::cell::RefCell<Counters> = std::cell::RefCell::new(Counters::new());
+    }
+    let outcome = status.status.as_str();
+    let reason = status.reason.map_or("none", RejectReason::as_str);
+    COUNTERS.with(|counters| {
+        counters
+            .borrow_mut()
+            .entry((outcome, reason))
+            .or_insert_with(
+                || metrics::counter!(names::DECISIONS, "outcome" => outcome, "reason" => reason),
+            )
+            .increment(1);
+    });
 }

@@ -250,6 +250,15 @@ impl Stack {
     /// # Panics
     /// If the worker cannot start.
     pub async fn in_process_worker(&self) {
+        self.in_process_worker_until(self.shutdown.clone()).await;
+    }
+
+    /// A worker inside this process that stops (finishing its batch, releasing its
+    /// leases) when `stop` is cancelled, or with the stack.
+    ///
+    /// # Panics
+    /// If the worker cannot start.
+    pub async fn in_process_worker_until(&self, stop: CancellationToken) {
         let mut config = SubWorkerConfig::from_vars(&|name| match name {
             "TICKETNEST_LEASE_TTL_MS" => Some(LEASE_TTL_MS.to_string()),
             "TICKETNEST_BLOCK_MS" => Some("100".into()),
@@ -262,7 +271,22 @@ impl Stack {
         let worker = sub_worker::startup::Worker::build(config)
             .await
             .expect("worker");
-        tokio::spawn(worker.run_until_stopped(self.shutdown.clone()));
+        let stack_stops = self.shutdown.clone();
+        tokio::spawn(async move {
+            let either = CancellationToken::new();
+            let watch = {
+                let either = either.clone();
+                async move {
+                    tokio::select! {
+                        () = stop.cancelled() => {}
+                        () = stack_stops.cancelled() => {}
+                    }
+                    either.cancel();
+                }
+            };
+            tokio::spawn(watch);
+            worker.run_until_stopped(either).await;
+        });
     }
 
     // ------------------------------------------------------------------ people and goods

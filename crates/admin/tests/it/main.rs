@@ -4,6 +4,7 @@
 mod migrate;
 mod schema;
 mod user;
+mod verify;
 
 use std::{process::Output, time::Duration};
 

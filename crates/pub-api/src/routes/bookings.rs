@@ -301,7 +301,10 @@ pub(crate) async fn enqueue(state: &AppState, message: &Message) -> Result<Enque
     let mut conn = state.redis.get().await;
     let started = std::time::Instant::now();
     let enqueued = stream::enqueue(&mut conn, &state.keys, message, state.user_rate).await;
-    metrics::histogram!(shared::meter::names::ENQUEUE_DURATION).record(started.elapsed());
+    static LATENCY: std::sync::OnceLock<metrics::Histogram> = std::sync::OnceLock::new();
+    LATENCY
+        .get_or_init(|| metrics::histogram!(shared::meter::names::ENQUEUE_DURATION))
+        .record(started.elapsed());
     Ok(enqueued?)
 }
 
