@@ -158,8 +158,6 @@ impl ShardTask {
                 .unwrap_or_default();
             if batch.is_empty() {
                 self.set_oldest(None);
-            }
-            if batch.is_empty() {
                 // Every settle trims what it decided; with a retention, what ages past
                 // it while the shard is idle is trimmed here.
                 if !self.ctx.retention.entries.is_zero() && last_trim.elapsed() >= IDLE_TRIM {
@@ -401,7 +399,9 @@ impl ShardTask {
             .await
             {
                 Ok(committed) => {
-                    record_batch(entries.len(), started.elapsed());
+                    let took = started.elapsed();
+                    tracing::debug!(size = entries.len(), ?took, "batch committed");
+                    record_batch(entries.len(), took);
                     record_decisions(entries, &committed);
                     return Ok((committed, Vec::new()));
                 }
