@@ -2,9 +2,13 @@
 //!
 //! `migrate` applies the schema; `user promote|demote|delete` manage accounts; `user
 //! bulk-create` makes many users at once with their tokens (load tests, rehearsals);
-//! `verify` runs the invariant checker over PostgreSQL and the shard streams.
+//! `verify` runs the invariant checker over PostgreSQL and the shard streams;
+//! `status`, `goods stats` and `dlq list|replay|drop` are for operators during a sale.
 //! Each subcommand reads the same `TICKETNEST_*` environment as the services.
 
+mod dlq;
+mod ops;
+mod status;
 mod verify;
 
 use anyhow::{bail, Context};
@@ -43,6 +47,83 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Every shard (owner, fencing token, backlog, pending, lag, dead letters), the
+    /// live workers, and the goods with the most requests queued.
+    Status {
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One goods' figures.
+    #[command(subcommand)]
+    Goods(GoodsCommand),
+    /// Dead letters: entries the workers could not decide, recorded in PostgreSQL.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum GoodsCommand {
+    /// Limit, seats and bookings by state, waitlist, requests queued, decisions by
+    /// outcome and reason. Exits 1 if there is no such goods.
+    Stats {
+        /// The goods id.
+        id: i64,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// Dead letters no operator has replayed or dropped yet, oldest first.
+    List {
+        /// Only this shard.
+        #[arg(long)]
+        shard: Option<i32>,
+        /// Include the ones replayed or dropped, with who did it and when.
+        #[arg(long)]
+        all: bool,
+        /// One JSON array instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a dead letter (or every waiting one) back on its goods' shard stream as a
+    /// new request, decided like any other; its own decision, if it had one, stays.
+    /// Exits 1 if any could not be replayed (this build cannot decode it either).
+    Replay {
+        /// The dead letter's id (from `dlq list`).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<i64>,
+        /// Every dead letter still waiting.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        record: Record,
+    },
+    /// Give up on a dead letter: recorded (who, when, why) and kept as the audit
+    /// line. Exits 1 if there is no such letter waiting.
+    Drop {
+        /// The dead letter's id (from `dlq list`).
+        id: i64,
+        #[command(flatten)]
+        record: Record,
+    },
+}
+
+/// What an operator's action on a dead letter records, and how it is reported.
+#[derive(Debug, clap::Args)]
+struct Record {
+    /// Who acts, for the record (default: the login name).
+    #[arg(long)]
+    by: Option<String>,
+    /// Why, for the record.
+    #[arg(long)]
+    note: Option<String>,
+    /// JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -100,6 +181,36 @@ async fn main() -> anyhow::Result<()> {
         Command::Verify { goods, json } => {
             let clean = verify::run(&database, goods, json).await?;
             if !clean {
+                std::process::exit(1);
+            }
+        }
+        Command::Status { json } => {
+            let mut ops = ops::Ops::connect(&database).await?;
+            status::status(&mut ops, json).await?;
+        }
+        Command::Goods(GoodsCommand::Stats { id, json }) => {
+            let mut ops = ops::Ops::connect(&database).await?;
+            if !status::goods_stats(&mut ops, id, json).await? {
+                std::process::exit(1);
+            }
+        }
+        Command::Dlq(cmd) => {
+            let mut ops = ops::Ops::connect(&database).await?;
+            let done = match cmd {
+                DlqCommand::List { shard, all, json } => {
+                    dlq::list(&ops, shard, all, json).await?;
+                    true
+                }
+                DlqCommand::Replay { id, all: _, record } => {
+                    let by = ops::operator(record.by);
+                    dlq::replay(&mut ops, id, &by, record.note.as_deref(), record.json).await?
+                }
+                DlqCommand::Drop { id, record } => {
+                    let by = ops::operator(record.by);
+                    dlq::drop(&ops, id, &by, record.note.as_deref(), record.json).await?
+                }
+            };
+            if !done {
                 std::process::exit(1);
             }
         }

@@ -20,10 +20,7 @@ use std::{
     time::Duration,
 };
 
-use redis::streams::StreamInfoGroupsReply;
-use shared::{
-    keys::Keys, meter::names, queue::QueueConnection, shard::Shard, stream::CONSUMER_GROUP,
-};
+use shared::{keys::Keys, meter::names, queue::QueueConnection, shard::Shard, stream};
 use tokio_util::sync::CancellationToken;
 
 pub const REFRESH_INTERVAL: Duration = Duration::from_millis(200);
@@ -60,42 +57,6 @@ impl Backlog {
             .is_some_and(|n| n.load(Ordering::Relaxed) >= self.limit)
     }
 
-    /// The shard's backlog (never delivered + pending) and its pending entries.
-    async fn sample(conn: &mut QueueConnection, stream: &str) -> redis::RedisResult<(u64, u64)> {
-        let groups: redis::RedisResult<StreamInfoGroupsReply> = redis::cmd("XINFO")
-            .arg("GROUPS")
-            .arg(stream)
-            .query_async(conn)
-            .await;
-        let groups = match groups {
-            Ok(groups) => groups,
-            // No stream yet: nothing waiting.
-            Err(e) if e.to_string().contains("no such key") => return Ok((0, 0)),
-            Err(e) => return Err(e),
-        };
-        let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
-        match groups.groups.iter().find(|g| g.name == CONSUMER_GROUP) {
-            Some(group) => {
-                let pending = count(group.pending);
-                match group.lag {
-                    Some(lag) => Ok((count(lag).saturating_add(pending), pending)),
-                    // Redis cannot tell the lag (entries after the group's position
-                    // were deleted): count the whole stream, an upper bound that stays
-                    // close because decided entries are trimmed.
-                    None => {
-                        let len: u64 = redis::cmd("XLEN").arg(stream).query_async(conn).await?;
-                        Ok((len, pending))
-                    }
-                }
-            }
-            // No worker has created the group yet: every entry is waiting.
-            None => {
-                let len: u64 = redis::cmd("XLEN").arg(stream).query_async(conn).await?;
-                Ok((len, 0))
-            }
-        }
-    }
-
     /// Samples Redis memory and every shard once. What cannot be sampled keeps its
     /// last value.
     pub async fn refresh(&self, conn: &QueueConnection, keys: &Keys) {
@@ -120,8 +81,7 @@ impl Backlog {
         }
         let samples = futures_util::future::join_all(keys.shards().map(|shard| {
             let mut conn = conn.clone();
-            let stream = keys.stream(shard);
-            async move { (shard, Self::sample(&mut conn, &stream).await) }
+            async move { (shard, stream::backlog(&mut conn, keys, shard).await) }
         }))
         .await;
         for (shard, sample) in samples {

@@ -12,6 +12,9 @@ use crate::shard::{OutOfRange, Shard, MAX_SHARDS};
 
 /// Namespace of idempotent request ids (a fixed random UUID; never change it).
 const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x5c1e_7a3e_0b8d_4f6a_9d21_8e0f_3c47_b2a1);
+/// Namespace of the request ids of dead-letter replays (a fixed random UUID; never
+/// change it).
+const REPLAY_NAMESPACE: Uuid = Uuid::from_u128(0x9b3f_2d71_c6e4_48a0_8f15_d27a_61ce_04b9);
 
 /// Key builder for one deployment (one prefix).
 #[derive(Debug, Clone)]
@@ -133,6 +136,15 @@ impl Keys {
     pub fn idempotent_request_id(shard: Shard, user_id: i64, goods_id: i64, key: &str) -> Uuid {
         let name = format!("{user_id}:{goods_id}:{key}");
         with_shard(Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, name.as_bytes()), shard)
+    }
+
+    /// The request id a dead letter's replay gets (`ticketnest-admin dlq replay`): the
+    /// same for every replay of one dead letter, so replaying twice, or after a replay
+    /// whose record was lost, enqueues it once. A UUIDv5 like an idempotency key's, in
+    /// a namespace of its own: no client's key can name it.
+    pub fn replay_request_id(shard: Shard, dead_letter_id: i64, source_id: &str) -> Uuid {
+        let name = format!("{dead_letter_id}/{source_id}");
+        with_shard(Uuid::new_v5(&REPLAY_NAMESPACE, name.as_bytes()), shard)
     }
 
     /// Whether a request id was made from an idempotency key

@@ -64,7 +64,8 @@ pub mod names {
     pub const FENCE_REFUSALS: &str = "ticketnest_fence_refusals_total";
     /// Counter: retries, by `class` (`commit`: a transient database failure; `settle`:
     /// Redis after COMMIT; `refused`: the database refusing one entry's data, the
-    /// refusal that dead-letters it included; `shard`: the shard loop reconnecting).
+    /// refusal that dead-letters it included; `dead_letter`: recording a dead letter in
+    /// PostgreSQL; `shard`: the shard loop reconnecting).
     pub const RETRIES: &str = "ticketnest_worker_retries_total";
     /// Counter: entries dead-lettered, by `cause` (`undecodable`, `refused`).
     pub const DEAD_LETTERS: &str = "ticketnest_dead_letters_total";

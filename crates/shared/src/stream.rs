@@ -185,6 +185,17 @@ impl Message {
         }
     }
 
+    /// A message of the same kind carrying `request` instead.
+    pub fn with_request(&self, request: BookingRequestV1) -> Self {
+        match self {
+            Self::Book(_) => Self::Book(request),
+            Self::Cancel(_) => Self::Cancel(request),
+            Self::Limit(_) => Self::Limit(request),
+            Self::Confirm(_) => Self::Confirm(request),
+            Self::Expire(_) => Self::Expire(request),
+        }
+    }
+
     pub fn kind(&self) -> RequestKind {
         match self {
             Self::Book(_) => RequestKind::Book,
@@ -365,6 +376,22 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
+    /// Its fields as one JSON object of strings, as the `dead_letters` table keeps them
+    /// (migration V10), with [`storable_text`] applied to names and values.
+    pub fn fields_json(&self) -> String {
+        let object: serde_json::Map<String, serde_json::Value> = self
+            .fields
+            .iter()
+            .map(|(name, value)| {
+                (
+                    storable_text(name).into_owned(),
+                    serde_json::Value::String(storable_text(value).into_owned()),
+                )
+            })
+            .collect();
+        serde_json::Value::Object(object).to_string()
+    }
+
     /// A decoded entry that PostgreSQL kept refusing.
     pub fn refused(entry: &Entry, reason: String) -> Self {
         Self {
@@ -382,6 +409,16 @@ impl DeadLetter {
             )),
             request_id: Some(entry.message.request().request_id),
         }
+    }
+}
+
+/// `text` as PostgreSQL can store it: every NUL character (which a `text` or `jsonb`
+/// value cannot hold, and a hand-written stream entry can) becomes U+FFFD.
+pub fn storable_text(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        std::borrow::Cow::Owned(text.replace('\0', "\u{FFFD}"))
+    } else {
+        std::borrow::Cow::Borrowed(text)
     }
 }
 
@@ -827,21 +864,9 @@ pub async fn census<C: ConnectionLike>(
     shard: Shard,
 ) -> RedisResult<Census> {
     let stream = keys.stream(shard);
-    let groups: RedisResult<redis::streams::StreamInfoGroupsReply> = redis::cmd("XINFO")
-        .arg("GROUPS")
-        .arg(&stream)
-        .query_async(conn)
-        .await;
-    let delivered = match groups {
-        Ok(groups) => groups
-            .groups
-            .into_iter()
-            .find(|g| g.name == CONSUMER_GROUP)
-            .and_then(|g| EntryId::parse(&g.last_delivered_id)),
-        // No stream: nothing in it.
-        Err(e) if e.to_string().contains("no such key") => return Ok(Census::default()),
-        Err(e) => return Err(e),
-    };
+    let delivered = consumer_group(conn, keys, shard)
+        .await?
+        .and_then(|g| EntryId::parse(&g.last_delivered_id));
     let mut pending = std::collections::HashSet::new();
     let mut from = "-".to_owned();
     loop {
@@ -910,6 +935,65 @@ pub async fn census<C: ConnectionLike>(
         from = format!("({last}");
     }
     Ok(census)
+}
+
+/// The workers' consumer group on a shard stream (`XINFO GROUPS`); `None` when there
+/// is no stream or no group yet.
+///
+/// # Errors
+/// Redis unreachable.
+pub async fn consumer_group<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &Keys,
+    shard: Shard,
+) -> RedisResult<Option<redis::streams::StreamInfoGroup>> {
+    let groups: RedisResult<redis::streams::StreamInfoGroupsReply> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(keys.stream(shard))
+        .query_async(conn)
+        .await;
+    match groups {
+        Ok(groups) => Ok(groups.groups.into_iter().find(|g| g.name == CONSUMER_GROUP)),
+        Err(e) if e.to_string().contains("no such key") => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// A shard's backlog: its entries not decided yet (never delivered, plus delivered and
+/// pending), and of those the pending ones, from `XINFO GROUPS`: two numbers Redis
+/// keeps, whatever the stream's length. Sampled by every API copy for backpressure and
+/// the metrics, and read by `ticketnest-admin status`.
+///
+/// # Errors
+/// Redis unreachable.
+pub async fn backlog<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &Keys,
+    shard: Shard,
+) -> RedisResult<(u64, u64)> {
+    let stream = keys.stream(shard);
+    let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+    match consumer_group(conn, keys, shard).await? {
+        Some(group) => {
+            let pending = count(group.pending);
+            match group.lag {
+                Some(lag) => Ok((count(lag).saturating_add(pending), pending)),
+                // Redis cannot tell the lag (entries after the group's position were
+                // deleted): count the whole stream, an upper bound that stays close
+                // because decided entries are trimmed.
+                None => {
+                    let len: u64 = redis::cmd("XLEN").arg(&stream).query_async(conn).await?;
+                    Ok((len, pending))
+                }
+            }
+        }
+        // No worker has created the group yet (or no stream: XLEN is 0): every entry
+        // is waiting.
+        None => {
+            let len: u64 = redis::cmd("XLEN").arg(&stream).query_async(conn).await?;
+            Ok((len, 0))
+        }
+    }
 }
 
 /// Entries (or pending entries) read per round trip by [`census`].

@@ -17,7 +17,7 @@ use shared::{
     decision::{Decision, DecisionRow, RejectReason, RequestKind, RequestStatus},
     live_statuses,
     shard::{FenceToken, Shard},
-    stream::{BookingRequestV1, Entry, StatusRecord},
+    stream::{storable_text, BookingRequestV1, DeadLetter, Entry, StatusRecord},
 };
 use uuid::Uuid;
 
@@ -188,6 +188,7 @@ pub async fn record_dead_letter(
     shard: Shard,
     fence: FenceToken,
     entry: &Entry,
+    letter: &DeadLetter,
 ) -> Result<StatusRecord, WorkerError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
@@ -204,30 +205,85 @@ pub async fn record_dead_letter(
              ON CONFLICT (request_id) DO NOTHING",
         )
         .await?;
-    tx.execute(
-        &stmt,
-        &[
-            &r.request_id,
-            &r.goods_id,
-            &r.user_id,
-            &r.quantity,
-            &shard.as_i32(),
-            &entry.id.to_string(),
-            &entry.id.ms,
-            &entry.id.seq,
-            &decision.status().as_str(),
-            &decision.reason().map(RejectReason::as_str),
-            &r.accepted_at_ms,
-            &entry.message.kind().as_str(),
-        ],
-    )
-    .await?;
+    let inserted = tx
+        .execute(
+            &stmt,
+            &[
+                &r.request_id,
+                &r.goods_id,
+                &r.user_id,
+                &r.quantity,
+                &shard.as_i32(),
+                &entry.id.to_string(),
+                &entry.id.ms,
+                &entry.id.seq,
+                &decision.status().as_str(),
+                &decision.reason().map(RejectReason::as_str),
+                &r.accepted_at_ms,
+                &entry.message.kind().as_str(),
+            ],
+        )
+        .await?;
+    // Only a decision made here is a dead letter: one made before (by another batch)
+    // stands, and is not one.
+    if inserted == 1 {
+        insert_dead_letter(&tx, shard, letter).await?;
+    }
     let logged = find_decided(&tx, &[r.request_id]).await?;
     tx.commit().await?;
     logged
         .get(&r.request_id)
         .map(StatusRecord::decided)
         .ok_or_else(|| WorkerError::UnexpectedValue("the dead letter's decision is missing".into()))
+}
+
+/// Records dead letters of entries that do not decode (no decision-log row: they name
+/// no request this build can decide) in `dead_letters`, in one fenced transaction,
+/// before they are acknowledged. Recording one twice (a retry, or the next owner
+/// reading the entry again) keeps the first.
+///
+/// # Errors
+/// `Fenced` if another worker has taken the shard; database errors otherwise.
+pub async fn record_undecodable(
+    pool: &Pool,
+    shard: Shard,
+    fence: FenceToken,
+    letters: &[&DeadLetter],
+) -> Result<(), WorkerError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    check_fence(&tx, shard, fence).await?;
+    for letter in letters {
+        insert_dead_letter(&tx, shard, letter).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// One row of `dead_letters` (migration V10); nothing if the entry has one already.
+async fn insert_dead_letter(
+    tx: &Transaction<'_>,
+    shard: Shard,
+    letter: &DeadLetter,
+) -> Result<(), WorkerError> {
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO dead_letters (shard, source_id, reason, fields, request_id) \
+             VALUES ($1, $2, $3, $4::text::jsonb, $5) ON CONFLICT (shard, source_id) DO NOTHING",
+        )
+        .await?;
+    tx.execute(
+        &stmt,
+        &[
+            &shard.as_i32(),
+            &storable_text(&letter.source_id),
+            &storable_text(&letter.reason),
+            &letter.fields_json(),
+            &letter.request_id,
+        ],
+    )
+    .await?;
+    Ok(())
 }
 
 /// Decides the requests not decided before, in order, and writes everything. Returns

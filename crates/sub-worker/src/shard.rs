@@ -330,6 +330,9 @@ impl ShardTask {
                 }
             }
         }
+        if let Err(exit) = self.record_undecodable(&dead).await {
+            return Ok(Some(exit));
+        }
         let statuses: Vec<StatusRecord> = committed.into_iter().map(|c| c.status).collect();
         let undecodable = dead.iter().filter(|d| d.status.is_none()).count();
         let handled: Vec<stream::Handled> = batch.iter().map(stream::Handled::of).collect();
@@ -470,12 +473,12 @@ impl ShardTask {
                                 %reason,
                                 "dead-lettering poison entry"
                             );
-                            let status = self.record_dead_letter(entry).await?;
+                            let mut letter = DeadLetter::refused(entry, reason);
+                            let status = self.record_dead_letter(entry, &letter).await?;
                             if status.reason == Some(RejectReason::Unprocessable) {
                                 metrics::counter!(names::DEAD_LETTERS, "cause" => "refused")
                                     .increment(1);
                                 record_decision(&status);
-                                let mut letter = DeadLetter::refused(entry, reason);
                                 letter.status = Some(status);
                                 dead.push(letter);
                             } else {
@@ -496,14 +499,49 @@ impl ShardTask {
 
     /// Records a dead letter's decision in PostgreSQL (`db::record_dead_letter`),
     /// retrying whatever goes wrong: recording it is not up to the entry any more.
-    async fn record_dead_letter(&self, entry: &Entry) -> Result<StatusRecord, ShardExit> {
+    async fn record_dead_letter(
+        &self,
+        entry: &Entry,
+        letter: &DeadLetter,
+    ) -> Result<StatusRecord, ShardExit> {
+        self.until_recorded(|| {
+            db::record_dead_letter(&self.ctx.pool, self.shard, self.fence, entry, letter)
+        })
+        .await
+    }
+
+    /// Records the dead letters of undecodable entries in PostgreSQL
+    /// (`db::record_undecodable`), retrying whatever goes wrong, before they are
+    /// acknowledged.
+    async fn record_undecodable(&self, dead: &[DeadLetter]) -> Result<(), ShardExit> {
+        let undecodable: Vec<&DeadLetter> = dead.iter().filter(|d| d.status.is_none()).collect();
+        if undecodable.is_empty() {
+            return Ok(());
+        }
+        self.until_recorded(|| {
+            db::record_undecodable(&self.ctx.pool, self.shard, self.fence, &undecodable)
+        })
+        .await
+    }
+
+    /// Runs `record` until it succeeds: recording a dead letter is not up to the entry
+    /// any more, so every failure is retried with backoff (a fence ends it).
+    async fn until_recorded<T, F, Fut>(&self, record: F) -> Result<T, ShardExit>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, WorkerError>>,
+    {
         let mut backoff = Backoff::default();
         loop {
-            match db::record_dead_letter(&self.ctx.pool, self.shard, self.fence, entry).await {
-                Ok(status) => return Ok(status),
-                Err(WorkerError::Fenced { .. }) => return Err(ShardExit::Fenced),
+            match record().await {
+                Ok(done) => return Ok(done),
+                Err(WorkerError::Fenced { .. }) => {
+                    metrics::counter!(names::FENCE_REFUSALS).increment(1);
+                    return Err(ShardExit::Fenced);
+                }
                 Err(e) => {
                     let delay = backoff.next_delay();
+                    metrics::counter!(names::RETRIES, "class" => "dead_letter").increment(1);
                     tracing::warn!(error = %chain(&e), ?delay, "dead letter not recorded; retrying");
                     if self.sleep_or_cancel(delay).await {
                         return Err(ShardExit::Cancelled);

@@ -8,27 +8,6 @@ use serde_json::Value;
 use test_support::stack::Stack;
 use tokio_util::sync::CancellationToken;
 
-/// Runs `ticketnest-admin ARGS` against the stack's database, Redis and shards.
-async fn verify(stack: &Stack, args: &[&str]) -> (Option<i32>, String) {
-    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_ticketnest-admin"))
-        .args(args)
-        .env("TICKETNEST_DATABASE_URL", stack.db.url())
-        .env("TICKETNEST_REDIS_URL", stack.redis.url())
-        .env("TICKETNEST_REDIS_PREFIX", stack.redis.prefix())
-        .env("TICKETNEST_SHARDS", stack.shards.to_string())
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(60), run)
-        .await
-        .expect("ticketnest-admin finished")
-        .expect("run ticketnest-admin");
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_passes_a_healthy_sale_and_names_every_breach() {
     let stack = Stack::builder().spawn().await;
@@ -40,14 +19,15 @@ async fn verify_passes_a_healthy_sale_and_names_every_breach() {
     stack.wait_for_decisions(20).await;
     stack.wait_until_nothing_pending().await;
 
-    let (code, out) = verify(&stack, &["verify"]).await;
+    let (code, out) = crate::admin_on(&stack, &["verify"]).await;
     assert_eq!(code, Some(0), "{out}");
     assert!(
         out.contains("checked 1 goods, 20 decisions, 20 bookings"),
         "{out}"
     );
     assert!(out.contains("no breach"), "{out}");
-    let (code, out) = verify(&stack, &["verify", "--json", "--goods", &goods.to_string()]).await;
+    let (code, out) =
+        crate::admin_on(&stack, &["verify", "--json", "--goods", &goods.to_string()]).await;
     assert_eq!(code, Some(0), "{out}");
     let report: Value = serde_json::from_str(&out).expect("one JSON object");
     assert_eq!(report["ok"], true);
@@ -105,7 +85,7 @@ async fn verify_passes_a_healthy_sale_and_names_every_breach() {
     assert_eq!(ids.len(), 1);
     let _: i64 = conn.xack(&stream, "workers", &ids).await.expect("xack");
 
-    let (code, out) = verify(&stack, &["verify"]).await;
+    let (code, out) = crate::admin_on(&stack, &["verify"]).await;
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("BREACH"), "{out}");
     assert!(out.contains("booked_count"), "the counter is named: {out}");
@@ -113,7 +93,7 @@ async fn verify_passes_a_healthy_sale_and_names_every_breach() {
         out.contains(&lost.to_string()),
         "the undecided request is named: {out}"
     );
-    let (code, out) = verify(&stack, &["verify", "--json"]).await;
+    let (code, out) = crate::admin_on(&stack, &["verify", "--json"]).await;
     assert_eq!(code, Some(1));
     let report: Value = serde_json::from_str(&out).expect("one JSON object");
     assert_eq!(report["ok"], false);

@@ -8,6 +8,16 @@ use std::time::Duration;
 
 use crate::helpers::spawn_stack;
 
+/// A `dead_letters` row: shard, source id, reason, fields, request id, resolution.
+type Recorded = (
+    i32,
+    String,
+    String,
+    String,
+    Option<uuid::Uuid>,
+    Option<String>,
+);
+
 #[tokio::test]
 async fn undecodable_entries_go_to_the_dead_letter_stream_and_the_shard_moves_on() {
     let stack = spawn_stack().await;
@@ -27,6 +37,10 @@ async fn undecodable_entries_go_to_the_dead_letter_stream_and_the_shard_moves_on
             &[field("v", "1"), field("k", "refund"), field("rid", "x")],
         )
         .await;
+    // PostgreSQL cannot store a NUL in text: its copy has U+FFFD, Redis's is exact.
+    stack
+        .append(shard, &[field("v", "1"), field("k", "nul\0kind")])
+        .await;
     let accepted = stack.book(goods, user, &token, 1).await;
 
     let _worker = stack.worker(&[]);
@@ -36,12 +50,62 @@ async fn undecodable_entries_go_to_the_dead_letter_stream_and_the_shard_moves_on
     assert_eq!(status["status"], "confirmed");
 
     let dead = stack.dead_letters(shard).await;
-    assert_eq!(dead.len(), 3);
+    assert_eq!(dead.len(), 4);
     assert_eq!(dead[0]["dlq_reason"], "unsupported message version `9`");
     assert_eq!(dead[0]["v"], "9");
     assert_eq!(dead[1]["dlq_reason"], "missing field `rid`");
     assert_eq!(dead[2]["dlq_reason"], "unknown message kind `refund`");
+    assert_eq!(dead[3]["k"], "nul\0kind");
     assert!(dead.iter().all(|d| d.contains_key("dlq_source_id")));
+
+    // Each is recorded in PostgreSQL too, open (no operator has acted on it), with
+    // its fields, before it was acknowledged.
+    let rows = stack
+        .db
+        .client()
+        .await
+        .query(
+            "SELECT shard, source_id, reason, fields::text, request_id, resolution \
+             FROM dead_letters ORDER BY id",
+            &[],
+        )
+        .await
+        .expect("dead_letters");
+    let recorded: Vec<Recorded> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
+        .collect();
+    let expected: Vec<Recorded> = [
+        (
+            0,
+            r#"{"v": "9", "rid": "x"}"#,
+            "unsupported message version `9`",
+        ),
+        (1, r#"{"v": "1", "gid": "1"}"#, "missing field `rid`"),
+        (
+            2,
+            r#"{"k": "refund", "v": "1", "rid": "x"}"#,
+            "unknown message kind `refund`",
+        ),
+        (
+            3,
+            "{\"k\": \"nul\u{FFFD}kind\", \"v\": \"1\"}",
+            "unknown message kind `nul\u{FFFD}kind`",
+        ),
+    ]
+    .into_iter()
+    .map(|(i, fields, reason)| {
+        (
+            shard.as_i32(),
+            dead[i]["dlq_source_id"].clone(),
+            reason.to_owned(),
+            fields.to_owned(),
+            None,
+            None,
+        )
+    })
+    .collect();
+    assert_eq!(recorded, expected);
 }
 
 /// An entry that decodes but that PostgreSQL refuses every time (here: an acceptance
@@ -77,6 +141,20 @@ async fn a_poison_entry_is_dead_lettered_after_its_attempts_and_the_shard_moves_
         "{dead:?}"
     );
     assert_eq!(dead[0]["rid"], poison_id.simple().to_string());
+    let row = stack
+        .db
+        .client()
+        .await
+        .query_one(
+            "SELECT source_id, reason, fields->>'rid', request_id FROM dead_letters",
+            &[],
+        )
+        .await
+        .expect("one dead letter in PostgreSQL");
+    assert_eq!(row.get::<_, String>(0), dead[0]["dlq_source_id"]);
+    assert_eq!(row.get::<_, String>(1), dead[0]["dlq_reason"]);
+    assert_eq!(row.get::<_, String>(2), dead[0]["rid"]);
+    assert_eq!(row.get::<_, Option<uuid::Uuid>>(3), Some(poison_id));
 
     // The dead letter is a decision like any other, recorded in PostgreSQL, taking no
     // turn: the requests around it keep positions 1 and 2.
