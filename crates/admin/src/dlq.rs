@@ -14,13 +14,21 @@ use std::collections::HashMap;
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 use shared::{
+    decision::RequestKind,
     keys::Keys,
-    stream::{self, BookingRequestV1, Enqueued, Message},
+    stream::{self, BookingRequestV1, Enqueued, EntryId, Message},
 };
 use tokio_postgres::Row;
 use uuid::Uuid;
 
 use crate::ops::Ops;
+
+/// Oldest first: by shard, then the entry's place in its stream (a goods' letters are
+/// replayed in the order its requests arrived), then the row.
+const STREAM_ORDER: &str = "ORDER BY shard, \
+     CASE WHEN source_id ~ '^[0-9]{1,20}-[0-9]{1,20}$' THEN split_part(source_id, '-', 1)::numeric END, \
+     CASE WHEN source_id ~ '^[0-9]{1,20}-[0-9]{1,20}$' THEN split_part(source_id, '-', 2)::numeric END, \
+     id";
 
 const COLUMNS: &str = "id, shard, source_id, reason, fields::text, request_id, created_at, \
      resolution, resolved_by, resolved_at, resolution_note, replayed_as";
@@ -120,7 +128,7 @@ impl Letter {
 pub async fn list(ops: &Ops, shard: Option<i32>, all: bool, as_json: bool) -> anyhow::Result<()> {
     let sql = format!(
         "SELECT {COLUMNS} FROM dead_letters \
-         WHERE ($1::int IS NULL OR shard = $1) AND ($2 OR resolution IS NULL) ORDER BY id"
+         WHERE ($1::int IS NULL OR shard = $1) AND ($2 OR resolution IS NULL) {STREAM_ORDER}"
     );
     let rows = ops.client.query(&sql, &[&shard, &all]).await?;
     let letters = rows
@@ -145,15 +153,18 @@ pub async fn list(ops: &Ops, shard: Option<i32>, all: bool, as_json: bool) -> an
 enum Replayed {
     /// Enqueued (or found enqueued by an earlier replay) as this request.
     As(Uuid),
+    /// Resolved by someone else meanwhile; nothing done.
+    Resolved(String),
     /// Left as it is, for this reason.
     Skipped(String),
 }
 
-/// Replays one dead letter, or every one still waiting (`id` None); prints what became
-/// of each. `Ok(false)` when any was skipped.
+/// Replays one dead letter, or every one still waiting (`id` None) in stream order;
+/// prints what became of each. `Ok(false)` when any was left as it is (one resolved
+/// by someone else meanwhile does not count, unless it was the one named).
 ///
 /// # Errors
-/// PostgreSQL or Redis unreachable.
+/// PostgreSQL unreachable before anything was replayed.
 pub async fn replay(
     ops: &mut Ops,
     id: Option<i64>,
@@ -166,7 +177,7 @@ pub async fn replay(
         None => ops
             .client
             .query(
-                "SELECT id FROM dead_letters WHERE resolution IS NULL ORDER BY id",
+                &format!("SELECT id FROM dead_letters WHERE resolution IS NULL {STREAM_ORDER}"),
                 &[],
             )
             .await?
@@ -176,23 +187,36 @@ pub async fn replay(
     };
     let mut report = Vec::with_capacity(ids.len());
     let mut clean = true;
-    for id in ids {
-        let outcome = replay_one(ops, id, by, note).await?;
-        match &outcome {
-            Replayed::As(request) => {
-                if !as_json {
-                    println!("dead letter #{id} replayed as request {request}");
-                }
-                report.push(json!({ "id": id, "replayedAs": request }));
+    for letter in ids {
+        // An error on one (a lock held too long, Redis down) is reported with it, and
+        // the others are still tried: each try is bounded.
+        let outcome = replay_one(ops, letter, by, note)
+            .await
+            .unwrap_or_else(|e| Replayed::Skipped(format!("error: {e:#}")));
+        let (line, entry) = match &outcome {
+            Replayed::As(request) => (
+                format!("dead letter #{letter} replayed as request {request}"),
+                json!({ "id": letter, "replayedAs": request }),
+            ),
+            Replayed::Resolved(how) => {
+                clean &= id.is_none();
+                (
+                    format!("dead letter #{letter} not replayed: already resolved: {how}"),
+                    json!({ "id": letter, "skipped": format!("already resolved: {how}") }),
+                )
             }
             Replayed::Skipped(why) => {
                 clean = false;
-                if !as_json {
-                    println!("dead letter #{id} not replayed: {why}");
-                }
-                report.push(json!({ "id": id, "skipped": why }));
+                (
+                    format!("dead letter #{letter} not replayed: {why}"),
+                    json!({ "id": letter, "skipped": why }),
+                )
             }
+        };
+        if !as_json {
+            println!("{line}");
         }
+        report.push(entry);
     }
     if as_json {
         println!("{}", Value::Array(report));
@@ -202,26 +226,49 @@ pub async fn replay(
     Ok(clean)
 }
 
+/// Fields that mean the letter's copy is not the entry as it was: replaying it would
+/// decide something nobody sent.
+const NOT_WHOLE: [&str; 3] = [
+    stream::fields::dead::TRUNCATED,
+    stream::fields::dead::NOT_A_STRING,
+    stream::fields::dead::CUT,
+];
+
+/// Why a letter must not be replayed as it is, if it must not.
+fn unreplayable(letter: &Letter, message: &Message) -> Option<String> {
+    if let Some(field) = NOT_WHOLE.iter().find(|f| letter.fields.contains_key(**f)) {
+        return Some(format!(
+            "its fields were not kept whole (`{field}`): nothing to replay faithfully; drop it"
+        ));
+    }
+    if message.kind() != RequestKind::Book {
+        return Some(format!(
+            "only bookings are replayed: a {} acts on what is there when it is decided, not \
+             on what was there when it was sent; its sender sends it again (drop this one)",
+            message.kind().as_str()
+        ));
+    }
+    None
+}
+
 /// Replays one letter in one transaction that holds its row: decode with this build,
-/// enqueue under the letter's replay id (unless that request is decided already),
-/// record the replay.
+/// check it may be replayed and was not decided since, enqueue under the letter's
+/// replay id (unless that request is decided already), record the replay.
 async fn replay_one(
     ops: &mut Ops,
     id: i64,
     by: &str,
     note: Option<&str>,
 ) -> anyhow::Result<Replayed> {
-    let tx = ops.client.transaction().await?;
+    let (keys, redis, client) = ops.split()?;
+    let tx = client.transaction().await?;
     let sql = format!("SELECT {COLUMNS} FROM dead_letters WHERE id = $1 FOR UPDATE");
     let Some(row) = tx.query_opt(&sql, &[&id]).await? else {
         return Ok(Replayed::Skipped("no such dead letter".to_owned()));
     };
     let letter = Letter::from_row(&row)?;
     if letter.resolution.is_some() {
-        return Ok(Replayed::Skipped(format!(
-            "already resolved: {}",
-            letter.describe()
-        )));
+        return Ok(Replayed::Resolved(letter.describe()));
     }
     let message = match Message::from_fields(&letter.fields) {
         Ok(message) => message,
@@ -232,13 +279,20 @@ async fn replay_one(
             )))
         }
     };
+    if let Some(why) = unreplayable(&letter, &message) {
+        return Ok(Replayed::Skipped(why));
+    }
     let original = message.request();
-    let shard = ops.keys.shard_of(original.goods_id);
-    let request_id = Keys::replay_request_id(shard, letter.id, &letter.source_id);
-    let accepted_at_ms = chrono::Utc::now().timestamp_millis();
+    if let Some((request, decision)) = decided_since(&tx, &letter, original).await? {
+        return Ok(Replayed::Skipped(format!(
+            "its entry was decided since, as request {request} ({decision}): a worker that \
+             reads it took it; drop this letter"
+        )));
+    }
+    let request_id = replay_id(keys, &letter, original.goods_id);
     let replayed = message.with_request(BookingRequestV1 {
         request_id,
-        accepted_at_ms,
+        accepted_at_ms: chrono::Utc::now().timestamp_millis(),
         ..original.clone()
     });
     let decided = tx
@@ -249,7 +303,7 @@ async fn replay_one(
         .await?
         .is_some();
     if !decided {
-        match stream::enqueue(&mut ops.redis, &ops.keys, &replayed, None)
+        match stream::enqueue(redis, keys, &replayed, None)
             .await
             .context("enqueueing the replay")?
         {
@@ -268,36 +322,88 @@ async fn replay_one(
     Ok(Replayed::As(request_id))
 }
 
+/// The request id a replay of `letter` gets (its goods' shard as the deployment has it).
+fn replay_id(keys: &Keys, letter: &Letter, goods_id: i64) -> Uuid {
+    Keys::replay_request_id(keys.shard_of(goods_id), letter.id, &letter.source_id)
+}
+
+/// The decision on the letter's own entry made since it was dead-lettered: a worker
+/// that could read it decided it (an undecodable entry left pending by an older
+/// worker, reclaimed by a newer one). Its own dead-letter decision (`rejected`,
+/// `unprocessable`, no position) does not count.
+async fn decided_since(
+    tx: &tokio_postgres::Transaction<'_>,
+    letter: &Letter,
+    request: &BookingRequestV1,
+) -> anyhow::Result<Option<(Uuid, String)>> {
+    let at = EntryId::parse(&letter.source_id);
+    let row = tx
+        .query_opt(
+            "SELECT request_id, decision || coalesce(' ' || reason, '') FROM booking_requests \
+             WHERE (request_id = $1 OR (goods_id = $2 AND stream_ms = $3 AND stream_seq = $4)) \
+               AND NOT (decision = 'rejected' AND reason = 'unprocessable' AND position IS NULL) \
+             LIMIT 1",
+            &[
+                &request.request_id,
+                &request.goods_id,
+                &at.map(|a| a.ms),
+                &at.map(|a| a.seq),
+            ],
+        )
+        .await?;
+    Ok(match row {
+        Some(row) => Some((row.try_get(0)?, row.try_get(1)?)),
+        None => None,
+    })
+}
+
 /// Marks a dead letter dropped (who, when, why); the row stays. `Ok(false)` when there
 /// is no such letter waiting.
 ///
 /// # Errors
 /// PostgreSQL unreachable.
 pub async fn drop(
-    ops: &Ops,
+    ops: &mut Ops,
     id: i64,
     by: &str,
     note: Option<&str>,
     as_json: bool,
 ) -> anyhow::Result<bool> {
-    let dropped = ops
-        .client
-        .execute(
-            "UPDATE dead_letters SET resolution = 'dropped', resolved_by = $2, \
-             resolved_at = now(), resolution_note = $3 WHERE id = $1 AND resolution IS NULL",
-            &[&id, &by, &note],
-        )
-        .await?;
-    let sql = format!("SELECT {COLUMNS} FROM dead_letters WHERE id = $1");
-    let letter = match ops.client.query_opt(&sql, &[&id]).await? {
+    let (keys, redis, client) = ops.split()?;
+    let tx = client.transaction().await?;
+    let sql = format!("SELECT {COLUMNS} FROM dead_letters WHERE id = $1 FOR UPDATE");
+    let letter = match tx.query_opt(&sql, &[&id]).await? {
         Some(row) => Some(Letter::from_row(&row)?),
         None => None,
     };
-    let outcome = match (&letter, dropped) {
-        (Some(letter), 1) => Ok(letter),
-        (Some(letter), _) => Err(format!("already resolved: {}", letter.describe())),
-        (None, _) => Err("no such dead letter".to_owned()),
+    let outcome = match &letter {
+        None => Err("no such dead letter".to_owned()),
+        Some(letter) if letter.resolution.is_some() => {
+            Err(format!("already resolved: {}", letter.describe()))
+        }
+        Some(letter) => match replayed_unrecorded(&tx, redis, keys, letter).await? {
+            Some(request) => Err(format!(
+                "it was replayed as request {request}, and that replay was not recorded: run \
+                 `dlq replay {id}` to record it"
+            )),
+            None => {
+                tx.execute(
+                    "UPDATE dead_letters SET resolution = 'dropped', resolved_by = $2, \
+                     resolved_at = now(), resolution_note = $3 WHERE id = $1",
+                    &[&id, &by, &note],
+                )
+                .await?;
+                let row = tx
+                    .query_one(
+                        &format!("SELECT {COLUMNS} FROM dead_letters WHERE id = $1"),
+                        &[&id],
+                    )
+                    .await?;
+                Ok(Letter::from_row(&row)?)
+            }
+        },
     };
+    tx.commit().await?;
     match (&outcome, as_json) {
         (Ok(letter), true) => println!("{}", letter.to_json()),
         (Err(why), true) => println!("{}", json!({ "id": id, "skipped": why })),
@@ -305,4 +411,29 @@ pub async fn drop(
         (Err(why), false) => println!("dead letter #{id} not dropped: {why}"),
     }
     Ok(outcome.is_ok())
+}
+
+/// The replay of `letter` that was enqueued (its status hash or its decision exists)
+/// without being recorded (the command stopped between the two), if any.
+async fn replayed_unrecorded(
+    tx: &tokio_postgres::Transaction<'_>,
+    redis: &mut shared::queue::QueueConnection,
+    keys: &Keys,
+    letter: &Letter,
+) -> anyhow::Result<Option<Uuid>> {
+    let Ok(message) = Message::from_fields(&letter.fields) else {
+        return Ok(None);
+    };
+    let request_id = replay_id(keys, letter, message.request().goods_id);
+    let decided = tx
+        .query_opt(
+            "SELECT 1 FROM booking_requests WHERE request_id = $1",
+            &[&request_id],
+        )
+        .await?
+        .is_some();
+    let queued = stream::read_status(redis, keys, request_id)
+        .await?
+        .is_some();
+    Ok((decided || queued).then_some(request_id))
 }

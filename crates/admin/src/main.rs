@@ -165,7 +165,7 @@ enum UserCommand {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    shared::telemetry::init("warn");
+    let _telemetry = shared::telemetry::init(env!("CARGO_BIN_NAME"), "warn");
     let cli = Cli::parse();
     let database = DatabaseConfig::from_env().context("invalid configuration")?;
     match cli.command {
@@ -185,17 +185,19 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Status { json } => {
-            let mut ops = ops::Ops::connect(&database).await?;
+            let mut ops = ops::Ops::connect(&database, true).await?;
             status::status(&mut ops, json).await?;
         }
         Command::Goods(GoodsCommand::Stats { id, json }) => {
-            let mut ops = ops::Ops::connect(&database).await?;
+            let mut ops = ops::Ops::connect(&database, true).await?;
             if !status::goods_stats(&mut ops, id, json).await? {
                 std::process::exit(1);
             }
         }
         Command::Dlq(cmd) => {
-            let mut ops = ops::Ops::connect(&database).await?;
+            // Listing reads PostgreSQL only: it works while Redis is down.
+            let with_redis = !matches!(cmd, DlqCommand::List { .. });
+            let mut ops = ops::Ops::connect(&database, with_redis).await?;
             let done = match cmd {
                 DlqCommand::List { shard, all, json } => {
                     dlq::list(&ops, shard, all, json).await?;
@@ -207,7 +209,7 @@ async fn main() -> anyhow::Result<()> {
                 }
                 DlqCommand::Drop { id, record } => {
                     let by = ops::operator(record.by);
-                    dlq::drop(&ops, id, &by, record.note.as_deref(), record.json).await?
+                    dlq::drop(&mut ops, id, &by, record.note.as_deref(), record.json).await?
                 }
             };
             if !done {

@@ -59,9 +59,8 @@ pub async fn status(ops: &mut Ops, as_json: bool) -> anyhow::Result<()> {
         .collect::<Result<_, tokio_postgres::Error>>()?;
     let mut rows = Vec::new();
     let mut queued_by_goods: Vec<(i64, Shard, i64)> = Vec::new();
-    for shard in ops.keys.shards() {
-        let conn = &mut ops.redis;
-        let keys = &ops.keys;
+    let (keys, conn, _) = ops.split()?;
+    for shard in keys.shards() {
         let owner: Option<String> = redis::cmd("GET")
             .arg(keys.lease(shard))
             .query_async(conn)
@@ -98,7 +97,7 @@ pub async fn status(ops: &mut Ops, as_json: bool) -> anyhow::Result<()> {
     queued_by_goods.retain(|(_, _, queued)| *queued > 0);
     queued_by_goods.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
     queued_by_goods.truncate(TOP_GOODS);
-    let workers = live_workers(&mut ops.redis, &ops.keys).await?;
+    let workers = live_workers(conn, keys).await?;
 
     if as_json {
         let shards: Vec<Value> = rows
@@ -203,19 +202,15 @@ async fn oldest_undecided(
 }
 
 /// Requests queued per goods of a shard: turns handed out less the highest decided.
+/// The decided turns are read first: read after, they could pass the turns read
+/// (decisions made between the two reads) and hide requests still queued.
 async fn queued_per_goods(
     conn: &mut QueueConnection,
     keys: &Keys,
     shard: Shard,
 ) -> anyhow::Result<Vec<(i64, i64)>> {
-    let handed: HashMap<String, i64> = redis::cmd("HGETALL")
-        .arg(keys.turns(shard))
-        .query_async(conn)
-        .await?;
-    let decided: HashMap<String, i64> = redis::cmd("HGETALL")
-        .arg(keys.decided_turns(shard))
-        .query_async(conn)
-        .await?;
+    let decided = scan_hash(conn, &keys.decided_turns(shard)).await?;
+    let handed = scan_hash(conn, &keys.turns(shard)).await?;
     Ok(handed
         .into_iter()
         .filter_map(|(goods, turns)| {
@@ -224,6 +219,27 @@ async fn queued_per_goods(
             Some((goods_id, (turns - done).max(0)))
         })
         .collect())
+}
+
+/// A hash of counters, read in pages (`HSCAN`): one field per goods ever sold on the
+/// shard, so a single `HGETALL` could hold Redis up during a sale.
+async fn scan_hash(conn: &mut QueueConnection, key: &str) -> anyhow::Result<HashMap<String, i64>> {
+    let mut out = HashMap::new();
+    let mut cursor = 0_u64;
+    loop {
+        let (next, page): (u64, Vec<(String, i64)>) = redis::cmd("HSCAN")
+            .arg(key)
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(500)
+            .query_async(conn)
+            .await?;
+        out.extend(page);
+        if next == 0 {
+            return Ok(out);
+        }
+        cursor = next;
+    }
 }
 
 /// Live workers (membership not expired by Redis's clock) and how long each has left.
@@ -255,8 +271,15 @@ async fn live_workers(
 /// # Errors
 /// PostgreSQL or Redis unreachable.
 pub async fn goods_stats(ops: &mut Ops, goods: i64, as_json: bool) -> anyhow::Result<bool> {
-    let Some(row) = ops
-        .client
+    let (keys, conn, client) = ops.split()?;
+    // One snapshot for every figure from PostgreSQL.
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    let Some(row) = tx
         .query_opt(
             "SELECT title, booking_limit, booked_count, waitlisted_count, waitlist_limit, \
              deleted_at IS NOT NULL FROM goods WHERE id = $1",
@@ -279,8 +302,7 @@ pub async fn goods_stats(ops: &mut Ops, goods: i64, as_json: bool) -> anyhow::Re
     let deleted: bool = row.try_get(5)?;
     // Bookings by state: how many, and how many seats.
     let mut bookings: HashMap<String, (i64, i64)> = HashMap::new();
-    for r in ops
-        .client
+    for r in tx
         .query(
             "SELECT status, count(*), coalesce(sum(quantity), 0)::int8 FROM bookings \
              WHERE goods_id = $1 GROUP BY status",
@@ -291,8 +313,7 @@ pub async fn goods_stats(ops: &mut Ops, goods: i64, as_json: bool) -> anyhow::Re
         bookings.insert(r.try_get(0)?, (r.try_get(1)?, r.try_get(2)?));
     }
     let mut decisions: Vec<(String, Option<String>, i64)> = Vec::new();
-    for r in ops
-        .client
+    for r in tx
         .query(
             "SELECT decision, reason, count(*) FROM booking_requests WHERE goods_id = $1 \
              GROUP BY decision, reason ORDER BY decision, reason NULLS FIRST",
@@ -302,24 +323,20 @@ pub async fn goods_stats(ops: &mut Ops, goods: i64, as_json: bool) -> anyhow::Re
     {
         decisions.push((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?));
     }
-    let shard = ops.keys.shard_of(goods);
-    let turns: Vec<Option<i64>> = redis::cmd("HMGET")
-        .arg(ops.keys.turns(shard))
+    tx.commit().await?;
+    let shard = keys.shard_of(goods);
+    // Decided first, as in `queued_per_goods`.
+    let decided_turn: Option<i64> = redis::cmd("HGET")
+        .arg(keys.decided_turns(shard))
         .arg(goods)
-        .query_async::<Vec<Option<i64>>>(&mut ops.redis)
-        .await?
-        .into_iter()
-        .chain(
-            redis::cmd("HMGET")
-                .arg(ops.keys.decided_turns(shard))
-                .arg(goods)
-                .query_async::<Vec<Option<i64>>>(&mut ops.redis)
-                .await?,
-        )
-        .collect();
-    let handed = turns.first().copied().flatten().unwrap_or(0);
-    let decided_turn = turns.get(1).copied().flatten().unwrap_or(0);
-    let queued = (handed - decided_turn).max(0);
+        .query_async(conn)
+        .await?;
+    let handed: Option<i64> = redis::cmd("HGET")
+        .arg(keys.turns(shard))
+        .arg(goods)
+        .query_async(conn)
+        .await?;
+    let queued = (handed.unwrap_or(0) - decided_turn.unwrap_or(0)).max(0);
     let decided_count: i64 = decisions.iter().map(|d| d.2).sum();
     let state = |name: &str| bookings.get(name).copied().unwrap_or((0, 0));
 

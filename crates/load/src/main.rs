@@ -233,7 +233,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    shared::telemetry::init("warn");
+    let _telemetry = shared::telemetry::init(env!("CARGO_BIN_NAME"), "warn");
     let cli = Cli::parse();
     match run(cli).await {
         Ok(code) => code,

@@ -12,7 +12,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    shared::telemetry::init("info");
+    let _telemetry = shared::telemetry::init(env!("CARGO_BIN_NAME"), "info");
     let config = ApiConfig::from_env().context("invalid configuration")?;
     let shutdown = CancellationToken::new();
     tokio::spawn(shared::shutdown::cancel_on_signal(shutdown.clone()));

@@ -48,6 +48,13 @@ pub async fn middleware(
         method = %req.method(),
         path = %req.path(),
     );
+    if shared::telemetry::exporting() {
+        let parent = req
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok());
+        shared::telemetry::continue_remote(&span, parent);
+    }
     let started = Instant::now();
     let method = method_label(req.method());
     // Counted down on drop: actix drops a request's future when its client resets.

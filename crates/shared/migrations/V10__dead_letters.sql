@@ -6,7 +6,7 @@
 -- and (a replay) the request it became.
 CREATE TABLE dead_letters (
     id          bigserial PRIMARY KEY,
-    shard       int NOT NULL,
+    shard       int NOT NULL CHECK (shard >= 0),
     -- The entry's id in its shard stream.
     source_id   text NOT NULL,
     reason      text NOT NULL,
@@ -33,3 +33,5 @@ CREATE TABLE dead_letters (
 
 -- `dlq list` and `status`: the letters still waiting for an operator.
 CREATE INDEX dead_letters_open ON dead_letters (shard, id) WHERE resolution IS NULL;
+-- Whether a request was dead-lettered, and what a replay became.
+CREATE INDEX dead_letters_by_request ON dead_letters (request_id) WHERE request_id IS NOT NULL;

@@ -54,6 +54,9 @@ pub mod fields {
     pub const ACCEPTED_AT: &str = "at";
     /// The HTTP request id, so worker logs join API logs.
     pub const TRACE: &str = "trace";
+    /// The accepting request's W3C `traceparent`, only while spans are exported over
+    /// OTLP (older workers ignore it).
+    pub const TRACEPARENT: &str = "tp";
     /// The request's turn: its place among the requests for its goods, 1 for the
     /// first ever accepted (written by the enqueue script, not part of [`Message`]:
     /// see [`enqueue`]).
@@ -90,6 +93,11 @@ pub mod fields {
         pub const SOURCE_ID: &str = "dlq_source_id";
         /// How many fields the entry had, when it had too many to copy them all.
         pub const TRUNCATED: &str = "dlq_truncated";
+        /// A field whose value was not a string (left out of the copy).
+        pub const NOT_A_STRING: &str = "dlq_not_a_string";
+        /// In PostgreSQL's copy only: the fields whose name or value was too long to
+        /// store whole (`MAX_STORED_FIELD_BYTES`), cut short.
+        pub const CUT: &str = "dlq_cut";
     }
 }
 
@@ -138,6 +146,9 @@ pub struct BookingRequestV1 {
     pub accepted_at_ms: i64,
     /// The HTTP request id (`x-request-id`), so worker logs join API logs.
     pub trace_id: String,
+    /// The W3C `traceparent` of the accepting request's span, when spans are exported
+    /// over OTLP (`shared::telemetry`): the worker's batch span links to it.
+    pub traceparent: Option<String>,
 }
 
 /// Every kind of message a worker understands.
@@ -230,6 +241,9 @@ impl Message {
         }
         out.push((fields::ACCEPTED_AT, m.accepted_at_ms.to_string()));
         out.push((fields::TRACE, m.trace_id.clone()));
+        if let Some(traceparent) = &m.traceparent {
+            out.push((fields::TRACEPARENT, traceparent.clone()));
+        }
         out
     }
 
@@ -276,6 +290,7 @@ impl Message {
             quantity,
             accepted_at_ms: positive(get(fields::ACCEPTED_AT)?, fields::ACCEPTED_AT)?,
             trace_id: map.get(fields::TRACE).cloned().unwrap_or_default(),
+            traceparent: map.get(fields::TRACEPARENT).cloned(),
         };
         Ok(match kind {
             RequestKind::Book => Self::Book(request),
@@ -344,6 +359,9 @@ pub fn decode(raw: &redis::streams::StreamId) -> Result<Entry, Box<DeadLetter>> 
             fields.truncate(MAX_DEAD_LETTER_FIELDS);
             fields.push((fields::dead::TRUNCATED.to_owned(), count.to_string()));
         }
+        if let DecodeError::NotAString(name) = &e {
+            fields.push((fields::dead::NOT_A_STRING.to_owned(), name.clone()));
+        }
         Box::new(DeadLetter {
             source_id: raw.id.clone(),
             reason: e.to_string(),
@@ -377,19 +395,37 @@ pub struct DeadLetter {
 
 impl DeadLetter {
     /// Its fields as one JSON object of strings, as the `dead_letters` table keeps them
-    /// (migration V10), with [`storable_text`] applied to names and values.
+    /// (migration V10): [`storable_text`] applied to names and values, each cut to
+    /// [`MAX_STORED_FIELD_BYTES`] (the names of those cut listed under
+    /// [`fields::dead::CUT`]), so that no entry Redis accepts is too big to record.
     pub fn fields_json(&self) -> String {
-        let object: serde_json::Map<String, serde_json::Value> = self
+        let mut cut = Vec::new();
+        let mut object: serde_json::Map<String, serde_json::Value> = self
             .fields
             .iter()
             .map(|(name, value)| {
-                (
-                    storable_text(name).into_owned(),
-                    serde_json::Value::String(storable_text(value).into_owned()),
-                )
+                let (stored_name, name_cut) = stored_field(name);
+                let (stored_value, value_cut) = stored_field(value);
+                if name_cut || value_cut {
+                    cut.push(stored_name.clone());
+                }
+                (stored_name, serde_json::Value::String(stored_value))
             })
             .collect();
+        if !cut.is_empty() {
+            let (names, _) = stored_field(&cut.join(","));
+            object.insert(
+                fields::dead::CUT.to_owned(),
+                serde_json::Value::String(names),
+            );
+        }
         serde_json::Value::Object(object).to_string()
+    }
+
+    /// Its reason as the `dead_letters` table keeps it (storable, at most
+    /// [`MAX_STORED_FIELD_BYTES`]).
+    pub fn stored_reason(&self) -> String {
+        stored_field(&self.reason).0
     }
 
     /// A decoded entry that PostgreSQL kept refusing.
@@ -410,6 +446,23 @@ impl DeadLetter {
             request_id: Some(entry.message.request().request_id),
         }
     }
+}
+
+/// Longest name, value or reason a dead letter's PostgreSQL row keeps, in bytes.
+pub const MAX_STORED_FIELD_BYTES: usize = 16 * 1024;
+
+/// `text` storable and cut to [`MAX_STORED_FIELD_BYTES`] (at a character boundary);
+/// whether it was cut.
+fn stored_field(text: &str) -> (String, bool) {
+    let text = storable_text(text);
+    if text.len() <= MAX_STORED_FIELD_BYTES {
+        return (text.into_owned(), false);
+    }
+    let mut end = MAX_STORED_FIELD_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    (text[..end].to_owned(), true)
 }
 
 /// `text` as PostgreSQL can store it: every NUL character (which a `text` or `jsonb`
@@ -1438,6 +1491,7 @@ mod tests {
             quantity: 2,
             accepted_at_ms: 1_700_000_000_000,
             trace_id: "abc".into(),
+            traceparent: None,
         }
     }
 

@@ -189,9 +189,11 @@ pub async fn record_dead_letter(
     fence: FenceToken,
     entry: &Entry,
     letter: &DeadLetter,
+    stored: Stored,
 ) -> Result<StatusRecord, WorkerError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
+    tx.batch_execute(DEAD_LETTER_BOUNDS).await?;
     check_fence(&tx, shard, fence).await?;
     let r = entry.message.request();
     let decision = Decision::Rejected(RejectReason::Unprocessable);
@@ -227,7 +229,7 @@ pub async fn record_dead_letter(
     // Only a decision made here is a dead letter: one made before (by another batch)
     // stands, and is not one.
     if inserted == 1 {
-        insert_dead_letter(&tx, shard, letter).await?;
+        insert_dead_letter(&tx, shard, letter, stored).await?;
     }
     let logged = find_decided(&tx, &[r.request_id]).await?;
     tx.commit().await?;
@@ -249,23 +251,49 @@ pub async fn record_undecodable(
     shard: Shard,
     fence: FenceToken,
     letters: &[&DeadLetter],
+    stored: Stored,
 ) -> Result<(), WorkerError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
+    tx.batch_execute(DEAD_LETTER_BOUNDS).await?;
     check_fence(&tx, shard, fence).await?;
     for letter in letters {
-        insert_dead_letter(&tx, shard, letter).await?;
+        insert_dead_letter(&tx, shard, letter, stored).await?;
     }
     tx.commit().await?;
     Ok(())
 }
+
+/// How much of a dead letter its row keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// The reason and the fields (each cut to `MAX_STORED_FIELD_BYTES`).
+    Whole,
+    /// No fields and an ASCII reason: what is written once PostgreSQL has refused the
+    /// whole row, so that no entry can stall its shard (the Redis copy keeps it all).
+    Minimal,
+}
+
+/// A dead letter's transaction waits at most this long for a row lock (an operator's
+/// `dlq` command holding the same letter's row): a lock timeout is retried.
+const DEAD_LETTER_BOUNDS: &str = "SET LOCAL lock_timeout = '5s'";
 
 /// One row of `dead_letters` (migration V10); nothing if the entry has one already.
 async fn insert_dead_letter(
     tx: &Transaction<'_>,
     shard: Shard,
     letter: &DeadLetter,
+    stored: Stored,
 ) -> Result<(), WorkerError> {
+    let (reason, fields) = match stored {
+        Stored::Whole => (letter.stored_reason(), letter.fields_json()),
+        Stored::Minimal => (
+            "dead letter whose reason and fields PostgreSQL refused to store (see the \
+             Redis dead-letter stream)"
+                .to_owned(),
+            "{}".to_owned(),
+        ),
+    };
     let stmt = tx
         .prepare_cached(
             "INSERT INTO dead_letters (shard, source_id, reason, fields, request_id) \
@@ -277,8 +305,8 @@ async fn insert_dead_letter(
         &[
             &shard.as_i32(),
             &storable_text(&letter.source_id),
-            &storable_text(&letter.reason),
-            &letter.fields_json(),
+            &reason,
+            &fields,
             &letter.request_id,
         ],
     )

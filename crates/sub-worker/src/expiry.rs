@@ -87,6 +87,7 @@ async fn scan(
             quantity: 0,
             accepted_at_ms: now,
             trace_id: String::new(),
+            traceparent: None,
         });
         stream::enqueue(&mut conn, &ctx.keys, &message, None).await?;
         tracing::debug!(hold = %hold.request_id, expire = %request_id, "hold past its deadline: expiry sent");

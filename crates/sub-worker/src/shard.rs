@@ -31,6 +31,7 @@ use shared::{
     },
 };
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
@@ -297,7 +298,29 @@ impl ShardTask {
                 }
             }
         }
+        // A span of its own, linked to each accepting request, only while spans are
+        // exported (none otherwise: nothing to pay).
+        if shared::telemetry::exporting() {
+            let span = tracing::info_span!("batch", shard = self.shard.get(), size = batch.len());
+            shared::telemetry::link_to(
+                &span,
+                entries
+                    .iter()
+                    .filter_map(|e| e.message.request().traceparent.as_deref()),
+            );
+            self.decide(batch, entries, dead).instrument(span).await
+        } else {
+            self.decide(batch, entries, dead).await
+        }
+    }
 
+    /// [`Self::process`] once the batch is decoded.
+    async fn decide(
+        &self,
+        batch: &[StreamId],
+        entries: Vec<Entry>,
+        mut dead: Vec<DeadLetter>,
+    ) -> Result<Option<ShardExit>, WorkerError> {
         let committed = if entries.is_empty() {
             Vec::new()
         } else {
@@ -399,6 +422,7 @@ impl ShardTask {
                 entries,
                 self.stall(),
             )
+            .instrument(commit_span(entries.len()))
             .await
             {
                 Ok(committed) => {
@@ -445,6 +469,7 @@ impl ShardTask {
                 let one = std::slice::from_ref(entry);
                 let started = Instant::now();
                 match db::commit_batch(&self.ctx.pool, self.shard, self.fence, one, self.stall())
+                    .instrument(commit_span(1))
                     .await
                 {
                     Ok(c) => {
@@ -504,8 +529,15 @@ impl ShardTask {
         entry: &Entry,
         letter: &DeadLetter,
     ) -> Result<StatusRecord, ShardExit> {
-        self.until_recorded(|| {
-            db::record_dead_letter(&self.ctx.pool, self.shard, self.fence, entry, letter)
+        self.until_recorded(|stored| {
+            db::record_dead_letter(
+                &self.ctx.pool,
+                self.shard,
+                self.fence,
+                entry,
+                letter,
+                stored,
+            )
         })
         .await
     }
@@ -518,37 +550,53 @@ impl ShardTask {
         if undecodable.is_empty() {
             return Ok(());
         }
-        self.until_recorded(|| {
-            db::record_undecodable(&self.ctx.pool, self.shard, self.fence, &undecodable)
+        self.until_recorded(|stored| {
+            db::record_undecodable(&self.ctx.pool, self.shard, self.fence, &undecodable, stored)
         })
         .await
     }
 
     /// Runs `record` until it succeeds: recording a dead letter is not up to the entry
-    /// any more, so every failure is retried with backoff (a fence ends it).
+    /// any more, so every failure is retried with backoff (a fence ends it). Once
+    /// PostgreSQL refuses the row itself (anything but a transient error: a value it
+    /// cannot store), the rest of the tries record it `Stored::Minimal`, which it
+    /// cannot refuse: no entry stalls its shard.
     async fn until_recorded<T, F, Fut>(&self, record: F) -> Result<T, ShardExit>
     where
-        F: Fn() -> Fut,
+        F: Fn(db::Stored) -> Fut,
         Fut: std::future::Future<Output = Result<T, WorkerError>>,
     {
         let mut backoff = Backoff::default();
+        let mut stored = db::Stored::Whole;
         loop {
-            match record().await {
+            match record(stored).await {
                 Ok(done) => return Ok(done),
                 Err(WorkerError::Fenced { .. }) => {
                     metrics::counter!(names::FENCE_REFUSALS).increment(1);
                     return Err(ShardExit::Fenced);
                 }
                 Err(e) => {
+                    if !e.is_transient() {
+                        stored = db::Stored::Minimal;
+                    }
                     let delay = backoff.next_delay();
                     metrics::counter!(names::RETRIES, "class" => "dead_letter").increment(1);
-                    tracing::warn!(error = %chain(&e), ?delay, "dead letter not recorded; retrying");
+                    tracing::warn!(error = %chain(&e), ?delay, ?stored, "dead letter not recorded; retrying");
                     if self.sleep_or_cancel(delay).await {
                         return Err(ShardExit::Cancelled);
                     }
                 }
             }
         }
+    }
+}
+
+/// The span of one commit attempt while spans are exported; none otherwise.
+fn commit_span(size: usize) -> tracing::Span {
+    if shared::telemetry::exporting() {
+        tracing::info_span!("commit", size)
+    } else {
+        tracing::Span::none()
     }
 }
 

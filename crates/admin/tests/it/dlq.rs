@@ -32,6 +32,7 @@ async fn dead_letters_are_listed_replayed_once_and_dropped_with_who_and_when() {
         quantity: 2,
         accepted_at_ms: 9_000_000_000_000_000_000,
         trace_id: "t-poison".into(),
+        traceparent: None,
     });
     stack.append(shard, &poison.to_fields()).await;
     stack
@@ -216,6 +217,132 @@ async fn dead_letters_are_listed_replayed_once_and_dropped_with_who_and_when() {
             ),
         ]
     );
+    let (code, out) = admin_on(&stack, &["verify"]).await;
+    assert_eq!(code, Some(0), "{out}");
+}
+
+/// What is not replayed: a letter of another kind than a booking (it would act on
+/// what is there now), a letter whose entry a worker decided since, and anything at
+/// all under another shard count than the deployment's. And a replay that was not
+/// recorded cannot be dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_that_would_decide_something_nobody_sent_are_refused() {
+    let stack = Stack::builder().spawn().await;
+    let goods = stack.create_goods(10, 1).await;
+    let users = stack.customers("nodlq", 3).await;
+    let shard = stack.shard_of(goods);
+    let poison = |user: i64, cancel: bool| {
+        let request = BookingRequestV1 {
+            request_id: Keys::new_request_id(shard),
+            goods_id: goods,
+            user_id: user,
+            quantity: if cancel { 0 } else { 1 },
+            accepted_at_ms: 9_000_000_000_000_000_000,
+            trace_id: String::new(),
+            traceparent: None,
+        };
+        if cancel {
+            Message::Cancel(request)
+        } else {
+            Message::Book(request)
+        }
+    };
+    stack
+        .append(shard, &poison(users[0].0, true).to_fields())
+        .await;
+    stack
+        .append(shard, &poison(users[1].0, false).to_fields())
+        .await;
+    let good = stack.book(goods, users[2].0, &users[2].1, 1).await;
+    stack
+        .in_process_worker_until(CancellationToken::new())
+        .await;
+    stack.wait_for_decisions(3).await;
+    stack.wait_until_nothing_pending().await;
+    let letters = admin_json(&stack, &["dlq", "list", "--json"]).await;
+    let ids: Vec<String> = letters
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|l| l["id"].as_i64().expect("id").to_string())
+        .collect();
+    assert_eq!(ids.len(), 2, "{letters}");
+    let (cancel, book) = (&ids[0], &ids[1]);
+
+    let (code, out) = admin_on(&stack, &["dlq", "replay", cancel]).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("only bookings are replayed"), "{out}");
+
+    // An old build's letter for an entry a newer worker decided since.
+    let client = stack.db.client().await;
+    let stale: i64 = client
+        .query_one(
+            "INSERT INTO dead_letters (shard, source_id, reason, fields, request_id) \
+             SELECT shard, stream_id, 'unsupported message version `3`', \
+               jsonb_build_object('v', '1', 'k', 'book', 'rid', request_id::text, \
+                 'gid', goods_id::text, 'uid', user_id::text, 'qty', '1', 'at', '1700000000000'), \
+               NULL \
+             FROM booking_requests WHERE request_id = $1 RETURNING id",
+            &[&good.request_id],
+        )
+        .await
+        .expect("a stale letter")
+        .get(0);
+    let stream_len = || async {
+        let mut conn = stack.redis.connection().await;
+        let len: u64 = redis::cmd("XLEN")
+            .arg(stack.keys().stream(shard))
+            .query_async(&mut conn)
+            .await
+            .expect("XLEN");
+        len
+    };
+    let before = stream_len().await;
+    let (code, out) = admin_on(&stack, &["dlq", "replay", &stale.to_string()]).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!("decided since, as request {}", good.request_id)),
+        "{out}"
+    );
+
+    // Another shard count: refused before anything is read or written.
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_ticketnest-admin"))
+        .args(["dlq", "replay", "--all"])
+        .env("TICKETNEST_DATABASE_URL", stack.db.url())
+        .env("TICKETNEST_REDIS_URL", stack.redis.url())
+        .env("TICKETNEST_REDIS_PREFIX", stack.redis.prefix())
+        .env("TICKETNEST_SHARDS", (stack.shards + 1).to_string())
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run ticketnest-admin");
+    assert_eq!(run.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains(&format!("this deployment has {} shards", stack.shards)),
+        "{stderr}"
+    );
+    assert_eq!(stream_len().await, before, "nothing enqueued");
+
+    // A replay whose record was lost cannot be dropped: it is on its way.
+    let (code, out) = admin_on(&stack, &["dlq", "replay", book]).await;
+    assert_eq!(code, Some(0), "{out}");
+    client
+        .execute(
+            "UPDATE dead_letters SET resolution = NULL, resolved_by = NULL, resolved_at = NULL, \
+             replayed_as = NULL WHERE id = $1",
+            &[&book.parse::<i64>().expect("id")],
+        )
+        .await
+        .expect("lose the record");
+    let (code, out) = admin_on(&stack, &["dlq", "drop", book]).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("that replay was not recorded"), "{out}");
+    let (code, out) = admin_on(&stack, &["dlq", "drop", cancel, "--note", "resent"]).await;
+    assert_eq!(code, Some(0), "{out}");
+    stack.wait_for_decisions(4).await;
+    stack.wait_until_nothing_pending().await;
     let (code, out) = admin_on(&stack, &["verify"]).await;
     assert_eq!(code, Some(0), "{out}");
 }

@@ -24,6 +24,7 @@ use shared::{
     keys::Keys,
     stream::{self, BookingRequestV1, Enqueued, Message, StatusRecord},
 };
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
@@ -278,6 +279,7 @@ async fn submit(
             .get::<RequestId>()
             .map(|r| r.0.clone())
             .unwrap_or_default(),
+        traceparent: shared::telemetry::traceparent(&tracing::Span::current()),
     };
     let message = match kind {
         RequestKind::Book => Message::Book(request),
@@ -300,7 +302,16 @@ async fn submit(
 pub(crate) async fn enqueue(state: &AppState, message: &Message) -> Result<Enqueued, ApiError> {
     let mut conn = state.redis.get().await;
     let started = std::time::Instant::now();
-    let enqueued = stream::enqueue(&mut conn, &state.keys, message, state.user_rate).await;
+    let enqueued = stream::enqueue(&mut conn, &state.keys, message, state.user_rate);
+    // A span of its own only while spans are exported (none otherwise: nothing to pay).
+    let enqueued = if shared::telemetry::exporting() {
+        let shard = state.keys.shard_of(message.request().goods_id);
+        enqueued
+            .instrument(tracing::info_span!("enqueue", shard = shard.get()))
+            .await
+    } else {
+        enqueued.await
+    };
     static LATENCY: std::sync::OnceLock<metrics::Histogram> = std::sync::OnceLock::new();
     LATENCY
         .get_or_init(|| metrics::histogram!(shared::meter::names::ENQUEUE_DURATION))

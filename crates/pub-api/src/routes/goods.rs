@@ -307,6 +307,7 @@ async fn enqueue_limit_change(
             .get::<RequestId>()
             .map(|r| r.0.clone())
             .unwrap_or_default(),
+        traceparent: shared::telemetry::traceparent(&tracing::Span::current()),
     });
     match super::bookings::enqueue(state, &message).await? {
         Enqueued::Accepted | Enqueued::Existing { .. } => Ok(request_id),

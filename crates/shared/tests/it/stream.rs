@@ -238,6 +238,7 @@ fn booking(keys: &Keys, user_id: i64) -> BookingRequestV1 {
         quantity: 1,
         accepted_at_ms: 1_700_000_000_000,
         trace_id: String::new(),
+        traceparent: None,
     }
 }
 

@@ -127,6 +127,7 @@ async fn a_poison_entry_is_dead_lettered_after_its_attempts_and_the_shard_moves_
         quantity: 1,
         accepted_at_ms: 9_000_000_000_000_000_000,
         trace_id: String::new(),
+        traceparent: None,
     });
     stack.append(shard, &poison.to_fields()).await;
     let after = stack.book(goods, users[2].0, &users[2].1, 1).await;
@@ -232,6 +233,7 @@ async fn a_decision_this_build_cannot_read_is_retried_and_never_dead_lettered() 
         quantity: 1,
         accepted_at_ms: 1_700_000_000_000,
         trace_id: String::new(),
+        traceparent: None,
     });
     let fields: Vec<(&str, String)> = copy.to_fields();
     stack.append(shard, &fields).await;
@@ -379,4 +381,79 @@ async fn a_status_with_a_word_this_build_does_not_know_is_answered_as_written() 
     let status = stack.status(&second.request_id, &users[1].1).await;
     assert_eq!(status["status"], "rejected", "{status}");
     assert_eq!(status["reason"], "waitlist_full", "{status}");
+}
+
+/// A dead letter too big for its PostgreSQL row is cut to size, and one PostgreSQL
+/// refuses whole (here a constraint added by hand) is recorded without its fields:
+/// no entry can stall its shard.
+#[tokio::test]
+async fn a_dead_letter_postgresql_cannot_store_whole_is_cut_or_recorded_bare_and_the_shard_moves_on(
+) {
+    use test_support::shared::stream::MAX_STORED_FIELD_BYTES;
+
+    let stack = spawn_stack().await;
+    let goods = stack.create_goods(10, 1).await;
+    let users = stack.customers("big", 2).await;
+    let shard = stack.shard_of(goods);
+    let huge = "é".repeat(MAX_STORED_FIELD_BYTES);
+    stack
+        .append(shard, &[("v", "9".to_owned()), ("blob", huge.clone())])
+        .await;
+    let first = stack.book(goods, users[0].0, &users[0].1, 1).await;
+    let _worker = stack.worker(&[]);
+    stack.wait_for_decisions(1).await;
+    stack.wait_until_nothing_pending().await;
+    let client = stack.db.client().await;
+    let row = client
+        .query_one(
+            "SELECT length(fields->>'blob'), fields->>'dlq_cut', fields->>'v' FROM dead_letters",
+            &[],
+        )
+        .await
+        .expect("the cut letter");
+    assert_eq!(
+        row.get::<_, Option<i32>>(0),
+        Some(i32::try_from(MAX_STORED_FIELD_BYTES / 2).expect("fits"))
+    );
+    assert_eq!(row.get::<_, Option<String>>(1).as_deref(), Some("blob"));
+    assert_eq!(row.get::<_, Option<String>>(2).as_deref(), Some("9"));
+    assert_eq!(
+        stack.dead_letters(shard).await[0]["blob"],
+        huge,
+        "Redis keeps it whole"
+    );
+
+    client
+        .batch_execute(
+            "ALTER TABLE dead_letters ADD CONSTRAINT small CHECK (length(fields::text) < 100) NOT VALID",
+        )
+        .await
+        .expect("narrow the table");
+    stack
+        .append(shard, &[("v", "9".to_owned()), ("pad", "x".repeat(200))])
+        .await;
+    let second = stack.book(goods, users[1].0, &users[1].1, 1).await;
+    stack.wait_for_decisions(2).await;
+    stack.wait_until_nothing_pending().await;
+    for (request, token) in [
+        (&first.request_id, &users[0].1),
+        (&second.request_id, &users[1].1),
+    ] {
+        assert_eq!(stack.status(request, token).await["status"], "confirmed");
+    }
+    let bare = client
+        .query_one(
+            "SELECT fields::text, reason FROM dead_letters ORDER BY id DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .expect("the bare letter");
+    assert_eq!(bare.get::<_, String>(0), "{}");
+    assert!(
+        bare.get::<_, String>(1)
+            .contains("PostgreSQL refused to store"),
+        "{}",
+        bare.get::<_, String>(1)
+    );
+    assert_eq!(stack.dead_letters(shard).await.len(), 2);
 }

@@ -114,6 +114,7 @@ async fn entries_read_by_another_read_are_decided_first(
             quantity: 1,
             accepted_at_ms: 1,
             trace_id: String::new(),
+            traceparent: None,
         });
         pipe.xadd(&stream, AUTO_ID, &message.to_fields()).ignore();
     }

@@ -26,3 +26,4 @@ mod resilience;
 mod sale_window;
 mod sell_out;
 mod shutdown;
+mod tracing_export;
