@@ -34,10 +34,36 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 # A TrueType font for ticketnest-load's PNG/SVG plots.
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)
+# Prometheus: the dashboard test (crates/sub-worker/tests/it/dashboard.rs) runs
+# /usr/bin/prometheus (and promtool) as child processes against deploy/prometheus.yml.
+# Only the binaries are wanted, not a system service (see below).
+installing_prometheus=false
+[ -x /usr/bin/prometheus ] || installing_prometheus=true
+if [ "${#missing[@]}" -gt 0 ] || [ "$installing_prometheus" = true ]; then
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+fi
 if [ "${#missing[@]}" -gt 0 ]; then
   log "installing ${missing[*]}"
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+if [ "$installing_prometheus" = true ]; then
+  log "installing prometheus"
+  # No recommends: they would add prometheus-node-exporter, a second daemon.
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    prometheus >/dev/null
+fi
+# Debian's package enables and starts a system Prometheus on :9090 (where init scripts
+# run at all). Nothing here uses it: the test starts its own on a free port, and a local
+# one against deploy/prometheus.yml (README, "Observability") wants :9090 free. Stopped
+# and disabled only right after this script installed it: one set up on purpose is left
+# alone.
+if [ "$installing_prometheus" = true ]; then
+  if [ -d /run/systemd/system ]; then
+    as_root systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+  elif [ -x /etc/init.d/prometheus ]; then
+    as_root /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+    as_root update-rc.d prometheus disable >/dev/null 2>&1 || true
+  fi
 fi
 
 # PostgreSQL

@@ -295,14 +295,7 @@ async fn replay_one(
         accepted_at_ms: chrono::Utc::now().timestamp_millis(),
         ..original.clone()
     });
-    let decided = tx
-        .query_opt(
-            "SELECT 1 FROM booking_requests WHERE request_id = $1",
-            &[&request_id],
-        )
-        .await?
-        .is_some();
-    if !decided {
+    if !is_decided(&tx, request_id).await? {
         match stream::enqueue(redis, keys, &replayed, None)
             .await
             .context("enqueueing the replay")?
@@ -320,6 +313,20 @@ async fn replay_one(
     .await?;
     tx.commit().await?;
     Ok(Replayed::As(request_id))
+}
+
+/// Whether the decision log holds `request_id`.
+async fn is_decided(
+    tx: &tokio_postgres::Transaction<'_>,
+    request_id: Uuid,
+) -> anyhow::Result<bool> {
+    Ok(tx
+        .query_opt(
+            "SELECT 1 FROM booking_requests WHERE request_id = $1",
+            &[&request_id],
+        )
+        .await?
+        .is_some())
 }
 
 /// The request id a replay of `letter` gets (its goods' shard as the deployment has it).
@@ -425,13 +432,7 @@ async fn replayed_unrecorded(
         return Ok(None);
     };
     let request_id = replay_id(keys, letter, message.request().goods_id);
-    let decided = tx
-        .query_opt(
-            "SELECT 1 FROM booking_requests WHERE request_id = $1",
-            &[&request_id],
-        )
-        .await?
-        .is_some();
+    let decided = is_decided(tx, request_id).await?;
     let queued = stream::read_status(redis, keys, request_id)
         .await?
         .is_some();

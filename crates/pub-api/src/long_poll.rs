@@ -67,6 +67,9 @@ impl Inner {
 
 impl Waiters {
     pub fn new(stopping: CancellationToken) -> Self {
+        // Registered at 0 now, so `/metrics` shows the gauge (and dashboards a 0, not
+        // "no data") before the first long-poll.
+        metrics::gauge!(shared::meter::names::LONG_POLLS).increment(0.0);
         Self {
             inner: Arc::new(Inner {
                 by_request: Mutex::new(HashMap::new()),

@@ -630,6 +630,24 @@ impl ShardTask {
     }
 }
 
+/// Registers, at 0, the counters that count rare events (every label value they take),
+/// so they are in `/metrics` from the start. A series that first appears at 1 hides
+/// that first event from `rate()`/`increase()` (Prometheus sees no change), and a
+/// dashboard shows "no data" instead of 0 for a worker that never retried; the first
+/// fence refusal or dead letter is exactly the one an operator must see.
+pub fn register_counters() {
+    metrics::counter!(names::LEASES_ACQUIRED).increment(0);
+    metrics::counter!(names::LEASES_LOST).increment(0);
+    metrics::counter!(names::FENCE_REFUSALS).increment(0);
+    metrics::counter!(names::BATCHES).increment(0);
+    for class in ["commit", "refused", "settle", "dead_letter", "shard"] {
+        metrics::counter!(names::RETRIES, "class" => class).increment(0);
+    }
+    for cause in ["undecodable", "refused"] {
+        metrics::counter!(names::DEAD_LETTERS, "cause" => cause).increment(0);
+    }
+}
+
 /// Sets `ticketnest_shard_lag_seconds` of `shard` from the stream time of its oldest
 /// entry in hand (0: none). Entry ids carry Redis's clock; the age is taken on this
 /// process's.

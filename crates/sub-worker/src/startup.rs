@@ -47,6 +47,7 @@ impl Worker {
         shutdown: &CancellationToken,
     ) -> Result<Self, StartError> {
         shared::meter::install();
+        crate::shard::register_counters();
         let readiness = Readiness::starting("connecting to PostgreSQL and Redis");
         let probe_stop = match Self::listen(&config.worker.http_addr).await? {
             Some(listener) => probe::spawn(listener, readiness.clone(), Otherwise::NotFound).0,
@@ -110,6 +111,7 @@ impl Worker {
         readiness: Readiness,
     ) -> Result<Self, SharedError> {
         shared::meter::install();
+        crate::shard::register_counters();
         let keys = Keys::new(config.redis.prefix.clone(), config.shards.shards)
             .map_err(SharedError::InvalidSetting)?;
         shared::db::migrate(&config.database).await?;

@@ -138,16 +138,7 @@ async fn dead_letters_are_listed_replayed_once_and_dropped_with_who_and_when() {
         )
         .await
         .expect("lose the record");
-    let stream_len = || async {
-        let mut conn = stack.redis.connection().await;
-        let len: u64 = redis::cmd("XLEN")
-            .arg(stack.keys().stream(shard))
-            .query_async(&mut conn)
-            .await
-            .expect("XLEN");
-        len
-    };
-    let before = stream_len().await;
+    let before = stream_len(&stack, shard).await;
     let (code, out) = admin_on(
         &stack,
         &["dlq", "replay", "--all", "--json", "--by", "carol"],
@@ -157,7 +148,11 @@ async fn dead_letters_are_listed_replayed_once_and_dropped_with_who_and_when() {
     let report: Value = serde_json::from_str(&out).expect("JSON");
     assert_eq!(report[0]["replayedAs"], replayed.to_string(), "{report}");
     assert!(report[1]["skipped"].is_string(), "{report}");
-    assert_eq!(stream_len().await, before, "nothing enqueued twice");
+    assert_eq!(
+        stream_len(&stack, shard).await,
+        before,
+        "nothing enqueued twice"
+    );
     assert_eq!(stack.decisions(goods).await.len(), 3);
 
     // Dropped, with who, when and why; once.
@@ -288,16 +283,7 @@ async fn replays_that_would_decide_something_nobody_sent_are_refused() {
         .await
         .expect("a stale letter")
         .get(0);
-    let stream_len = || async {
-        let mut conn = stack.redis.connection().await;
-        let len: u64 = redis::cmd("XLEN")
-            .arg(stack.keys().stream(shard))
-            .query_async(&mut conn)
-            .await
-            .expect("XLEN");
-        len
-    };
-    let before = stream_len().await;
+    let before = stream_len(&stack, shard).await;
     let (code, out) = admin_on(&stack, &["dlq", "replay", &stale.to_string()]).await;
     assert_eq!(code, Some(1), "{out}");
     assert!(
@@ -323,7 +309,7 @@ async fn replays_that_would_decide_something_nobody_sent_are_refused() {
         stderr.contains(&format!("this deployment has {} shards", stack.shards)),
         "{stderr}"
     );
-    assert_eq!(stream_len().await, before, "nothing enqueued");
+    assert_eq!(stream_len(&stack, shard).await, before, "nothing enqueued");
 
     // A replay whose record was lost cannot be dropped: it is on its way.
     let (code, out) = admin_on(&stack, &["dlq", "replay", book]).await;
@@ -345,4 +331,14 @@ async fn replays_that_would_decide_something_nobody_sent_are_refused() {
     stack.wait_until_nothing_pending().await;
     let (code, out) = admin_on(&stack, &["verify"]).await;
     assert_eq!(code, Some(0), "{out}");
+}
+
+/// How many entries the shard stream holds now.
+async fn stream_len(stack: &Stack, shard: test_support::shared::shard::Shard) -> u64 {
+    let mut conn = stack.redis.connection().await;
+    redis::cmd("XLEN")
+        .arg(stack.keys().stream(shard))
+        .query_async(&mut conn)
+        .await
+        .expect("XLEN")
 }

@@ -5,6 +5,7 @@ mod helpers;
 
 mod backpressure;
 mod cancel;
+mod dashboard;
 mod dead_letter;
 mod distributed;
 mod fifo;
