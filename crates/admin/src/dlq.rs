@@ -270,6 +270,13 @@ async fn replay_one(
     if letter.resolution.is_some() {
         return Ok(Replayed::Resolved(letter.describe()));
     }
+    if letter.fields.is_empty() {
+        return Ok(Replayed::Skipped(
+            "its fields were not recorded (PostgreSQL refused them; the shard's Redis \
+             dead-letter stream has them): nothing to replay; drop it"
+                .to_owned(),
+        ));
+    }
     let message = match Message::from_fields(&letter.fields) {
         Ok(message) => message,
         Err(e) => {
