@@ -229,8 +229,13 @@ impl FromRequest for AuthUser {
 }
 
 /// A positive integer id from the path (`/api/goods/{id}`).
-#[derive(Debug, Clone, Copy)]
-pub struct IdPath(pub i64);
+#[derive(Debug, Clone, Copy, utoipa::IntoParams)]
+#[into_params(names("id"), parameter_in = Path)]
+pub struct IdPath(
+    /// The goods id.
+    #[param(minimum = 1, format = Int64)]
+    pub i64,
+);
 
 impl FromRequest for IdPath {
     type Error = ApiError;
