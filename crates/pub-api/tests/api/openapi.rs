@@ -1,7 +1,7 @@
 //! The OpenAPI description (`/api-docs/openapi.json`) against the server that serves
 //! it: every route is described and every described route answers, every documented
-//! example fits its schema, and Swagger UI is at `/api/` without shadowing an API
-//! route.
+//! example fits its schema, Swagger UI is at `/api/` without shadowing an API route,
+//! and a schemathesis run against a live API and worker finds nothing.
 
 use std::collections::BTreeSet;
 
@@ -347,4 +347,60 @@ async fn swagger_ui_is_at_api_and_shadows_no_api_route() {
         .await
         .expect("metrics");
     assert!(!metrics.contains("no-such-file"));
+}
+
+/// The schemathesis command: `TICKETNEST_SCHEMATHESIS`, else the one
+/// `scripts/test.sh` installs into `.dev/venv`.
+fn schemathesis() -> Option<std::path::PathBuf> {
+    if let Some(path) = std::env::var_os("TICKETNEST_SCHEMATHESIS") {
+        return Some(path.into());
+    }
+    let installed =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.dev/venv/bin/schemathesis");
+    installed.exists().then_some(installed)
+}
+
+/// A bounded schemathesis run (every check, examples and coverage and fuzzing phases)
+/// against the API with a worker deciding, as an organizer (so goods can be created
+/// and booked): no 5xx, no answer the description does not allow.
+#[tokio::test]
+async fn schemathesis_finds_no_server_error_and_no_answer_against_the_description() {
+    let Some(command) = schemathesis() else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "schemathesis is not installed: scripts/test.sh installs it into .dev/venv"
+        );
+        eprintln!("skipped: schemathesis not installed (scripts/test.sh installs it)");
+        return;
+    };
+    let app = spawn_app().await;
+    app.in_process_worker().await;
+    let (_, token) = app.organizer().await;
+    let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/schemathesis.toml");
+    // Run in a directory of its own, so nothing it writes lands in the work tree.
+    let scratch = std::env::temp_dir().join(format!("schemathesis-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&scratch).expect("scratch directory");
+    let mut run = tokio::process::Command::new(&command);
+    run.arg("--config-file")
+        .arg(&config)
+        .arg("run")
+        .arg(app.url("/api-docs/openapi.json"))
+        .args(["--header", &format!("Authorization: Bearer {token}")])
+        .current_dir(&scratch)
+        .env("NO_COLOR", "1")
+        .kill_on_drop(true)
+        .stdin(std::process::Stdio::null());
+    let output = tokio::time::timeout(std::time::Duration::from_secs(240), run.output())
+        .await
+        .expect("schemathesis ran over 240 s")
+        .expect("start schemathesis");
+    let _ = std::fs::remove_dir_all(&scratch);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "schemathesis found problems ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    println!("{stdout}");
 }
