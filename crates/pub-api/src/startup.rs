@@ -142,15 +142,20 @@ fn routes(cfg: &mut web::ServiceConfig) {
                 )
                 .service(resource("/me/bookings", "GET").route(web::get().to(me::bookings)))
                 // Swagger UI, after every API route: `/api` redirects to `/api/`, its
-                // page; its files are names with an extension, which no API route has.
+                // page, which loads its files by name.
                 .service(resource("", "GET").route(web::get().to(docs::swagger_ui_redirect)))
                 .service(resource("/", "GET").route(web::get().to(docs::swagger_ui)))
                 .service(
                     web::resource(
-                        r"/{file:[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.(?:html|css|js|png|map)}",
+                        docs::SWAGGER_UI_FILES
+                            .iter()
+                            .map(|file| format!("/{file}"))
+                            .collect::<Vec<_>>(),
                     )
                     .route(web::get().to(docs::swagger_ui))
-                    .default_service(web::to(not_found)),
+                    .default_service(web::to(|| async {
+                        Err::<HttpResponse, _>(ApiError::MethodNotAllowed("GET"))
+                    })),
                 ),
         );
 }

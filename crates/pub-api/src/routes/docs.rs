@@ -4,10 +4,10 @@
 //!
 //! Swagger UI's files come from `utoipa-swagger-ui`, built with its `vendored` feature
 //! (the zip ships in the `utoipa-swagger-ui-vendored` crate: the build downloads
-//! nothing). They are served by name under `/api/` (`index.html`, `swagger-ui.css`,
-//! ...): `startup` registers them after every API route of the `/api` scope, with a
-//! pattern that only names files (a dot and an extension), so they shadow no route,
-//! and a name Swagger UI does not have gets the API's JSON 404.
+//! nothing). They are served under `/api/` by name ([`SWAGGER_UI_FILES`], each a
+//! route of its own, so metrics keep one route template per file and any other name
+//! is the API's JSON 404), registered after every API route of the `/api` scope; no
+//! API route has a dot in its last segment, so none is shadowed.
 
 use std::sync::{Arc, OnceLock};
 
@@ -19,6 +19,23 @@ use crate::{error::ApiError, openapi};
 /// Where Swagger UI lives; `/api` (without the slash) redirects here, so the page's
 /// relative links resolve under it.
 pub const SWAGGER_UI_PATH: &str = "/api/";
+
+/// The files of Swagger UI's page, as `/api/` (its `index.html`) names them, and the
+/// source maps of its script and style (a browser's developer tools ask for them).
+pub const SWAGGER_UI_FILES: &[&str] = &[
+    "index.html",
+    "index.css",
+    "swagger-ui.css",
+    "swagger-ui.css.map",
+    "swagger-ui-bundle.js",
+    "swagger-ui-bundle.js.map",
+    "swagger-ui-standalone-preset.js",
+    "swagger-ui-standalone-preset.js.map",
+    "swagger-initializer.js",
+    "favicon-16x16.png",
+    "favicon-32x32.png",
+    "oauth2-redirect.html",
+];
 
 /// The description, serialised once.
 fn spec_bytes() -> Result<Bytes, ApiError> {
@@ -55,10 +72,13 @@ fn swagger_config() -> Arc<Config<'static>> {
         .clone()
 }
 
-/// `GET /api/` (Swagger UI's page) and `GET /api/{file}` (its scripts, styles and
-/// icons); a name it does not have is the API's 404 `not_found`.
+/// `GET /api/` (Swagger UI's page) and `GET /api/<file>` for each of
+/// [`SWAGGER_UI_FILES`] (its scripts, styles and icons).
 pub async fn swagger_ui(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    let file = req.match_info().get("file").unwrap_or("index.html");
+    let file = match req.path().rsplit('/').next() {
+        Some("") | None => "index.html",
+        Some(name) => name,
+    };
     match utoipa_swagger_ui::serve(file, swagger_config()) {
         Ok(Some(found)) => Ok(HttpResponse::Ok()
             .content_type(found.content_type)

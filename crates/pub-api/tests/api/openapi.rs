@@ -300,6 +300,17 @@ async fn swagger_ui_is_at_api_and_shadows_no_api_route() {
     assert!(response.headers().contains_key("x-request-id"));
     let page = response.text().await.expect("page");
     assert!(page.contains("swagger-ui"), "{page}");
+    // Every file the page loads is served.
+    let linked: Vec<&str> = page
+        .split(['"', '\''])
+        .filter(|s| s.ends_with(".js") || s.ends_with(".css") || s.ends_with(".png"))
+        .map(|s| s.trim_start_matches("./"))
+        .collect();
+    assert!(linked.len() >= 6, "{linked:?}");
+    for file in linked {
+        let response = app.get(&format!("/api/{file}"), None).await;
+        assert_eq!(response.status(), StatusCode::OK, "/api/{file}");
+    }
     let initializer = app.get("/api/swagger-initializer.js", None).await;
     assert_eq!(initializer.status(), StatusCode::OK);
     let script = initializer.text().await.expect("script");
