@@ -161,7 +161,13 @@ pub async fn login(
     ApiJson(body): ApiJson<LoginBody>,
 ) -> Result<HttpResponse, ApiError> {
     limits::check_address(&state, &req)?;
-    let found = db::find_login(&state.pool, body.email.trim()).await?;
+    let email = body.email.trim();
+    // No address holds a NUL, and PostgreSQL refuses one in a query (a 500): no user.
+    let found = if email.contains('\0') {
+        None
+    } else {
+        db::find_login(&state.pool, email).await?
+    };
     let hashing = state.passwords.clone();
     let password = body.password;
     let (stored, user) = match found {
