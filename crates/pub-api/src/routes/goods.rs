@@ -51,6 +51,7 @@ pub struct CreateGoodsBody {
     /// Empty, or an http(s) URL of at most 2,048 characters.
     img_url: String,
     /// RFC 3339 (`2026-12-24T19:30:00+09:00`) or a date (`2026-12-24`, midnight UTC).
+    #[schema(schema_with = show_date_schema)]
     show_date: String,
     /// Seats on sale.
     #[schema(minimum = 1, maximum = 1_000_000)]
@@ -72,6 +73,34 @@ pub struct CreateGoodsBody {
     /// at once).
     #[schema(minimum = 0, maximum = 86_400)]
     hold_seconds: Option<i64>,
+}
+
+/// `showDate` as a client sends it: an RFC 3339 date-time or a plain date.
+fn show_date_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{AnyOfBuilder, KnownFormat, ObjectBuilder, SchemaFormat, Type};
+    let string = |format| {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(format)))
+    };
+    AnyOfBuilder::new()
+        .item(string(KnownFormat::DateTime))
+        .item(string(KnownFormat::Date))
+        .description(Some(
+            "RFC 3339 (`2026-12-24T19:30:00+09:00`) or a date (`2026-12-24`, midnight UTC)",
+        ))
+        .build()
+        .into()
+}
+
+/// `showDate` in a change: as at creation, or `null` (kept).
+fn show_date_or_null_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{AnyOfBuilder, ObjectBuilder, Type};
+    AnyOfBuilder::new()
+        .item(show_date_schema())
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .build()
+        .into()
 }
 
 /// A goods.
@@ -174,6 +203,7 @@ pub struct PatchGoodsBody {
     #[schema(minimum = 0, maximum = 1_000_000_000)]
     price: Option<i64>,
     img_url: Option<String>,
+    #[schema(schema_with = show_date_or_null_schema)]
     show_date: Option<String>,
     /// Decided by the worker, in order with the goods' bookings.
     #[schema(minimum = 1, maximum = 1_000_000)]
