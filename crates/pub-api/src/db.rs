@@ -64,7 +64,7 @@ pub struct GoodsLimits {
 
 /// The fields of a goods an organizer sets, validated (`domain::GoodsInput::parse`);
 /// serialised as they appear in the API's goods objects.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GoodsFields {
     pub title: String,

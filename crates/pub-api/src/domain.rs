@@ -32,7 +32,11 @@ impl Email {
     /// 400 naming `email` unless it is a plausible address of at most 254 characters.
     pub fn parse(raw: &str) -> Result<Self, ApiError> {
         let trimmed = raw.trim();
-        if trimmed.len() > 254 || !email_address::EmailAddress::is_valid(trimmed) {
+        // A NUL is refused here, not by PostgreSQL (which cannot store one: a 500).
+        if trimmed.len() > 254
+            || trimmed.contains('\0')
+            || !email_address::EmailAddress::is_valid(trimmed)
+        {
             return Err(ApiError::validation(
                 "email",
                 "email must be a valid address of at most 254 characters",
@@ -151,6 +155,13 @@ fn bounded_text(
     max: usize,
 ) -> Result<String, ApiError> {
     let value = raw.trim();
+    // PostgreSQL's text cannot hold a NUL: refused here (400), not there (a 500).
+    if value.contains('\0') {
+        return Err(ApiError::validation(
+            field,
+            format!("{field} must not contain NUL characters"),
+        ));
+    }
     let chars = value.chars().count();
     if chars < min || chars > max {
         let message = if min > 0 {
@@ -442,6 +453,32 @@ mod tests {
         for (input, field) in cases {
             assert_eq!(field_of(input.parse().unwrap_err()), field);
         }
+        for (input, field) in [
+            (
+                GoodsInput {
+                    content: "a\0b",
+                    ..goods()
+                },
+                "content",
+            ),
+            (
+                GoodsInput {
+                    title: "\0",
+                    ..goods()
+                },
+                "title",
+            ),
+            (
+                GoodsInput {
+                    img_url: "https://x/\0",
+                    ..goods()
+                },
+                "imgUrl",
+            ),
+        ] {
+            assert_eq!(field_of(input.parse().unwrap_err()), field);
+        }
+        assert_eq!(field_of(Email::parse("a\0@b.co").unwrap_err()), "email");
         let long_title = "t".repeat(101);
         assert_eq!(
             field_of(

@@ -45,8 +45,9 @@ pub enum ApiError {
     RequestNotFound,
     #[error("no such route")]
     RouteNotFound,
+    /// The methods the route takes, for the `Allow` header.
     #[error("method not allowed on this route")]
-    MethodNotAllowed,
+    MethodNotAllowed(&'static str),
     #[error("this Idempotency-Key was used for another request (another quantity); use a new key")]
     IdempotencyKeyReused,
     #[error("the goods still has live bookings; they must be cancelled first")]
@@ -87,44 +88,240 @@ impl ApiError {
         }
     }
 
-    /// The error table: status and stable code for every variant.
-    fn status_and_code(&self) -> (StatusCode, &'static str) {
+    /// The error table: the stable code of every variant (its status comes with it).
+    pub fn code(&self) -> ErrorCode {
+        use ErrorCode as C;
         match self {
-            Self::Validation { .. } => (StatusCode::BAD_REQUEST, "validation_failed"),
-            Self::InvalidJson(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
-            Self::InvalidPath(_) => (StatusCode::BAD_REQUEST, "invalid_path"),
-            Self::InvalidQuery(_) => (StatusCode::BAD_REQUEST, "invalid_query"),
-            Self::UnsupportedMediaType => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            Self::Validation { .. } => C::ValidationFailed,
+            Self::InvalidJson(_) => C::InvalidJson,
+            Self::InvalidPath(_) => C::InvalidPath,
+            Self::InvalidQuery(_) => C::InvalidQuery,
+            Self::UnsupportedMediaType => C::UnsupportedMediaType,
+            Self::PayloadTooLarge(_) => C::PayloadTooLarge,
+            Self::Unauthorized(_) => C::Unauthorized,
+            Self::InvalidCredentials => C::InvalidCredentials,
+            Self::Forbidden(_) => C::Forbidden,
+            Self::CrossOriginRefused => C::CrossOriginRefused,
+            Self::GoodsNotFound => C::GoodsNotFound,
+            Self::RequestNotFound => C::RequestNotFound,
+            Self::RouteNotFound => C::NotFound,
+            Self::MethodNotAllowed(_) => C::MethodNotAllowed,
+            Self::IdempotencyKeyReused => C::IdempotencyKeyReused,
+            Self::GoodsHasBookings => C::GoodsHasBookings,
+            Self::LimitBelowBooked(_) => C::LimitBelowBooked,
+            Self::LimitChangeFailed => C::LimitChangeFailed,
+            Self::SaleNotOpen => C::SaleNotOpen,
+            Self::SaleClosed => C::SaleClosed,
+            Self::EmailTaken => C::EmailTaken,
+            Self::NicknameTaken => C::NicknameTaken,
+            Self::QueueUnavailable(_) => C::QueueUnavailable,
+            Self::QueueFull => C::QueueFull,
+            Self::QueueMemoryFull => C::QueueMemoryFull,
+            Self::RateLimited(_) => C::RateLimited,
+            Self::Busy => C::Busy,
+            Self::DatabaseUnavailable(_) => C::DatabaseUnavailable,
+            Self::Internal(_) => C::Internal,
+        }
+    }
+
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        let code = self.code();
+        (code.status(), code.as_str())
+    }
+}
+
+/// Every error code the API answers with, and its status: the table clients match on
+/// (README, "Errors") and the OpenAPI description enumerates (`openapi`). `not_ready`
+/// and `starting` are answered outside `ApiError` (`/readyz`, and `shared::probe`
+/// while pub-api starts), with the same body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    ValidationFailed,
+    InvalidJson,
+    InvalidPath,
+    InvalidQuery,
+    Unauthorized,
+    InvalidCredentials,
+    Forbidden,
+    CrossOriginRefused,
+    GoodsNotFound,
+    RequestNotFound,
+    NotFound,
+    MethodNotAllowed,
+    EmailTaken,
+    NicknameTaken,
+    SaleNotOpen,
+    SaleClosed,
+    GoodsHasBookings,
+    LimitBelowBooked,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    IdempotencyKeyReused,
+    RateLimited,
+    LimitChangeFailed,
+    QueueUnavailable,
+    QueueFull,
+    QueueMemoryFull,
+    Busy,
+    DatabaseUnavailable,
+    NotReady,
+    Starting,
+    Internal,
+}
+
+impl ErrorCode {
+    /// Every code, in the order of the README's table.
+    pub const ALL: [Self; 31] = {
+        use ErrorCode as C;
+        [
+            C::ValidationFailed,
+            C::InvalidJson,
+            C::InvalidPath,
+            C::InvalidQuery,
+            C::Unauthorized,
+            C::InvalidCredentials,
+            C::Forbidden,
+            C::CrossOriginRefused,
+            C::GoodsNotFound,
+            C::RequestNotFound,
+            C::NotFound,
+            C::MethodNotAllowed,
+            C::EmailTaken,
+            C::NicknameTaken,
+            C::SaleNotOpen,
+            C::SaleClosed,
+            C::GoodsHasBookings,
+            C::LimitBelowBooked,
+            C::PayloadTooLarge,
+            C::UnsupportedMediaType,
+            C::IdempotencyKeyReused,
+            C::RateLimited,
+            C::LimitChangeFailed,
+            C::QueueUnavailable,
+            C::QueueFull,
+            C::QueueMemoryFull,
+            C::Busy,
+            C::DatabaseUnavailable,
+            C::NotReady,
+            C::Starting,
+            C::Internal,
+        ]
+    };
+
+    pub fn status(self) -> StatusCode {
+        use ErrorCode as C;
+        match self {
+            C::ValidationFailed | C::InvalidJson | C::InvalidPath | C::InvalidQuery => {
+                StatusCode::BAD_REQUEST
             }
-            Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            Self::InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
-            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
-            Self::CrossOriginRefused => (StatusCode::FORBIDDEN, "cross_origin_refused"),
-            Self::GoodsNotFound => (StatusCode::NOT_FOUND, "goods_not_found"),
-            Self::RequestNotFound => (StatusCode::NOT_FOUND, "request_not_found"),
-            Self::RouteNotFound => (StatusCode::NOT_FOUND, "not_found"),
-            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-            Self::IdempotencyKeyReused => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
+            C::Unauthorized | C::InvalidCredentials => StatusCode::UNAUTHORIZED,
+            C::Forbidden | C::CrossOriginRefused => StatusCode::FORBIDDEN,
+            C::GoodsNotFound | C::RequestNotFound | C::NotFound => StatusCode::NOT_FOUND,
+            C::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            C::EmailTaken
+            | C::NicknameTaken
+            | C::SaleNotOpen
+            | C::SaleClosed
+            | C::GoodsHasBookings
+            | C::LimitBelowBooked => StatusCode::CONFLICT,
+            C::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            C::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            C::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            C::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            C::LimitChangeFailed
+            | C::QueueUnavailable
+            | C::QueueFull
+            | C::QueueMemoryFull
+            | C::Busy
+            | C::DatabaseUnavailable
+            | C::NotReady
+            | C::Starting => StatusCode::SERVICE_UNAVAILABLE,
+            C::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The code as clients see it (`validation_failed`).
+    pub fn as_str(self) -> &'static str {
+        use ErrorCode as C;
+        match self {
+            C::ValidationFailed => "validation_failed",
+            C::InvalidJson => "invalid_json",
+            C::InvalidPath => "invalid_path",
+            C::InvalidQuery => "invalid_query",
+            C::Unauthorized => "unauthorized",
+            C::InvalidCredentials => "invalid_credentials",
+            C::Forbidden => "forbidden",
+            C::CrossOriginRefused => "cross_origin_refused",
+            C::GoodsNotFound => "goods_not_found",
+            C::RequestNotFound => "request_not_found",
+            C::NotFound => "not_found",
+            C::MethodNotAllowed => "method_not_allowed",
+            C::EmailTaken => "email_taken",
+            C::NicknameTaken => "nickname_taken",
+            C::SaleNotOpen => "sale_not_open",
+            C::SaleClosed => "sale_closed",
+            C::GoodsHasBookings => "goods_has_bookings",
+            C::LimitBelowBooked => "limit_below_booked",
+            C::PayloadTooLarge => "payload_too_large",
+            C::UnsupportedMediaType => "unsupported_media_type",
+            C::IdempotencyKeyReused => "idempotency_key_reused",
+            C::RateLimited => "rate_limited",
+            C::LimitChangeFailed => "limit_change_failed",
+            C::QueueUnavailable => "queue_unavailable",
+            C::QueueFull => "queue_full",
+            C::QueueMemoryFull => "queue_memory_full",
+            C::Busy => "busy",
+            C::DatabaseUnavailable => "database_unavailable",
+            C::NotReady => "not_ready",
+            C::Starting => "starting",
+            C::Internal => "internal",
+        }
+    }
+
+    /// When the code is answered, for the OpenAPI description (the README's "When").
+    pub fn when(self) -> &'static str {
+        use ErrorCode as C;
+        match self {
+            C::ValidationFailed => "a field is well-formed but invalid (`field` names it)",
+            C::InvalidJson => {
+                "malformed JSON, not an object, a missing field, a wrong type or an unknown field"
             }
-            Self::GoodsHasBookings => (StatusCode::CONFLICT, "goods_has_bookings"),
-            Self::LimitBelowBooked(_) => (StatusCode::CONFLICT, "limit_below_booked"),
-            Self::LimitChangeFailed => (StatusCode::SERVICE_UNAVAILABLE, "limit_change_failed"),
-            Self::SaleNotOpen => (StatusCode::CONFLICT, "sale_not_open"),
-            Self::SaleClosed => (StatusCode::CONFLICT, "sale_closed"),
-            Self::EmailTaken => (StatusCode::CONFLICT, "email_taken"),
-            Self::NicknameTaken => (StatusCode::CONFLICT, "nickname_taken"),
-            Self::QueueUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable"),
-            Self::QueueFull => (StatusCode::SERVICE_UNAVAILABLE, "queue_full"),
-            Self::QueueMemoryFull => (StatusCode::SERVICE_UNAVAILABLE, "queue_memory_full"),
-            Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
-            Self::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
-            Self::DatabaseUnavailable(_) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable")
+            C::InvalidPath => {
+                "a path id that is not a positive integer (goods) or not a UUID (request)"
             }
-            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            C::InvalidQuery => "a bad query parameter",
+            C::Unauthorized => "token missing, invalid, expired, or its user deleted",
+            C::InvalidCredentials => "wrong email or wrong password (the same answer for both)",
+            C::Forbidden => "not allowed for this user (a customer, or another organizer's goods)",
+            C::CrossOriginRefused => "a change authenticated by the cookie, sent from another site",
+            C::GoodsNotFound => "no such goods",
+            C::RequestNotFound => "no such booking request, or it belongs to someone else",
+            C::NotFound => "no such route",
+            C::MethodNotAllowed => {
+                "the route exists but not with this method (`Allow` lists those it takes)"
+            }
+            C::EmailTaken => "the email is already registered",
+            C::NicknameTaken => "the nickname is already taken",
+            C::SaleNotOpen => "before the goods' `saleOpensAt` (nothing is queued)",
+            C::SaleClosed => "from the goods' `saleClosesAt` on (nothing is queued)",
+            C::GoodsHasBookings => "the goods still holds a confirmed, held or waitlisted booking",
+            C::LimitBelowBooked => "a `bookingLimit` below the seats the goods' bookings hold",
+            C::PayloadTooLarge => "a body over 16 KiB",
+            C::UnsupportedMediaType => "a body without `Content-Type: application/json`",
+            C::IdempotencyKeyReused => {
+                "the `Idempotency-Key` was used for another request (another kind or quantity)"
+            }
+            C::RateLimited => "over a rate limit; `Retry-After` says when to try again",
+            C::LimitChangeFailed => "the worker could not process the limit change; send it again",
+            C::QueueUnavailable => "Redis unreachable",
+            C::QueueFull => "the goods' shard has too many requests waiting",
+            C::QueueMemoryFull => "Redis is nearly out of memory",
+            C::Busy => "too many passwords being hashed at once",
+            C::DatabaseUnavailable => "PostgreSQL unreachable or unable to serve right now",
+            C::NotReady => "PostgreSQL or Redis does not answer (`/readyz` only)",
+            C::Starting => "pub-api is still starting",
+            C::Internal => "a bug; the log has the cause",
         }
     }
 }
@@ -192,17 +389,25 @@ impl From<std::sync::Arc<ApiError>> for ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: ErrorDetail<'a>,
+/// The body of every error: `{"error": {"code", "message", "field"?}}`.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"error": {"code": "validation_failed",
+    "message": "nickname must be 1 to 10 characters with no spaces", "field": "nickname"}}))]
+pub struct ErrorBody<'a> {
+    pub error: ErrorDetail<'a>,
 }
 
-#[derive(Serialize)]
-struct ErrorDetail<'a> {
-    code: &'a str,
-    message: String,
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail<'a> {
+    /// Stable: clients match on it.
+    #[schema(value_type = ErrorCode)]
+    pub code: &'a str,
+    /// For people; may change between versions.
+    pub message: String,
+    /// The input field to blame, when there is one (a JSON field, `Idempotency-Key`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    field: Option<&'a str>,
+    #[schema(value_type = Option<String>, required = false)]
+    pub field: Option<&'a str>,
 }
 
 impl ResponseError for ApiError {
@@ -225,6 +430,8 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(status);
         if let Self::RateLimited(wait) = self {
             response.insert_header((header::RETRY_AFTER, retry_after_secs(*wait).to_string()));
+        } else if let Self::MethodNotAllowed(allow) = self {
+            response.insert_header((header::ALLOW, *allow));
         } else if status == StatusCode::SERVICE_UNAVAILABLE {
             response.insert_header((header::RETRY_AFTER, "1"));
         }
@@ -285,6 +492,18 @@ mod tests {
             let (status, code) = e.status_and_code();
             assert!(status.is_client_error(), "{code} is {status}");
             assert!(code.chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+        }
+    }
+
+    #[test]
+    fn every_code_serialises_as_its_name_and_is_listed_once() {
+        let mut seen = std::collections::HashSet::new();
+        for code in ErrorCode::ALL {
+            assert_eq!(
+                serde_json::to_value(code).ok(),
+                Some(serde_json::Value::from(code.as_str()))
+            );
+            assert!(seen.insert(code.as_str()), "{} twice", code.as_str());
         }
     }
 }

@@ -89,7 +89,8 @@ pub fn parse_json<T: DeserializeOwned>(req: &HttpRequest, body: &[u8]) -> Result
     })
 }
 
-/// Like `parse_json`, but an empty body (no content at all) means "no input".
+/// Like `parse_json`, but an empty body (no content at all), or a JSON `null`, means
+/// "no input" (the body's schema is nullable: `Option<T>`).
 ///
 /// # Errors
 /// As `parse_json` when a body is present.
@@ -97,7 +98,8 @@ pub fn parse_optional_json<T: DeserializeOwned>(
     req: &HttpRequest,
     body: &[u8],
 ) -> Result<Option<T>, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
+    let content = body.trim_ascii();
+    if content.is_empty() || (content == b"null" && is_json(req)) {
         return Ok(None);
     }
     parse_json(req, body).map(Some)
@@ -229,8 +231,13 @@ impl FromRequest for AuthUser {
 }
 
 /// A positive integer id from the path (`/api/goods/{id}`).
-#[derive(Debug, Clone, Copy)]
-pub struct IdPath(pub i64);
+#[derive(Debug, Clone, Copy, utoipa::IntoParams)]
+#[into_params(names("id"), parameter_in = Path)]
+pub struct IdPath(
+    /// The goods id.
+    #[param(minimum = 1, format = Int64)]
+    pub i64,
+);
 
 impl FromRequest for IdPath {
     type Error = ApiError;

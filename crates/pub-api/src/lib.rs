@@ -12,6 +12,8 @@
 //! * `extract`: typed input (JSON bodies, path ids, the authenticated user).
 //! * `domain`: validated input types; `db`: every SQL statement the API runs.
 //! * [`error`]: the one place errors become HTTP responses.
+//! * [`openapi`]: the OpenAPI 3.1 description, generated from the handlers' and body
+//!   types' annotations (`utoipa`); `routes::docs` serves it and Swagger UI.
 //! * `state`: what every handler shares; `redis_local`: a Redis connection per actix
 //!   worker thread; `backlog`: per-shard backpressure and Redis memory samples;
 //!   `revocation`: the set of deleted users, read incrementally; `request_id`: the
@@ -28,6 +30,7 @@ pub mod error;
 mod extract;
 mod limits;
 mod long_poll;
+pub mod openapi;
 mod redis_local;
 mod request_id;
 mod revocation;

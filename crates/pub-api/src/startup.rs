@@ -28,9 +28,10 @@ use crate::{
     extract::{payload_config, query_config},
     limits,
     long_poll::Waiters,
+    openapi,
     redis_local::LocalRedis,
     request_id, revocation,
-    routes::{auth, bookings, goods, health, me},
+    routes::{auth, bookings, docs, goods, health, me},
     state::AppState,
 };
 
@@ -83,57 +84,79 @@ async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::RouteNotFound)
 }
 
-async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed)
-}
-
-/// A resource that answers unknown methods with a JSON 405.
-fn resource(path: &str) -> actix_web::Resource {
-    web::resource(path).default_service(web::to(method_not_allowed))
+/// A resource that answers other methods than `allow` (its routes' methods, as `Allow`
+/// lists them) with a JSON 405.
+fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(move || async move {
+        Err::<HttpResponse, _>(ApiError::MethodNotAllowed(allow))
+    }))
 }
 
 /// Registers every route. Shared by the server and nothing else, so the route table is
-/// in one place.
+/// in one place; each route is described in `openapi` (a test holds the two together).
 fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/healthz").route(web::get().to(health::healthz)))
-        .service(resource("/readyz").route(web::get().to(health::readyz)))
-        .service(resource("/metrics").route(web::get().to(health::metrics)))
+    cfg.service(resource("/healthz", "GET").route(web::get().to(health::healthz)))
+        .service(resource("/readyz", "GET").route(web::get().to(health::readyz)))
+        .service(resource("/metrics", "GET").route(web::get().to(health::metrics)))
+        // Not under the `/api` scope: a scope matches whole segments, so `/api-docs`
+        // is not its prefix.
+        .service(resource(openapi::SPEC_PATH, "GET").route(web::get().to(docs::spec)))
         .service(
             web::scope("/api")
                 // The booking route first: actix tries resources in order, and dynamic
                 // segments cost a regex match each (seen in the profile).
-                .service(resource("/goods/{id}/bookings").route(web::post().to(bookings::create)))
-                .service(resource("/auth/signup").route(web::post().to(auth::signup)))
-                .service(resource("/auth/login").route(web::post().to(auth::login)))
                 .service(
-                    resource("/goods")
+                    resource("/goods/{id}/bookings", "POST")
+                        .route(web::post().to(bookings::create)),
+                )
+                .service(resource("/auth/signup", "POST").route(web::post().to(auth::signup)))
+                .service(resource("/auth/login", "POST").route(web::post().to(auth::login)))
+                .service(
+                    resource("/goods", "GET, POST")
                         .route(web::get().to(goods::list))
                         .route(web::post().to(goods::create)),
                 )
                 .service(
-                    resource("/goods/{id}")
+                    resource("/goods/{id}", "GET, PATCH, DELETE")
                         .route(web::get().to(goods::detail))
                         .route(web::patch().to(goods::update))
                         .route(web::delete().to(goods::delete)),
                 )
                 .service(
-                    resource("/goods/{id}/bookings/me").route(web::delete().to(bookings::cancel)),
+                    resource("/goods/{id}/bookings/me", "DELETE")
+                        .route(web::delete().to(bookings::cancel)),
                 )
                 .service(
-                    resource("/goods/{id}/bookings/me/confirm")
+                    resource("/goods/{id}/bookings/me/confirm", "POST")
                         .route(web::post().to(bookings::confirm)),
                 )
                 // The original TicketNest's route, kept for its clients.
                 .service(
-                    resource("/booking/{id}")
-                        .route(web::post().to(bookings::create))
-                        .route(web::delete().to(bookings::cancel)),
+                    resource("/booking/{id}", "POST, DELETE")
+                        .route(web::post().to(bookings::create_original))
+                        .route(web::delete().to(bookings::cancel_original)),
                 )
                 .service(
-                    resource("/bookings/requests/{request_id}")
+                    resource("/bookings/requests/{request_id}", "GET")
                         .route(web::get().to(bookings::status)),
                 )
-                .service(resource("/me/bookings").route(web::get().to(me::bookings))),
+                .service(resource("/me/bookings", "GET").route(web::get().to(me::bookings)))
+                // Swagger UI, after every API route: `/api` redirects to `/api/`, its
+                // page, which loads its files by name.
+                .service(resource("", "GET").route(web::get().to(docs::swagger_ui_redirect)))
+                .service(resource("/", "GET").route(web::get().to(docs::swagger_ui)))
+                .service(
+                    web::resource(
+                        docs::SWAGGER_UI_FILES
+                            .iter()
+                            .map(|file| format!("/{file}"))
+                            .collect::<Vec<_>>(),
+                    )
+                    .route(web::get().to(docs::swagger_ui))
+                    .default_service(web::to(|| async {
+                        Err::<HttpResponse, _>(ApiError::MethodNotAllowed("GET"))
+                    })),
+                ),
         );
 }
 

@@ -6,6 +6,7 @@ use actix_web::{
     web, HttpRequest, HttpResponse,
 };
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::{
     db,
@@ -13,25 +14,44 @@ use crate::{
     error::ApiError,
     extract::{ApiJson, AUTH_COOKIE},
     limits,
+    openapi::errors,
     state::AppState,
 };
 
-#[derive(Deserialize)]
+/// A new account. Unknown fields are ignored (the original front end sends more).
+#[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"email": "fan@example.com", "password": "Fan4ever!",
+    "confirm": "Fan4ever!", "nickname": "fan"}))]
 pub struct SignupBody {
+    /// A valid address of at most 254 characters, unique (case-insensitive).
+    #[schema(format = Email, max_length = 254)]
     email: String,
+    /// 8 to 128 characters with an upper-case letter, a lower-case letter, a digit and
+    /// a symbol.
+    #[schema(min_length = 8, max_length = 128)]
     password: String,
     /// The password typed again, as the original TicketNest's sign-up form sends it;
     /// optional, and when present it must equal `password`.
+    #[schema(nullable = false)]
     confirm: Option<String>,
+    /// 1 to 10 characters without spaces, unique.
+    #[schema(
+        min_length = 1,
+        max_length = 10,
+        pattern = r"^[^\s\x00-\x1f\x7f-\x9f]+$"
+    )]
     nickname: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct UserResponse {
+#[schema(example = json!({"id": 7, "email": "fan@example.com", "nickname": "fan", "role": "customer"}))]
+pub struct UserResponse {
     id: i64,
     email: String,
     nickname: String,
+    /// `customer` or `organizer` (an operator promotes organizers).
+    #[schema(value_type = String)]
     role: &'static str,
 }
 
@@ -53,6 +73,21 @@ async fn off_the_workers<T: Send + 'static>(
     .map_err(|e| ApiError::Internal(Box::new(e)))?
 }
 
+errors!(SignupErrors: ValidationFailed, InvalidJson, PayloadTooLarge, UnsupportedMediaType,
+    EmailTaken, NicknameTaken, RateLimited, Busy, DatabaseUnavailable);
+
+/// Signs a user up as a customer.
+#[utoipa::path(
+    post,
+    path = "/api/auth/signup",
+    operation_id = "signup",
+    tag = "auth",
+    request_body = SignupBody,
+    responses(
+        (status = 201, description = "The new user", body = UserResponse),
+        SignupErrors,
+    )
+)]
 #[tracing::instrument(skip_all)]
 pub async fn signup(
     state: web::Data<AppState>,
@@ -86,18 +121,39 @@ pub async fn signup(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"email": "fan@example.com", "password": "Fan4ever!"}))]
 pub struct LoginBody {
     email: String,
     password: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct LoginResponse {
+#[schema(example = json!({"accessToken": "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOjd9.c2lnbmF0dXJl"}))]
+pub struct LoginResponse {
+    /// An HS256 JWT (`sub`: the user id, `role`, `iat`, `exp`), sent as
+    /// `Authorization: Bearer <accessToken>`.
     access_token: String,
 }
 
+errors!(LoginErrors: InvalidJson, PayloadTooLarge, UnsupportedMediaType, InvalidCredentials,
+    RateLimited, Busy, DatabaseUnavailable);
+
+/// Logs in: the token in the body and in the `Authorization` cookie.
+#[utoipa::path(
+    post,
+    path = "/api/auth/login",
+    operation_id = "login",
+    tag = "auth",
+    request_body = LoginBody,
+    responses(
+        (status = 201, description = "Logged in", body = LoginResponse, headers(
+            ("Set-Cookie" = String, description = "`Authorization=<token>; HttpOnly; SameSite=Lax; Path=/; Max-Age=<TTL>` (`Secure` in prod)")
+        )),
+        LoginErrors,
+    )
+)]
 #[tracing::instrument(skip_all)]
 pub async fn login(
     state: web::Data<AppState>,
@@ -105,7 +161,13 @@ pub async fn login(
     ApiJson(body): ApiJson<LoginBody>,
 ) -> Result<HttpResponse, ApiError> {
     limits::check_address(&state, &req)?;
-    let found = db::find_login(&state.pool, body.email.trim()).await?;
+    let email = body.email.trim();
+    // No address holds a NUL, and PostgreSQL refuses one in a query (a 500): no user.
+    let found = if email.contains('\0') {
+        None
+    } else {
+        db::find_login(&state.pool, email).await?
+    };
     let hashing = state.passwords.clone();
     let password = body.password;
     let (stored, user) = match found {

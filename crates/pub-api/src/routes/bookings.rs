@@ -25,30 +25,63 @@ use shared::{
     stream::{self, BookingRequestV1, Enqueued, Message, StatusRecord},
 };
 use tracing::Instrument;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::{
     db::{self, GoodsLimits},
     error::ApiError,
     extract::{parse_optional_json, ApiBody, AuthUser, IdPath},
+    openapi::errors,
     request_id::RequestId,
     state::AppState,
 };
 
-#[derive(Deserialize)]
+/// A booking's body, optional (no body: one seat).
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct BookingBody {
+#[schema(example = json!({"quantity": 2}))]
+pub struct BookingBody {
+    /// Seats, 1 to the goods' `maxPerBooking` (default 1).
+    #[schema(minimum = 1, maximum = 100)]
     quantity: Option<i64>,
 }
 
-#[derive(Serialize)]
+/// A request accepted onto the goods' queue: poll `statusUrl` for its decision.
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct Accepted {
+#[schema(example = json!({"requestId": "0193b6f2-8c1e-7d3a-9f4b-2a6c1e0d0001", "status": "queued",
+    "statusUrl": "/api/bookings/requests/0193b6f2-8c1e-7d3a-9f4b-2a6c1e0d0001"}))]
+pub struct Accepted {
     request_id: Uuid,
     /// `queued`, or for a retry of an idempotent request, its status now.
     status: String,
     status_url: String,
 }
+
+/// Header a client may send so a retry is decided once (`Keys::idempotent_request_id`).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // Describes a header; read by `idempotency_key`.
+pub struct IdempotencyKeyHeader {
+    /// 1 to 64 of `[A-Za-z0-9-_.:]`, one per request: the same user, goods and key
+    /// always give the same `requestId`.
+    #[param(
+        rename = "Idempotency-Key",
+        pattern = r"^[A-Za-z0-9._:-]{1,64}$",
+        nullable = false
+    )]
+    idempotency_key: Option<String>,
+}
+
+errors!(CreateBookingErrors: InvalidPath, InvalidJson, ValidationFailed, PayloadTooLarge,
+    UnsupportedMediaType, Unauthorized, CrossOriginRefused, GoodsNotFound, SaleNotOpen,
+    SaleClosed, IdempotencyKeyReused, RateLimited, QueueUnavailable, QueueFull,
+    QueueMemoryFull);
+
+errors!(OwnBookingErrors: InvalidPath, ValidationFailed, Unauthorized, CrossOriginRefused,
+    GoodsNotFound, IdempotencyKeyReused, RateLimited, QueueUnavailable, QueueFull,
+    QueueMemoryFull);
 
 async fn goods_limits(state: &AppState, goods_id: i64) -> Result<GoodsLimits, ApiError> {
     state
@@ -130,6 +163,22 @@ pub(crate) fn status_url(request_id: Uuid) -> String {
     format!("/api/bookings/requests/{request_id}")
 }
 
+/// Books seats of a goods: accepted at once, decided in order by the goods' worker.
+#[utoipa::path(
+    post,
+    path = "/api/goods/{id}/bookings",
+    operation_id = "create_booking",
+    tag = "bookings",
+    params(IdPath, IdempotencyKeyHeader),
+    request_body(content = Option<BookingBody>, description = "Optional: no body books one seat"),
+    security(("bearer" = []), ("cookie" = [])),
+    responses(
+        (status = 202, description = "Queued (or, for a retry under an `Idempotency-Key`, \
+            that request and its status now)", body = Accepted,
+            headers(("Location" = String, description = "The status URL"))),
+        CreateBookingErrors,
+    )
+)]
 #[tracing::instrument(skip_all, fields(user_id = user.id, goods_id, request_id))]
 pub async fn create(
     state: web::Data<AppState>,
@@ -180,8 +229,47 @@ pub async fn create(
     .await
 }
 
+/// `POST /api/booking/{id}`, the original TicketNest's route: [`create`].
+#[utoipa::path(
+    post,
+    path = "/api/booking/{id}",
+    operation_id = "create_booking_original",
+    tag = "bookings",
+    params(IdPath, IdempotencyKeyHeader),
+    request_body(content = Option<BookingBody>, description = "Optional: no body books one seat"),
+    security(("bearer" = []), ("cookie" = [])),
+    responses(
+        (status = 202, description = "Queued", body = Accepted,
+            headers(("Location" = String, description = "The status URL"))),
+        CreateBookingErrors,
+    )
+)]
+pub async fn create_original(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    goods: IdPath,
+    req: HttpRequest,
+    body: ApiBody,
+) -> Result<HttpResponse, ApiError> {
+    create(state, user, goods, req, body).await
+}
+
 /// Cancels the caller's live booking of the goods (confirmed, held or waitlisted),
 /// decided by the worker in stream order: `cancelled`, or `rejected` / `no_booking`.
+#[utoipa::path(
+    delete,
+    path = "/api/goods/{id}/bookings/me",
+    operation_id = "cancel_booking",
+    tag = "bookings",
+    params(IdPath, IdempotencyKeyHeader),
+    security(("bearer" = []), ("cookie" = [])),
+    responses(
+        (status = 202, description = "Queued: its status says `cancelled` or `rejected` / \
+            `no_booking`", body = Accepted,
+            headers(("Location" = String, description = "The status URL"))),
+        OwnBookingErrors,
+    )
+)]
 #[tracing::instrument(skip_all, fields(user_id = user.id, goods_id, request_id))]
 pub async fn cancel(
     state: web::Data<AppState>,
@@ -192,9 +280,46 @@ pub async fn cancel(
     about_own_booking(&state, &user, goods_id, &req, RequestKind::Cancel).await
 }
 
+/// `DELETE /api/booking/{id}`, the original TicketNest's route: [`cancel`].
+#[utoipa::path(
+    delete,
+    path = "/api/booking/{id}",
+    operation_id = "cancel_booking_original",
+    tag = "bookings",
+    params(IdPath, IdempotencyKeyHeader),
+    security(("bearer" = []), ("cookie" = [])),
+    responses(
+        (status = 202, description = "Queued", body = Accepted,
+            headers(("Location" = String, description = "The status URL"))),
+        OwnBookingErrors,
+    )
+)]
+pub async fn cancel_original(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    goods: IdPath,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    cancel(state, user, goods, req).await
+}
+
 /// Confirms the caller's held booking of the goods, decided by the worker in stream
 /// order: `confirmed` if the confirm arrived before the hold's deadline, else
 /// `rejected` / `hold_expired`; `rejected` / `no_hold` without a hold.
+#[utoipa::path(
+    post,
+    path = "/api/goods/{id}/bookings/me/confirm",
+    operation_id = "confirm_booking",
+    tag = "bookings",
+    params(IdPath, IdempotencyKeyHeader),
+    security(("bearer" = []), ("cookie" = [])),
+    responses(
+        (status = 202, description = "Queued: its status says `confirmed` or `rejected` / \
+            `hold_expired` or `no_hold`", body = Accepted,
+            headers(("Location" = String, description = "The status URL"))),
+        OwnBookingErrors,
+    )
+)]
 #[tracing::instrument(skip_all, fields(user_id = user.id, goods_id, request_id))]
 pub async fn confirm(
     state: web::Data<AppState>,
@@ -431,9 +556,13 @@ fn accepted(request_id: Uuid, status: String) -> HttpResponse {
         })
 }
 
-#[derive(Serialize)]
+/// A request's status now. Later versions add statuses and reasons: a word this
+/// version does not know is passed on as written.
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct StatusResponse {
+#[schema(example = json!({"requestId": "0193b6f2-8c1e-7d3a-9f4b-2a6c1e0d0001", "goodsId": 1,
+    "kind": "book", "quantity": 1, "status": "waitlisted", "bookingId": 23, "waitlistPosition": 3}))]
+pub struct StatusResponse {
     #[serde(skip)]
     user_id: i64,
     request_id: Uuid,
@@ -515,14 +644,26 @@ const WAITLIST_PLACE_WAIT: std::time::Duration = std::time::Duration::from_milli
 
 /// Other parameters are ignored, as they always were on this route (cache-busters such
 /// as jQuery's `_=`).
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct StatusQuery {
     /// Long-poll: seconds to wait for the status to change, 1 to 30.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 30, nullable = false)]
     wait: Option<String>,
     /// The status the client last saw (default `queued`): a long-poll answers as soon as
     /// the status is another.
+    #[param(nullable = false)]
     seen: Option<String>,
 }
+
+/// The request id, as the booking answered it.
+#[derive(utoipa::IntoParams)]
+#[into_params(names("requestId"), parameter_in = Path)]
+#[allow(dead_code)] // Describes the path; read by `status`.
+pub struct RequestIdPath(Uuid);
+
+errors!(StatusErrors: InvalidPath, InvalidQuery, Unauthorized, RequestNotFound,
+    QueueUnavailable, DatabaseUnavailable);
 
 impl StatusQuery {
     /// `Some((how long, the status last seen))` for a long-poll.
@@ -597,6 +738,19 @@ async fn current_status(
 /// `seen` (default `queued`; at once if it already is), else after N seconds with the
 /// status then (`long_poll`: woken by the worker's note, no Redis connection per
 /// waiting client).
+#[utoipa::path(
+    get,
+    path = "/api/bookings/requests/{requestId}",
+    operation_id = "request_status",
+    tag = "bookings",
+    params(RequestIdPath, StatusQuery),
+    security(("bearer" = []), ("cookie" = [])),
+    responses(
+        (status = 200, description = "The status now (owner only)", body = StatusResponse,
+            headers(("Cache-Control" = String, description = "`private, no-store`"))),
+        StatusErrors,
+    )
+)]
 #[tracing::instrument(skip_all, fields(user_id = user.id))]
 pub async fn status(
     state: web::Data<AppState>,

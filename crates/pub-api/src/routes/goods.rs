@@ -16,6 +16,7 @@ use shared::{
     keys::Keys,
     stream::{self, BookingRequestV1, Enqueued, Message, StatusRecord},
 };
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::{
@@ -23,6 +24,7 @@ use crate::{
     domain::GoodsInput,
     error::ApiError,
     extract::{ApiJson, AuthUser, IdPath},
+    openapi::errors,
     request_id::RequestId,
     routes::{
         bookings::{now_ms, status_url},
@@ -31,24 +33,84 @@ use crate::{
     state::AppState,
 };
 
-#[derive(Deserialize)]
+/// A new goods. Unknown fields are ignored.
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(example = json!({"title": "Swan Lake", "content": "Ballet", "price": 120000,
+    "imgUrl": "https://img.example/swan.png", "showDate": "2026-12-24T19:30:00+09:00",
+    "bookingLimit": 300, "maxPerBooking": 4, "saleOpensAt": "2026-12-01T10:00:00+09:00",
+    "saleClosesAt": "2026-12-24T18:00:00+09:00"}))]
 pub struct CreateGoodsBody {
+    /// 1 to 100 characters, once trimmed.
     title: String,
+    /// At most 5,000 characters, once trimmed.
     content: String,
+    /// In the smallest currency unit.
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
     price: i64,
+    /// Empty, or an http(s) URL of at most 2,048 characters.
     img_url: String,
+    /// RFC 3339 (`2026-12-24T19:30:00+09:00`) or a date (`2026-12-24`, midnight UTC).
+    #[schema(schema_with = show_date_schema)]
     show_date: String,
+    /// Seats on sale.
+    #[schema(minimum = 1, maximum = 1_000_000)]
     booking_limit: i64,
+    /// Most seats one booking may take, at most `bookingLimit` (default 1).
+    #[schema(minimum = 1, maximum = 100)]
     max_per_booking: Option<i64>,
+    /// Bookings are taken from this instant on (RFC 3339, 1970 to 9999; `null`: from
+    /// now).
+    #[schema(format = DateTime)]
     sale_opens_at: Option<String>,
+    /// No booking is taken from this instant on; after `saleOpensAt` (`null`: no end).
+    #[schema(format = DateTime)]
     sale_closes_at: Option<String>,
+    /// Most waitlisted bookings (`null`: no cap; 0: no waitlist).
+    #[schema(minimum = 0, maximum = 1_000_000)]
     waitlist_limit: Option<i64>,
+    /// How long a booking that wins seats holds them unconfirmed (default 0: confirmed
+    /// at once).
+    #[schema(minimum = 0, maximum = 86_400)]
     hold_seconds: Option<i64>,
 }
 
-#[derive(Serialize)]
+/// `showDate` as a client sends it: an RFC 3339 date-time or a plain date.
+fn show_date_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{AnyOfBuilder, KnownFormat, ObjectBuilder, SchemaFormat, Type};
+    let string = |format| {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(format)))
+    };
+    AnyOfBuilder::new()
+        .item(string(KnownFormat::DateTime))
+        .item(string(KnownFormat::Date))
+        .description(Some(
+            "RFC 3339 (`2026-12-24T19:30:00+09:00`) or a date (`2026-12-24`, midnight UTC)",
+        ))
+        .build()
+        .into()
+}
+
+/// `showDate` in a change: as at creation, or `null` (kept).
+fn show_date_or_null_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{AnyOfBuilder, ObjectBuilder, Type};
+    AnyOfBuilder::new()
+        .item(show_date_schema())
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .build()
+        .into()
+}
+
+/// A goods.
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(example = json!({"id": 1, "organizerId": 3, "title": "Swan Lake", "content": "Ballet",
+    "price": 120000, "imgUrl": "https://img.example/swan.png", "showDate": "2026-12-24T10:30:00Z",
+    "bookingLimit": 300, "maxPerBooking": 4, "saleOpensAt": "2026-12-01T01:00:00Z",
+    "saleClosesAt": null, "waitlistLimit": null, "holdSeconds": 0, "bookingCount": 300,
+    "remaining": 0, "waitlisted": 42, "createdAt": "2026-11-24T19:00:00Z"}))]
 pub struct GoodsResponse {
     id: i64,
     organizer_id: i64,
@@ -76,6 +138,24 @@ impl From<Goods> for GoodsResponse {
     }
 }
 
+errors!(CreateGoodsErrors: ValidationFailed, InvalidJson, PayloadTooLarge, UnsupportedMediaType,
+    Unauthorized, Forbidden, CrossOriginRefused, DatabaseUnavailable);
+
+/// Creates a goods (organizers only: the role is read from the database).
+#[utoipa::path(
+    post,
+    path = "/api/goods",
+    operation_id = "create_goods",
+    tag = "goods",
+    request_body = CreateGoodsBody,
+    security(("bearer" = []), ("cookie" = [])),
+    responses(
+        (status = 201, description = "The new goods", body = GoodsResponse, headers(
+            ("Location" = String, description = "`/api/goods/{id}`")
+        )),
+        CreateGoodsErrors,
+    )
+)]
 #[tracing::instrument(skip_all, fields(user_id = user.id))]
 pub async fn create(
     state: web::Data<AppState>,
@@ -111,24 +191,35 @@ pub async fn create(
         .json(GoodsResponse::from(goods)))
 }
 
-/// A change to a goods: any of the creation fields. `saleOpensAt`, `saleClosesAt` and
-/// `waitlistLimit` set to `null` remove that bound.
-#[derive(Deserialize)]
+/// A change to a goods: any of the creation fields, by the creation rules. A field
+/// left out (or `null`) keeps its value, but `saleOpensAt`, `saleClosesAt` and
+/// `waitlistLimit` set to `null` remove that bound. An unknown field is refused.
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(example = json!({"title": "Swan Lake (matinee)", "maxPerBooking": 2, "saleClosesAt": null}))]
 pub struct PatchGoodsBody {
     title: Option<String>,
     content: Option<String>,
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
     price: Option<i64>,
     img_url: Option<String>,
+    #[schema(schema_with = show_date_or_null_schema)]
     show_date: Option<String>,
+    /// Decided by the worker, in order with the goods' bookings.
+    #[schema(minimum = 1, maximum = 1_000_000)]
     booking_limit: Option<i64>,
+    #[schema(minimum = 1, maximum = 100)]
     max_per_booking: Option<i64>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     sale_opens_at: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     sale_closes_at: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 1_000_000)]
     waitlist_limit: Option<Option<i64>>,
+    #[schema(minimum = 0, maximum = 86_400)]
     hold_seconds: Option<i64>,
 }
 
@@ -193,6 +284,11 @@ impl PatchGoodsBody {
 /// answering `202` with where to follow it.
 const LIMIT_CHANGE_WAIT: Duration = Duration::from_secs(5);
 
+errors!(UpdateGoodsErrors: ValidationFailed, InvalidJson, InvalidPath, PayloadTooLarge,
+    UnsupportedMediaType, Unauthorized, Forbidden, CrossOriginRefused, GoodsNotFound,
+    LimitBelowBooked, RateLimited, LimitChangeFailed, DatabaseUnavailable, QueueUnavailable,
+    QueueFull, QueueMemoryFull);
+
 /// `PATCH /api/goods/{id}`: the organizer who created it changes it; `200` with the
 /// goods. This API copy forgets its cached copy at once; others within
 /// `TICKETNEST_GOODS_CACHE_TTL_MS`; the worker reads the row itself.
@@ -205,6 +301,22 @@ const LIMIT_CHANGE_WAIT: Duration = Duration::from_secs(5);
 /// bookings queued before it took the seats). When the worker has not decided within
 /// [`LIMIT_CHANGE_WAIT`], the answer is `202` with the change's status URL and nothing
 /// else is written.
+#[utoipa::path(
+    patch,
+    path = "/api/goods/{id}",
+    operation_id = "update_goods",
+    tag = "goods",
+    params(IdPath),
+    request_body = PatchGoodsBody,
+    security(("bearer" = []), ("cookie" = [])),
+    responses(
+        (status = 200, description = "The goods after the change", body = GoodsResponse),
+        (status = 202, description = "A `bookingLimit` change the worker did not decide \
+            within 5 s: still queued, nothing else written; follow `statusUrl`",
+            body = LimitChangeQueued, headers(("Location" = String, description = "The status URL"))),
+        UpdateGoodsErrors,
+    )
+)]
 #[tracing::instrument(skip_all, fields(user_id = user.id, goods_id = id))]
 pub async fn update(
     state: web::Data<AppState>,
@@ -271,10 +383,14 @@ pub async fn update(
 }
 
 /// A `bookingLimit` change still undecided when PATCH stopped waiting.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct LimitChangeQueued {
+#[schema(example = json!({"requestId": "0193b6f2-8c1e-7d3a-9f4b-2a6c1e0d0001", "status": "queued",
+    "statusUrl": "/api/bookings/requests/0193b6f2-8c1e-7d3a-9f4b-2a6c1e0d0001"}))]
+pub struct LimitChangeQueued {
     request_id: Uuid,
+    /// `queued`.
+    #[schema(value_type = String)]
     status: &'static str,
     status_url: String,
 }
@@ -339,9 +455,21 @@ async fn wait_for_decision(
     }
 }
 
+errors!(DeleteGoodsErrors: InvalidPath, Unauthorized, Forbidden, CrossOriginRefused,
+    GoodsNotFound, GoodsHasBookings, DatabaseUnavailable);
+
 /// `DELETE /api/goods/{id}`: the organizer who created it removes it, once it holds
 /// no live booking; `204`. Requests still queued for it are rejected
 /// `goods_not_found`.
+#[utoipa::path(
+    delete,
+    path = "/api/goods/{id}",
+    operation_id = "delete_goods",
+    tag = "goods",
+    params(IdPath),
+    security(("bearer" = []), ("cookie" = [])),
+    responses((status = 204, description = "Deleted"), DeleteGoodsErrors)
+)]
 #[tracing::instrument(skip_all, fields(user_id = user.id, goods_id = id))]
 pub async fn delete(
     state: web::Data<AppState>,
@@ -354,8 +482,22 @@ pub async fn delete(
     Ok(HttpResponse::NoContent().finish())
 }
 
+errors!(ListGoodsErrors: InvalidQuery, DatabaseUnavailable);
+
 /// `GET /api/goods`: a bare JSON array of goods in id order (what the original
 /// TicketNest front end reads), paged by id (`routes::paging`).
+#[utoipa::path(
+    get,
+    path = "/api/goods",
+    operation_id = "list_goods",
+    tag = "goods",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "A page of goods, in id order", body = Vec<GoodsResponse>,
+            headers(("Link" = String, description = "`</api/goods?limit=20&cursor=42>; rel=\"next\"` when more follow"))),
+        ListGoodsErrors,
+    )
+)]
 pub async fn list(
     state: web::Data<AppState>,
     query: web::Query<PageQuery>,
@@ -366,6 +508,17 @@ pub async fn list(
     Ok(page.respond("/api/goods", goods, |g| g.id))
 }
 
+errors!(GoodsDetailErrors: InvalidPath, GoodsNotFound, DatabaseUnavailable);
+
+/// One goods.
+#[utoipa::path(
+    get,
+    path = "/api/goods/{id}",
+    operation_id = "get_goods",
+    tag = "goods",
+    params(IdPath),
+    responses((status = 200, description = "The goods", body = GoodsResponse), GoodsDetailErrors)
+)]
 pub async fn detail(
     state: web::Data<AppState>,
     IdPath(id): IdPath,

@@ -9,13 +9,18 @@ use crate::{
     db::{self, MyBooking},
     error::ApiError,
     extract::AuthUser,
+    openapi::errors,
     routes::paging::PageQuery,
     state::AppState,
 };
 
-#[derive(Serialize)]
+/// One of the caller's bookings.
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct BookingResponse {
+#[schema(example = json!({"bookingId": 17, "requestId": "0193b6f2-8c1e-7d3a-9f4b-2a6c1e0d0001",
+    "goodsId": 1, "goodsTitle": "Giselle", "quantity": 1, "status": "waitlisted",
+    "createdAt": "2026-11-25T06:00:01.000Z", "waitlistPosition": 3}))]
+pub struct BookingResponse {
     booking_id: i64,
     /// The booking request that made it (its status URL:
     /// `/api/bookings/requests/{requestId}`).
@@ -56,8 +61,26 @@ impl From<MyBooking> for BookingResponse {
     }
 }
 
+errors!(MyBookingsErrors: InvalidQuery, Unauthorized, DatabaseUnavailable);
+
 /// A bare JSON array, newest first, paged by booking id (`routes::paging`: the
 /// `Link` header names the next page).
+#[utoipa::path(
+    get,
+    path = "/api/me/bookings",
+    operation_id = "my_bookings",
+    tag = "me",
+    params(PageQuery),
+    security(("bearer" = []), ("cookie" = [])),
+    responses(
+        (status = 200, description = "The caller's bookings of every state, newest first",
+            body = Vec<BookingResponse>, headers(
+                ("Link" = String, description = "The next page, when more follow"),
+                ("Cache-Control" = String, description = "`private, no-store`"),
+            )),
+        MyBookingsErrors,
+    )
+)]
 #[tracing::instrument(skip_all, fields(user_id = user.id))]
 pub async fn bookings(
     state: web::Data<AppState>,

@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod bookings;
+pub mod docs;
 pub mod goods;
 pub mod health;
 pub mod me;

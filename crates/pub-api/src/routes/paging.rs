@@ -9,11 +9,16 @@ use crate::error::ApiError;
 const DEFAULT_PAGE_SIZE: i64 = 20;
 const MAX_PAGE_SIZE: i64 = 100;
 
-#[derive(Deserialize)]
+/// `?limit=&cursor=`; another parameter is refused (400 `invalid_query`).
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// Where the previous page ended (the id its `Link` names).
+    #[param(minimum = 0, nullable = false)]
     cursor: Option<i64>,
+    /// Rows per page, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100, nullable = false)]
     limit: Option<i64>,
 }
 

@@ -196,3 +196,49 @@ async fn malformed_account_and_status_requests_are_4xx() {
     let users = app.db.count("users").await;
     assert_eq!(users, 1, "only the test's own user");
 }
+
+/// PostgreSQL cannot store or compare a NUL character: one in a text field is refused
+/// as invalid input, not passed on to become a 500 (schemathesis found the goods case).
+#[tokio::test]
+async fn a_nul_character_in_text_is_a_4xx_never_a_5xx() {
+    let app = spawn_app().await;
+    let (_, org) = app.organizer().await;
+    let goods = serde_json::json!({
+        "title": "Show", "content": "a\u{0}b", "price": 1, "imgUrl": "",
+        "showDate": "2026-12-24", "bookingLimit": 1,
+    });
+    let (status, body) = parts(app.post_json("/api/goods", &goods, Some(&org)).await).await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "validation_failed");
+    assert_eq!(body["error"]["field"], "content");
+    let id = app.create_goods_as(&org, 1, 1).await;
+    let (status, body) = app
+        .patch_goods(id, &org, &serde_json::json!({ "title": "\u{0}" }))
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "validation_failed");
+    let (status, body) = parts(
+        app.post_json(
+            "/api/auth/signup",
+            &serde_json::json!({"email": "a\u{0}@example.com", "password": "Str0ng!pw",
+                "nickname": "nul"}),
+            None,
+        )
+        .await,
+    )
+    .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "validation_failed");
+    let (status, body) = parts(
+        app.post_json(
+            "/api/auth/login",
+            &serde_json::json!({"email": "a\u{0}@example.com", "password": "Str0ng!pw"}),
+            None,
+        )
+        .await,
+    )
+    .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNAUTHORIZED,
+        "invalid_credentials",
+    );
+}

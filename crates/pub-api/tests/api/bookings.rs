@@ -106,3 +106,41 @@ async fn unknown_goods_is_404_and_quantities_outside_the_limit_are_400() {
     }
     assert!(app.redis.keys().await.is_empty(), "nothing enqueued");
 }
+
+#[tokio::test]
+async fn a_booking_whose_body_is_json_null_books_one_seat_as_without_a_body() {
+    let app = spawn_app().await;
+    let goods = app.create_goods(10, 2).await;
+    let (_, token) = app.customers("null", 1).await.remove(0);
+    let (status, body) = parts(
+        app.http
+            .post(app.url(&format!("/api/goods/{goods}/bookings")))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body("null")
+            .send()
+            .await
+            .expect("send"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let stream = app.keys().stream(app.shard_of(goods));
+    assert_eq!(app.stream_entries(&stream).await[0]["qty"], "1");
+    // Without a JSON content type it is still refused, as any other body.
+    let (status, body) = parts(
+        app.http
+            .post(app.url(&format!("/api/goods/{goods}/bookings")))
+            .bearer_auth(&token)
+            .body("null")
+            .send()
+            .await
+            .expect("send"),
+    )
+    .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    );
+}

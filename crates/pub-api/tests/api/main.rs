@@ -10,5 +10,6 @@ mod cross_origin;
 mod goods;
 mod health;
 mod limits;
+mod openapi;
 mod outage;
 mod startup;
