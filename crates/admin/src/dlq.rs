@@ -300,6 +300,8 @@ async fn replay_one(
     let replayed = message.with_request(BookingRequestV1 {
         request_id,
         accepted_at_ms: chrono::Utc::now().timestamp_millis(),
+        // Not the original's trace: the replay is a request of its own.
+        traceparent: None,
         ..original.clone()
     });
     if !is_decided(&tx, request_id).await? {

@@ -17,7 +17,10 @@ pub const LOCK_TIMEOUT: &str = "5s";
 
 /// A command holding a transaction open does not keep it past this while idle (a
 /// stopped terminal, a laptop asleep): PostgreSQL ends the session, releasing its locks.
-pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "10s";
+/// Longer than any Redis call a replay makes inside its transaction (the Redis timeout
+/// is at most 60 s); the worker's dead-letter transactions wait 5 s for such a lock and
+/// retry meanwhile.
+pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "2min";
 
 pub struct Ops {
     pub keys: Keys,

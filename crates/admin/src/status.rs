@@ -227,14 +227,18 @@ async fn scan_hash(conn: &mut QueueConnection, key: &str) -> anyhow::Result<Hash
     let mut out = HashMap::new();
     let mut cursor = 0_u64;
     loop {
-        let (next, page): (u64, Vec<(String, i64)>) = redis::cmd("HSCAN")
+        let (next, page): (u64, Vec<(String, String)>) = redis::cmd("HSCAN")
             .arg(key)
             .arg(cursor)
             .arg("COUNT")
             .arg(500)
             .query_async(conn)
             .await?;
-        out.extend(page);
+        // A value that is no count (written by hand) is left out, not fatal.
+        out.extend(
+            page.into_iter()
+                .filter_map(|(field, value)| Some((field, value.parse().ok()?))),
+        );
         if next == 0 {
             return Ok(out);
         }

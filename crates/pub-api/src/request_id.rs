@@ -53,7 +53,7 @@ pub async fn middleware(
             .headers()
             .get("traceparent")
             .and_then(|v| v.to_str().ok());
-        shared::telemetry::continue_remote(&span, parent);
+        shared::telemetry::link_remote(&span, parent);
     }
     let started = Instant::now();
     let method = method_label(req.method());

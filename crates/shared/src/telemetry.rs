@@ -8,9 +8,9 @@
 //! set, spans are also exported over OTLP/HTTP (`tracing-opentelemetry`; protobuf unless
 //! `OTEL_EXPORTER_OTLP_PROTOCOL` says `http/json`), batched on a thread of their own;
 //! the standard `OTEL_*` variables (headers, timeout, `OTEL_BSP_*`, `OTEL_SERVICE_NAME`)
-//! apply. The API's request span continues a W3C `traceparent` header if the client
+//! apply. The API's request span links to a W3C `traceparent` header if the client
 //! sent one; the booking's `traceparent` travels in the stream message
-//! ([`traceparent`]), and the worker's batch span links to it ([`remote_span`]). Unset,
+//! ([`current_traceparent`]), and the worker's batch span links to it ([`link_to`]). Unset,
 //! no exporter or layer exists and [`exporting`] is false, so nothing is added to a
 //! request or a message.
 
@@ -36,6 +36,10 @@ static EXPORTING: AtomicBool = AtomicBool::new(false);
 
 /// The W3C header and message field naming a span's trace and parent.
 const TRACEPARENT: &str = "traceparent";
+
+/// Links a span keeps (the SDK's default is 128): the largest worker batch
+/// (`TICKETNEST_BATCH_SIZE` is at most 10,000).
+const MAX_LINKS: u32 = 10_000;
 
 /// Keeps the exporter running; dropping it flushes the spans not yet sent (bounded by
 /// the exporter's timeout). Hold it for the life of `main`.
@@ -140,18 +144,29 @@ fn otlp_provider(service: &'static str) -> Option<SdkTracerProvider> {
     if !set("OTEL_EXPORTER_OTLP_ENDPOINT") && !set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
         return None;
     }
-    let builder = opentelemetry_otlp::SpanExporter::builder();
-    // The protocol the variables name; else protobuf (with both encodings built in,
-    // the crate itself would pick JSON).
-    let exporter =
-        if set("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") || set("OTEL_EXPORTER_OTLP_PROTOCOL") {
-            builder.build()
-        } else {
-            builder
-                .with_http()
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .build()
-        };
+    // The protocol the variables name, protobuf by default. Checked here: the crate
+    // would quietly send JSON for a protocol it was not built with (`grpc`).
+    let named = [
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ]
+    .iter()
+    .find_map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()));
+    let protocol = match named.as_deref().map(str::trim) {
+        None | Some("http/protobuf") => opentelemetry_otlp::Protocol::HttpBinary,
+        Some("http/json") => opentelemetry_otlp::Protocol::HttpJson,
+        Some(other) => {
+            eprintln!(
+                "OTLP export not started: protocol `{other}` is not supported (use \
+                 http/protobuf or http/json)"
+            );
+            return None;
+        }
+    };
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(protocol)
+        .build();
     let exporter = match exporter {
         Ok(exporter) => exporter,
         Err(e) => {
@@ -164,12 +179,15 @@ fn otlp_provider(service: &'static str) -> Option<SdkTracerProvider> {
         .with_service_name(name)
         .build();
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    Some(
-        SdkTracerProvider::builder()
-            .with_batch_exporter(exporter)
-            .with_resource(resource)
-            .build(),
-    )
+    let mut builder = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource);
+    // A worker's batch links to every request it decides: as many links as the
+    // largest batch, unless the standard variable says otherwise.
+    if !set("OTEL_SPAN_LINK_COUNT_LIMIT") {
+        builder = builder.with_max_links_per_span(MAX_LINKS);
+    }
+    Some(builder.build())
 }
 
 /// Whether spans are being exported: only then is anything carried between processes.
@@ -177,12 +195,13 @@ pub fn exporting() -> bool {
     EXPORTING.load(Ordering::Relaxed)
 }
 
-/// `span`'s W3C `traceparent`, to carry in a message; `None` unless exporting.
-pub fn traceparent(span: &tracing::Span) -> Option<String> {
+/// The current span's W3C `traceparent`, to carry in a message; `None` unless
+/// exporting (and then nothing is looked up).
+pub fn current_traceparent() -> Option<String> {
     if !exporting() {
         return None;
     }
-    let cx = span.context();
+    let cx = tracing::Span::current().context();
     if !cx.span().span_context().is_valid() {
         return None;
     }
@@ -211,19 +230,31 @@ pub fn link_to<'a>(span: &tracing::Span, traceparents: impl Iterator<Item = &'a 
     }
 }
 
-/// Makes `span` a child of the remote span a `traceparent` header names (a client's
-/// trace continued); nothing when it names none or when not exporting.
-pub fn continue_remote(span: &tracing::Span, traceparent: Option<&str>) {
-    if let Some(remote) = traceparent.and_then(remote_span) {
-        let cx = opentelemetry::Context::new().with_remote_span_context(remote);
-        // Err only when the span is disabled: nothing to continue then.
-        let _ = span.set_parent(cx);
-    }
+/// Links `span` to the remote span a client's `traceparent` header names; nothing when
+/// it names none or when not exporting. A link, not a parent: a client must not decide
+/// whether TicketNest's spans are sampled, nor put them into another trace.
+pub fn link_remote(span: &tracing::Span, traceparent: Option<&str>) {
+    link_to(span, traceparent.into_iter());
 }
 
 /// For tests: logs to stdout only when `TEST_LOG` is set, otherwise nowhere.
 pub fn init_for_tests() {
     if std::env::var("TEST_LOG").is_ok() {
         std::mem::forget(init("test", "debug"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A protocol this build cannot speak (`grpc`) starts no export, instead of posting
+    /// JSON to a gRPC port. (Each test runs in a process of its own under nextest.)
+    #[test]
+    fn an_unsupported_protocol_starts_no_export() {
+        std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9");
+        std::env::set_var("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc");
+        assert!(super::otlp_provider("test").is_none());
+        std::env::set_var("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json");
+        let provider = super::otlp_provider("test").expect("http/json is supported");
+        let _ = provider.shutdown();
     }
 }

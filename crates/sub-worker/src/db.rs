@@ -189,10 +189,9 @@ pub async fn record_dead_letter(
     fence: FenceToken,
     entry: &Entry,
     letter: &DeadLetter,
-    stored: Stored,
 ) -> Result<StatusRecord, WorkerError> {
     let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
+    let mut tx = client.transaction().await?;
     tx.batch_execute(DEAD_LETTER_BOUNDS).await?;
     check_fence(&tx, shard, fence).await?;
     let r = entry.message.request();
@@ -229,7 +228,7 @@ pub async fn record_dead_letter(
     // Only a decision made here is a dead letter: one made before (by another batch)
     // stands, and is not one.
     if inserted == 1 {
-        insert_dead_letter(&tx, shard, letter, stored).await?;
+        insert_dead_letter(&mut tx, shard, letter).await?;
     }
     let logged = find_decided(&tx, &[r.request_id]).await?;
     tx.commit().await?;
@@ -251,14 +250,13 @@ pub async fn record_undecodable(
     shard: Shard,
     fence: FenceToken,
     letters: &[&DeadLetter],
-    stored: Stored,
 ) -> Result<(), WorkerError> {
     let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
+    let mut tx = client.transaction().await?;
     tx.batch_execute(DEAD_LETTER_BOUNDS).await?;
     check_fence(&tx, shard, fence).await?;
     for letter in letters {
-        insert_dead_letter(&tx, shard, letter, stored).await?;
+        insert_dead_letter(&mut tx, shard, letter).await?;
     }
     tx.commit().await?;
     Ok(())
@@ -266,7 +264,7 @@ pub async fn record_undecodable(
 
 /// How much of a dead letter its row keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stored {
+enum Stored {
     /// The reason and the fields (each cut to `MAX_STORED_FIELD_BYTES`).
     Whole,
     /// No fields and an ASCII reason: what is written once PostgreSQL has refused the
@@ -279,12 +277,40 @@ pub enum Stored {
 const DEAD_LETTER_BOUNDS: &str = "SET LOCAL lock_timeout = '5s'";
 
 /// One row of `dead_letters` (migration V10); nothing if the entry has one already.
+/// Tried whole under a savepoint; should PostgreSQL refuse the row itself (a value it
+/// cannot store: SQLSTATE class 22, 23 or 54), this letter alone is recorded
+/// `Stored::Minimal`, which it cannot refuse: no letter stalls its shard, and none
+/// costs another its fields.
 async fn insert_dead_letter(
+    tx: &mut Transaction<'_>,
+    shard: Shard,
+    letter: &DeadLetter,
+) -> Result<(), WorkerError> {
+    let attempt = tx.savepoint("dead_letter").await?;
+    match insert_dead_letter_row(&attempt, shard, letter, Stored::Whole).await {
+        Ok(()) => Ok(attempt.commit().await?),
+        Err(e) if refuses_the_row(&e) => {
+            tracing::warn!(source_id = %letter.source_id, error = %e, "dead letter recorded without its fields: PostgreSQL refused them");
+            attempt.rollback().await?;
+            Ok(insert_dead_letter_row(tx, shard, letter, Stored::Minimal).await?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether PostgreSQL refused a dead letter's row for what it holds.
+fn refuses_the_row(e: &tokio_postgres::Error) -> bool {
+    e.code()
+        .and_then(|code| code.code().get(..2))
+        .is_some_and(|class| matches!(class, "22" | "23" | "54"))
+}
+
+async fn insert_dead_letter_row(
     tx: &Transaction<'_>,
     shard: Shard,
     letter: &DeadLetter,
     stored: Stored,
-) -> Result<(), WorkerError> {
+) -> Result<(), tokio_postgres::Error> {
     let (reason, fields) = match stored {
         Stored::Whole => (letter.stored_reason(), letter.fields_json()),
         Stored::Minimal => (

@@ -301,7 +301,13 @@ impl ShardTask {
         // A span of its own, linked to each accepting request, only while spans are
         // exported (none otherwise: nothing to pay).
         if shared::telemetry::exporting() {
-            let span = tracing::info_span!("batch", shard = self.shard.get(), size = batch.len());
+            // A root: one trace per batch, not one per shard ownership (days long).
+            let span = tracing::info_span!(
+                parent: None,
+                "batch",
+                shard = self.shard.get(),
+                size = batch.len()
+            );
             shared::telemetry::link_to(
                 &span,
                 entries
@@ -529,15 +535,8 @@ impl ShardTask {
         entry: &Entry,
         letter: &DeadLetter,
     ) -> Result<StatusRecord, ShardExit> {
-        self.until_recorded(|stored| {
-            db::record_dead_letter(
-                &self.ctx.pool,
-                self.shard,
-                self.fence,
-                entry,
-                letter,
-                stored,
-            )
+        self.until_recorded(|| {
+            db::record_dead_letter(&self.ctx.pool, self.shard, self.fence, entry, letter)
         })
         .await
     }
@@ -550,38 +549,33 @@ impl ShardTask {
         if undecodable.is_empty() {
             return Ok(());
         }
-        self.until_recorded(|stored| {
-            db::record_undecodable(&self.ctx.pool, self.shard, self.fence, &undecodable, stored)
+        self.until_recorded(|| {
+            db::record_undecodable(&self.ctx.pool, self.shard, self.fence, &undecodable)
         })
         .await
     }
 
     /// Runs `record` until it succeeds: recording a dead letter is not up to the entry
-    /// any more, so every failure is retried with backoff (a fence ends it). Once
-    /// PostgreSQL refuses the row itself (anything but a transient error: a value it
-    /// cannot store), the rest of the tries record it `Stored::Minimal`, which it
-    /// cannot refuse: no entry stalls its shard.
+    /// any more, so every failure is retried with backoff (a fence ends it; a letter
+    /// PostgreSQL cannot store whole is recorded without its fields, see
+    /// `db::insert_dead_letter`).
     async fn until_recorded<T, F, Fut>(&self, record: F) -> Result<T, ShardExit>
     where
-        F: Fn(db::Stored) -> Fut,
+        F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T, WorkerError>>,
     {
         let mut backoff = Backoff::default();
-        let mut stored = db::Stored::Whole;
         loop {
-            match record(stored).await {
+            match record().await {
                 Ok(done) => return Ok(done),
                 Err(WorkerError::Fenced { .. }) => {
                     metrics::counter!(names::FENCE_REFUSALS).increment(1);
                     return Err(ShardExit::Fenced);
                 }
                 Err(e) => {
-                    if !e.is_transient() {
-                        stored = db::Stored::Minimal;
-                    }
                     let delay = backoff.next_delay();
                     metrics::counter!(names::RETRIES, "class" => "dead_letter").increment(1);
-                    tracing::warn!(error = %chain(&e), ?delay, ?stored, "dead letter not recorded; retrying");
+                    tracing::warn!(error = %chain(&e), ?delay, "dead letter not recorded; retrying");
                     if self.sleep_or_cancel(delay).await {
                         return Err(ShardExit::Cancelled);
                     }

@@ -404,7 +404,7 @@ async fn submit(
             .get::<RequestId>()
             .map(|r| r.0.clone())
             .unwrap_or_default(),
-        traceparent: shared::telemetry::traceparent(&tracing::Span::current()),
+        traceparent: shared::telemetry::current_traceparent(),
     };
     let message = match kind {
         RequestKind::Book => Message::Book(request),

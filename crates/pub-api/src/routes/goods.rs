@@ -423,7 +423,7 @@ async fn enqueue_limit_change(
             .get::<RequestId>()
             .map(|r| r.0.clone())
             .unwrap_or_default(),
-        traceparent: shared::telemetry::traceparent(&tracing::Span::current()),
+        traceparent: shared::telemetry::current_traceparent(),
     });
     match super::bookings::enqueue(state, &message).await? {
         Enqueued::Accepted | Enqueued::Existing { .. } => Ok(request_id),

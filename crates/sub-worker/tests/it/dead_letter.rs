@@ -429,6 +429,10 @@ async fn a_dead_letter_postgresql_cannot_store_whole_is_cut_or_recorded_bare_and
         )
         .await
         .expect("narrow the table");
+    // Side by side (usually in one batch): the one that fits keeps its fields.
+    stack
+        .append(shard, &[("v", "9".to_owned()), ("s", "ok".to_owned())])
+        .await;
     stack
         .append(shard, &[("v", "9".to_owned()), ("pad", "x".repeat(200))])
         .await;
@@ -441,13 +445,15 @@ async fn a_dead_letter_postgresql_cannot_store_whole_is_cut_or_recorded_bare_and
     ] {
         assert_eq!(stack.status(request, token).await["status"], "confirmed");
     }
-    let bare = client
-        .query_one(
-            "SELECT fields::text, reason FROM dead_letters ORDER BY id DESC LIMIT 1",
+    let rows = client
+        .query(
+            "SELECT fields::text, reason FROM dead_letters ORDER BY id DESC LIMIT 2",
             &[],
         )
         .await
-        .expect("the bare letter");
+        .expect("the last two letters");
+    let (bare, small) = (&rows[0], &rows[1]);
+    assert_eq!(small.get::<_, String>(0), r#"{"s": "ok", "v": "9"}"#);
     assert_eq!(bare.get::<_, String>(0), "{}");
     assert!(
         bare.get::<_, String>(1)
@@ -455,5 +461,5 @@ async fn a_dead_letter_postgresql_cannot_store_whole_is_cut_or_recorded_bare_and
         "{}",
         bare.get::<_, String>(1)
     );
-    assert_eq!(stack.dead_letters(shard).await.len(), 2);
+    assert_eq!(stack.dead_letters(shard).await.len(), 3);
 }

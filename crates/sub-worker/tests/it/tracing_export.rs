@@ -119,14 +119,17 @@ async fn spans_reach_the_collector_and_the_workers_batch_links_to_the_accepting_
     let goods = stack.create_goods(10, 1).await;
     let (_, token) = stack.customers("otel", 1).await.remove(0);
     let _worker = stack.worker(&otel);
-    // A client's own trace, continued by the API.
-    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let client_span = "00f067aa0ba902b7";
+    // A client's own trace: linked to, not continued (a client decides neither the
+    // sampling nor the trace of TicketNest's spans).
+    let client_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let response = stack
         .http
         .post(stack.url(&format!("/api/goods/{goods}/bookings")))
         .bearer_auth(&token)
-        .header("traceparent", format!("00-{trace}-{client_span}-01"))
+        .header(
+            "traceparent",
+            format!("00-{client_trace}-00f067aa0ba902b7-00"),
+        )
         .json(&serde_json::json!({ "quantity": 1 }))
         .send()
         .await
@@ -134,24 +137,34 @@ async fn spans_reach_the_collector_and_the_workers_batch_links_to_the_accepting_
     assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED);
     stack.wait_for_decisions(1).await;
 
-    let in_trace = |span: &Value| span["traceId"] == trace;
+    let links_to = |span: &Value, trace: &str| {
+        span["links"]
+            .as_array()
+            .is_some_and(|links| links.iter().any(|l| l["traceId"] == trace))
+    };
+    let is_root = |span: &Value| span["parentSpanId"].as_str().unwrap_or_default().is_empty();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let done = find(&received, "pub-api", "enqueue", in_trace)
-            .await
-            .is_some()
-            && find(&received, "sub-worker", "commit", |_| true)
-                .await
-                .is_some()
-            && find(&received, "sub-worker", "batch", |span| {
-                span["links"]
-                    .as_array()
-                    .is_some_and(|links| links.iter().any(|l| l["traceId"] == trace))
+    let (request, batch) = loop {
+        let request = find(&received, "pub-api", "http", |s| links_to(s, client_trace)).await;
+        if let Some(request) = request {
+            let trace = request["traceId"].as_str().unwrap_or_default().to_owned();
+            let enqueued = find(&received, "pub-api", "enqueue", |s| {
+                s["traceId"] == trace.as_str()
             })
             .await
             .is_some();
-        if done {
-            break;
+            let batch = find(&received, "sub-worker", "batch", |s| links_to(s, &trace)).await;
+            if let (true, Some(batch)) = (enqueued, batch) {
+                let batch_id = batch["spanId"].clone();
+                if find(&received, "sub-worker", "commit", |s| {
+                    s["parentSpanId"] == batch_id
+                })
+                .await
+                .is_some()
+                {
+                    break (request, batch);
+                }
+            }
         }
         if tokio::time::Instant::now() > deadline {
             let seen: Vec<String> = received
@@ -160,31 +173,19 @@ async fn spans_reach_the_collector_and_the_workers_batch_links_to_the_accepting_
                 .iter()
                 .map(|(service, span)| {
                     format!(
-                        "{service} {} {} {}",
-                        span["name"], span["traceId"], span["links"]
+                        "{service} {} trace {} parent {} links {}",
+                        span["name"], span["traceId"], span["parentSpanId"], span["links"]
                     )
                 })
                 .collect();
-            panic!("timed out waiting for the four spans; received: {seen:#?}");
+            panic!("timed out waiting for the request, enqueue, batch and commit spans; received: {seen:#?}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let request = find(&received, "pub-api", "http", in_trace)
-        .await
-        .expect("the request span, in the client's trace");
-    assert_eq!(request["parentSpanId"], client_span);
-    let batch = find(&received, "sub-worker", "batch", |span| {
-        span["links"]
-            .as_array()
-            .is_some_and(|links| links.iter().any(|l| l["traceId"] == trace))
-    })
-    .await
-    .expect("batch");
-    let commit = find(&received, "sub-worker", "commit", |span| {
-        span["parentSpanId"] == batch["spanId"]
-    })
-    .await;
-    assert!(commit.is_some(), "the commit span is the batch's child");
+    };
+    assert!(is_root(&request), "the request span is a root: {request}");
+    assert_ne!(request["traceId"], client_trace);
+    assert!(is_root(&batch), "each batch is a trace of its own: {batch}");
+    assert_ne!(batch["traceId"], request["traceId"]);
 }
 
 #[tokio::test]
