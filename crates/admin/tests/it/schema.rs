@@ -126,3 +126,56 @@ async fn a_request_id_is_decided_once_and_emails_are_unique_ignoring_case() {
         .expect_err("same email in another case refused");
     assert_eq!(duplicate.code(), Some(&SqlState::UNIQUE_VIOLATION));
 }
+
+/// Migration V11: the worker's batch statement runs no foreign-key trigger per row;
+/// what those keys guarded against besides, a referenced row deleted, is refused
+/// outright: users, goods, bookings and decisions are never deleted (nor truncated),
+/// and a refused statement changes nothing.
+#[tokio::test]
+async fn users_goods_bookings_and_decisions_are_never_deleted_nor_truncated() {
+    let db = TestDatabase::new().await;
+    let ids = test_support::create_users(&db, "keep", 1).await;
+    let client = db.client().await;
+    let goods: i64 = client
+        .query_one(
+            "INSERT INTO goods (organizer_id, title, content, price, img_url, show_date, \
+               booking_limit) VALUES ($1, 't', '', 0, '', now(), 10) RETURNING id",
+            &[&ids[0]],
+        )
+        .await
+        .expect("goods")
+        .get(0);
+    client
+        .batch_execute(&format!(
+            "WITH b AS (INSERT INTO bookings (goods_id, user_id, request_id, quantity, status, \
+               position) VALUES ({goods}, {user}, gen_random_uuid(), 1, 'confirmed', 1) \
+               RETURNING id, request_id) \
+             INSERT INTO booking_requests (request_id, goods_id, user_id, quantity, shard, \
+               stream_id, stream_ms, stream_seq, position, decision, booking_id, accepted_at, \
+               kind) SELECT request_id, {goods}, {user}, 1, 0, '1-0', 1, 0, 1, 'confirmed', id, \
+               now(), 'book' FROM b",
+            user = ids[0]
+        ))
+        .await
+        .expect("a booking and its decision");
+
+    for table in ["users", "goods", "bookings", "booking_requests"] {
+        for statement in [
+            format!("DELETE FROM {table}"),
+            format!("TRUNCATE {table} CASCADE"),
+        ] {
+            let err = client
+                .batch_execute(&statement)
+                .await
+                .expect_err(&format!("{statement} must be refused"));
+            let code = err.as_db_error().map(|e| e.code().code().to_owned());
+            assert_eq!(code.as_deref(), Some("23001"), "{statement}: {err}");
+            let rows: i64 = client
+                .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+                .await
+                .expect("count")
+                .get(0);
+            assert_eq!(rows, 1, "{statement} changed nothing");
+        }
+    }
+}
