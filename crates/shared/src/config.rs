@@ -155,10 +155,12 @@ pub struct DatabaseConfig {
     /// `TICKETNEST_DATABASE_POOL_SIZE`: connections per process.
     pub pool_size: usize,
     /// `TICKETNEST_DATABASE_MAX_CONN_AGE_SECS`: a pooled connection older than this is
-    /// closed instead of reused. Measured: a PostgreSQL backend that decides batch
-    /// after batch grows slower (the same 100,000 decisions cost its backend 3 s, then
-    /// 5 s, then 7 s of CPU); replacing connections keeps the decide rate flat.
-    pub max_connection_age: Duration,
+    /// closed instead of reused (`None`: never, `0` in the environment). Default 30
+    /// minutes, as pools usually do, so that a server-side change (a failover, a
+    /// setting) reaches every connection in bounded time. It no longer hides a slowdown:
+    /// the worker's statements are planned against the tables as they are
+    /// (`db::build_worker_pool`).
+    pub max_connection_age: Option<Duration>,
 }
 
 impl FromVars for DatabaseConfig {
@@ -175,13 +177,16 @@ impl FromVars for DatabaseConfig {
         Ok(Self {
             url: url.into(),
             pool_size: var_in_range(vars, "TICKETNEST_DATABASE_POOL_SIZE", 16, 1, 1024)?,
-            max_connection_age: Duration::from_secs(var_in_range(
+            max_connection_age: match var_in_range(
                 vars,
                 "TICKETNEST_DATABASE_MAX_CONN_AGE_SECS",
-                10,
-                1,
+                1_800,
+                0,
                 86_400,
-            )?),
+            )? {
+                0 => None,
+                secs => Some(Duration::from_secs(secs)),
+            },
         })
     }
 }
@@ -788,6 +793,16 @@ mod tests {
 
     fn worker(pairs: &[(&str, &str)]) -> Result<SubWorkerConfig, ConfigError> {
         SubWorkerConfig::from_vars(&lookup(pairs))
+    }
+
+    #[test]
+    fn pooled_connections_live_half_an_hour_unless_told_otherwise() {
+        let age = |pairs: &[(&str, &str)]| worker(pairs).map(|c| c.database.max_connection_age);
+        assert_eq!(age(&[]).expect("default"), Some(Duration::from_secs(1_800)));
+        let never = [("TICKETNEST_DATABASE_MAX_CONN_AGE_SECS", "0")];
+        assert_eq!(age(&never).expect("0 is never"), None);
+        let bad = [("TICKETNEST_DATABASE_MAX_CONN_AGE_SECS", "86401")];
+        assert!(age(&bad).is_err(), "above a day is refused");
     }
 
     #[test]

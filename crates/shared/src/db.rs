@@ -59,19 +59,35 @@ pub fn build_pool(config: &DatabaseConfig) -> Result<Pool, SharedError> {
 /// lasts, and the next owner would wait on them with no bound. A worker that is
 /// running never idles inside a transaction: its statements follow one another.
 ///
+/// Its sessions also plan every statement for the values and tables of each
+/// execution (`plan_cache_mode = force_custom_plan`): by default PostgreSQL caches a
+/// generic plan per prepared statement after five executions, costed against the
+/// tables as they were then, and keeps it until something invalidates it (an
+/// `ANALYZE`, which with autovacuum off never comes). A worker that started on an
+/// empty database kept, batch after batch, a plan that reads every live booking
+/// (a hash join over the whole of `bookings_one_live_per_user`), cheap on an empty
+/// table and growing with it: the cause of the slowdown that connection recycling
+/// once hid (bench/results/soak-*.md). The one statement whose plan does not depend
+/// on the tables, the batch insert, asks for its cached plan itself
+/// (`sub-worker::db::write_decisions`).
+///
 /// # Errors
 /// An invalid URL or pool settings.
 pub fn build_worker_pool(
     config: &DatabaseConfig,
     idle_in_transaction: Duration,
 ) -> Result<Pool, SharedError> {
-    pool(config, Some(idle_in_transaction))
+    pool(
+        config,
+        Some(format!(
+            "-c idle_in_transaction_session_timeout={} -c plan_cache_mode=force_custom_plan",
+            idle_in_transaction.as_millis().max(1)
+        )),
+    )
 }
 
-fn pool(
-    config: &DatabaseConfig,
-    idle_in_transaction: Option<Duration>,
-) -> Result<Pool, SharedError> {
+/// `session_options`: `-c name=value` settings every session of the pool starts with.
+fn pool(config: &DatabaseConfig, session_options: Option<String>) -> Result<Pool, SharedError> {
     let mut pg = config
         .pg_config()
         .map_err(|e| SharedError::DatabaseUnavailable(Box::new(e)))?;
@@ -84,14 +100,10 @@ fn pool(
         .keepalives_idle(KEEPALIVE_IDLE)
         .keepalives_interval(KEEPALIVE_INTERVAL)
         .keepalives_retries(KEEPALIVE_RETRIES);
-    if let Some(idle) = idle_in_transaction {
-        let limit = format!(
-            "-c idle_in_transaction_session_timeout={}",
-            idle.as_millis().max(1)
-        );
+    if let Some(ours) = session_options {
         let options = match pg.get_options() {
-            Some(given) => format!("{given} {limit}"),
-            None => limit,
+            Some(given) => format!("{given} {ours}"),
+            None => ours,
         };
         pg.options(&options);
     }
@@ -115,7 +127,7 @@ fn pool(
         // Connections past their age are closed when next taken from the pool, and a
         // fresh one is opened in their place (see `DatabaseConfig::max_connection_age`).
         .pre_recycle(Hook::sync_fn(move |_, metrics| {
-            if metrics.created.elapsed() >= max_age {
+            if max_age.is_some_and(|max_age| metrics.created.elapsed() >= max_age) {
                 Err(HookError::Message(
                     "connection reached its maximum age".into(),
                 ))

@@ -181,7 +181,7 @@ impl TestDatabase {
             let config = DatabaseConfig {
                 url: SecretString::from(with_database(&admin, &building)),
                 pool_size: 2,
-                max_connection_age: Duration::from_secs(10),
+                max_connection_age: None,
             };
             shared::db::migrate(&config).await?;
             client
@@ -214,7 +214,7 @@ impl TestDatabase {
         let config = DatabaseConfig {
             url: SecretString::from(url.clone()),
             pool_size: 2,
-            max_connection_age: Duration::from_secs(10),
+            max_connection_age: None,
         };
         shared::db::migrate(&config).await.expect("migrate");
         Self {
@@ -256,7 +256,7 @@ impl TestDatabase {
         DatabaseConfig {
             url: SecretString::from(self.url.clone()),
             pool_size: 8,
-            max_connection_age: Duration::from_secs(10),
+            max_connection_age: None,
         }
     }
 
