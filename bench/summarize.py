@@ -51,6 +51,24 @@ knee_p99 = ramp.get("knee_accept_p99_ms") if ramp else None
 # The accept figure is the knee (highest open-loop rate held at p99 <= 20 ms); the
 # decide figure is the worker's rate in the biggest sale run.
 decide = (big or sale20k)["decide_per_s"]
+# The driver's own ceiling: the same open-loop ramp against GET /healthz, run by the
+# same `ramp` command. A knee counts as the server's only when the ceiling is at least
+# twice the knee (ticketnest-load's rule, as `knee_limited_by_driver`).
+ceiling = ramp.get("driver_ceiling_per_s") if ramp else None
+ceiling_at_least = ramp.get("driver_ceiling_at_least") if ramp else None
+knee_limited = ramp.get("knee_limited_by_driver") if ramp else None
+ceiling_steps = (ramp.get("driver_ceiling") or {}).get("steps", []) if ramp else []
+
+
+def step_cpu(steps, rate):
+    """The load tool's own CPU (cores) in the step offered at `rate`."""
+    for s in steps:
+        if rate is not None and s.get("offered_per_s") == rate:
+            return s.get("driver_cpu_cores")
+    return None
+
+
+wrk_rps = num("wrk_rps")
 
 
 def ratio(a, b):
@@ -94,6 +112,15 @@ latest = {
     "rss_mb_api_after_200k": [num("rss_api_200k_1"), num("rss_api_200k_2")],
     "rss_mb_worker_after_200k": [num("rss_worker_200k_1"), num("rss_worker_200k_2")],
     "ramp_steps": ramp["steps"] if ramp else [],
+    "driver_ceiling_per_s": ceiling,
+    "driver_ceiling_at_least": ceiling_at_least,
+    "driver_ceiling_ratio_to_knee": ratio(ceiling, knee),
+    "knee_limited_by_driver": knee_limited,
+    "knee_ratio_to_wrk": ratio(knee, wrk_rps),
+    "driver_cpu_cores_at_knee": step_cpu(ramp["steps"] if ramp else [], knee),
+    "driver_cpu_cores_at_ceiling": step_cpu(ceiling_steps, ceiling),
+    "wrk_cpu_cores": num("wrk_cpu_cores"),
+    "driver_ceiling_steps": ceiling_steps,
 }
 
 targets = [
@@ -130,7 +157,13 @@ md = [
     "",
     "| figure | value | ratio to its part's limit |",
     "|---|---|---|",
-    f"| accept rate at the knee (open loop, p99 <= 20 ms) | {fmt(knee)} /s, p99 {fmt(knee_p99, 2)} ms | {fmt(latest['accept_ratio_to_xadd'], 3)} of XADD |",
+    f"| accept rate at the knee (open loop, p99 <= 20 ms) | {fmt(knee)} /s, p99 {fmt(knee_p99, 2)} ms"
+    + (" (limited by the driver: a lower bound)" if knee_limited else "")
+    + f" | {fmt(latest['accept_ratio_to_xadd'], 3)} of XADD; {fmt(latest['knee_ratio_to_wrk'], 3)} of wrk |",
+    f"| driver's ceiling (the same ramp against GET /healthz) | {'at least ' if ceiling_at_least else ''}{fmt(ceiling)} /s | "
+    f"{fmt(latest['driver_ceiling_ratio_to_knee'], 2)}x the knee: "
+    + {True: "under 2x, the knee is the driver's", False: "at least 2x, the knee is the server's", None: "not judged"}[knee_limited]
+    + " |",
     f"| sale 20,000 / 1,000 (64 in flight): accept | {fmt(sale20k['accept_per_s'])} /s, p99 {fmt(sale20k['accept_latency_ms']['p99'], 2)} ms | |",
 ]
 if big:
@@ -138,6 +171,8 @@ if big:
 md += [
     f"| decide rate | {fmt(decide)} /s | {fmt(latest['decide_ratio_to_pgbench_batch'], 3)} of pgbench batch; {fmt(latest['speedup_vs_naive'], 1)}x the naive shape |",
     f"| wrk, accept path alone (64 connections) | {fmt(num('wrk_rps'))} /s, p99 {env.get('wrk_p99', 'n/a')}, non-2xx {fmt(num('wrk_non2xx'))} | cross-check of the load tool |",
+    f"| CPU of the load generators (cores) | ticketnest-load {fmt(latest['driver_cpu_cores_at_knee'], 2)} at the knee, "
+    f"{fmt(latest['driver_cpu_cores_at_ceiling'], 2)} at its ceiling; wrk {fmt(latest['wrk_cpu_cores'], 2)} | same machine as the server |",
     "",
     "Correctness: every sale's decision log checked (no oversell, no user twice, exact FIFO, every accepted request decided): "
     + ("OK" if sale20k["correct"] and all(s["correct"] for s in sale200k if s) else "BREACHED"),
@@ -156,11 +191,20 @@ md += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
 for name, value, goal in targets:
     md.append(f"| {name} | {fmt(value, 3)} | {'yes' if value is not None and value >= goal else 'no'} |")
 md.append(f"| p99 accept latency under 20 ms at the knee | {fmt(knee_p99, 2)} ms | {'yes' if knee_p99 is not None and knee_p99 < 20 else 'no'} |")
-if ramp:
-    md += ["", "## Ramp", "", "| offered/s | accepted/s | p50 ms | p99 ms | errors | held |", "|---|---|---|---|---|---|"]
-    for s in ramp["steps"]:
+def steps_table(steps):
+    rows = ["| offered/s | accepted/s | p50 ms | p99 ms | errors | driver CPU (cores) | held |", "|---|---|---|---|---|---|---|"]
+    for s in steps:
         errors = sum(v for k, v in s["statuses"].items() if k != "accepted_202")
-        md.append(f"| {fmt(s['offered_per_s'])} | {fmt(s['accept_per_s'])} | {s['accept_latency_ms']['p50']:.2f} | {s['accept_latency_ms']['p99']:.2f} | {errors} | {'yes' if s['held'] else 'no'} |")
+        rows.append(f"| {fmt(s['offered_per_s'])} | {fmt(s['accept_per_s'])} | {s['accept_latency_ms']['p50']:.2f} | {s['accept_latency_ms']['p99']:.2f} | {errors} | {fmt(s.get('driver_cpu_cores'), 2)} | {'yes' if s['held'] else 'no'} |")
+    return rows
+
+
+if ramp:
+    md += ["", "## Ramp", ""] + steps_table(ramp["steps"])
+if ceiling_steps:
+    md += ["", "## Driver's ceiling (the same ramp against GET /healthz)", "",
+           "A knee counts as the server's only when this ceiling is at least twice the knee.", ""]
+    md += steps_table(ceiling_steps)
 
 results.mkdir(parents=True, exist_ok=True)
 (results / f"{stamp}.json").write_text(json.dumps(latest, indent=2) + "\n")

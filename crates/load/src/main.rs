@@ -4,12 +4,17 @@
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-use clap::{ArgGroup, Parser, Subcommand};
+use clap::{ArgGroup, Parser, Subcommand, ValueEnum};
 use load::{
     driver::Mode,
     guard, plot, ramp,
     sale::{self, Deployment},
 };
+
+/// mimalloc instead of glibc malloc: malloc and free were a tenth of the sender's
+/// profile (what is left per request: header maps, hyper's per-request channel).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -18,7 +23,8 @@ use load::{
     about = "Sale simulator and knee finder for TicketNest",
     long_about = "Needs the deployment's TICKETNEST_DATABASE_URL and TICKETNEST_JWT_SECRET: users are \
                   created in bulk in the database and their tokens minted, and the decision log is read \
-                  back to check the sale. Targets must be loopback unless --allow-remote."
+                  back to check the sale (`ramp --target healthz` needs neither). Targets must be \
+                  loopback unless --allow-remote."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -74,20 +80,43 @@ enum Command {
         no_progress: bool,
     },
     /// Raise an open-loop rate step by step until p99 accept latency passes the SLO or
-    /// errors appear; report the highest rate held (the knee).
+    /// errors appear; report the highest rate held (the knee), and the driver's ceiling.
+    #[command(
+        long_about = "Raise an open-loop rate (wrk2-style: request i due at start + i/rate, \
+        latency from that intended time) step by step until p99 accept latency passes the SLO or \
+        errors appear; the highest rate held is the knee.\n\n\
+        Then the same ramp runs against GET /healthz, a route that does no work, from the knee's \
+        rate up: the highest rate held there is the driver's ceiling on this machine. The knee is \
+        reported as the server's only when the ceiling is at least twice the knee; otherwise the \
+        report says the driver limited it (knee_limited_by_driver). A ramp that reaches --max-rate \
+        without breaking reports \"at least\" that rate."
+    )]
     Ramp {
+        /// Base URL of pub-api.
         #[arg(long)]
         url: String,
+        /// What to ramp: `bookings` (the knee, then the driver's ceiling) or `healthz`
+        /// (the driver's ceiling alone; needs no database).
+        #[arg(long, value_enum, default_value_t = RampTarget::Bookings)]
+        target: RampTarget,
+        /// With `--target bookings`: skip the driver's ceiling (the knee is then
+        /// reported without knowing whether the driver limited it).
+        #[arg(long)]
+        no_ceiling: bool,
+        /// Rate of the first step, requests per second.
         #[arg(long, default_value_t = 1_000.0)]
         start_rate: f64,
         /// Each step offers this many times the previous rate.
         #[arg(long, default_value_t = 1.5)]
         factor: f64,
+        /// Highest rate offered; a climb that holds up to it reports "at least".
         #[arg(long, default_value_t = 200_000.0)]
         max_rate: f64,
         /// Seconds per step.
         #[arg(long, default_value_t = 5)]
         step_secs: u64,
+        /// A step holds when its p99 latency (from intended send time) is within this,
+        /// with no errors and at least 90% of what was sent accepted.
         #[arg(long, default_value_t = 50.0)]
         slo_p99_ms: f64,
         /// Seats of each step's goods.
@@ -105,6 +134,13 @@ enum Command {
         #[arg(long)]
         allow_remote: bool,
     },
+}
+
+/// What `ramp` drives.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum RampTarget {
+    Bookings,
+    Healthz,
 }
 
 /// The target URL if the loopback guard lets it through; else exit code 2.
@@ -187,6 +223,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Ramp {
             url,
+            target,
+            no_ceiling,
             start_rate,
             factor,
             max_rate,
@@ -207,11 +245,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("ticketnest-load: --start-rate must be positive and --factor above 1");
                 return Ok(ExitCode::from(2));
             }
-            let deployment = Deployment::from_env()?;
+            let target = match target {
+                RampTarget::Bookings => ramp::Target::Bookings,
+                RampTarget::Healthz => ramp::Target::Healthz,
+            };
+            let deployment = match target {
+                ramp::Target::Bookings => Some(Deployment::from_env()?),
+                ramp::Target::Healthz => None,
+            };
             let report = ramp::run(
-                &deployment,
+                deployment.as_ref(),
                 &ramp::RampOptions {
                     url,
+                    target,
+                    ceiling: !no_ceiling,
                     start_rate,
                     factor,
                     max_rate,

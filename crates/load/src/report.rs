@@ -89,6 +89,9 @@ pub struct SaleReport {
     pub accept_per_s: f64,
     pub accept_latency_ms: Percentiles,
     pub statuses: StatusCounts,
+    /// Cores the load tool itself kept busy during the send phase (1.0: one core);
+    /// `None` where `/proc` is missing.
+    pub driver_cpu_cores: Option<f64>,
     pub decide_latency_ms: Percentiles,
     pub decide_per_s: f64,
     pub drain_s: f64,
@@ -131,6 +134,13 @@ impl SaleReport {
             "responses       202: {}  4xx: {}  503: {}  5xx: {}  timeouts: {}  transport errors: {}",
             s.accepted_202, s.client_4xx, s.unavailable_503, s.server_5xx, s.timeouts, s.transport_errors
         );
+        if let Some(cores) = self.driver_cpu_cores {
+            let _ = writeln!(
+                out,
+                "driver cpu      {:.0}% of a core while sending (this tool's own use)",
+                cores * 100.0
+            );
+        }
         let _ = writeln!(out, "accept→decide   {}", l(&self.decide_latency_ms));
         let _ = writeln!(out, "decided         {:.0} decisions/s; drained {:.2} s after the last send; peak backlog {}", self.decide_per_s, self.drain_s, self.peak_backlog);
         let _ = writeln!(
@@ -156,50 +166,166 @@ pub struct RampStep {
     pub offered_per_s: f64,
     pub accept_per_s: f64,
     pub accept_latency_ms: Percentiles,
+    /// `accepted_202` counts the target's success: a `202` with a `requestId` for
+    /// bookings, a `200` for `/healthz`.
     pub statuses: StatusCounts,
     pub held: bool,
+    /// Cores the load tool itself kept busy during the step's send phase (1.0: one
+    /// core); `None` where `/proc` is missing.
+    pub driver_cpu_cores: Option<f64>,
+}
+
+/// The driver's own ceiling: the same open-loop climb against `GET /healthz`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DriverCeiling {
+    pub target: String,
+    pub steps: Vec<RampStep>,
+    /// The highest rate held against `/healthz`; `None`: not even the first step.
+    pub ceiling_per_s: Option<f64>,
+    pub ceiling_p99_ms: Option<f64>,
+    /// Every step held up to `--max-rate`: the ceiling is at least `ceiling_per_s`.
+    pub at_least: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RampReport {
     pub target: String,
+    /// `bookings` (the knee) or `healthz` (the driver's ceiling alone).
+    pub workload: String,
     pub slo_p99_ms: f64,
     pub step_s: f64,
     pub steps: Vec<RampStep>,
-    /// The highest offered rate that held the SLO with no errors.
+    /// The highest offered rate that held the SLO with no errors. It is the server's
+    /// knee only when `knee_limited_by_driver` is `false`.
     pub knee_per_s: Option<f64>,
     pub knee_accept_p99_ms: Option<f64>,
+    /// Every step held up to `--max-rate`: the knee is at least `knee_per_s`.
+    pub max_rate_reached: bool,
+    /// The driver's ceiling is under twice the knee (or unknown below the knee's
+    /// rate): what broke the SLO may be the driver. `None`: no ceiling measured, or
+    /// no knee.
+    pub knee_limited_by_driver: Option<bool>,
+    pub driver_ceiling_per_s: Option<f64>,
+    pub driver_ceiling_at_least: Option<bool>,
+    pub driver_ceiling_ratio_to_knee: Option<f64>,
+    pub driver_ceiling: Option<DriverCeiling>,
+}
+
+fn steps_table(out: &mut String, steps: &[RampStep]) {
+    let _ = writeln!(
+        out,
+        "{:>10} {:>10} {:>9} {:>9} {:>7} {:>11}  held",
+        "offered/s", "accept/s", "p50 ms", "p99 ms", "errors", "driver cpu"
+    );
+    for step in steps {
+        let _ = writeln!(
+            out,
+            "{:>10.0} {:>10.0} {:>9.2} {:>9.2} {:>7} {:>11}  {}",
+            step.offered_per_s,
+            step.accept_per_s,
+            step.accept_latency_ms.p50,
+            step.accept_latency_ms.p99,
+            step.statuses.errors(),
+            step.driver_cpu_cores
+                .map_or_else(|| "n/a".to_owned(), |c| format!("{:.0}%", c * 100.0)),
+            if step.held { "yes" } else { "no" }
+        );
+    }
+}
+
+/// `X req/s`, or `at least X req/s` when the climb ran out of `--max-rate`.
+fn rate(per_s: f64, at_least: bool) -> String {
+    if at_least {
+        format!("at least {per_s:.0} req/s (--max-rate reached)")
+    } else {
+        format!("{per_s:.0} req/s")
+    }
 }
 
 impl RampReport {
     pub fn human(&self) -> String {
         let mut out = String::new();
+        if self.workload == "healthz" {
+            let _ = writeln!(
+                out,
+                "TicketNest load driver's ceiling: open loop against GET /healthz at {} (SLO: p99 <= {} ms, no errors)",
+                self.target, self.slo_p99_ms
+            );
+            steps_table(&mut out, &self.steps);
+            match (self.knee_per_s, self.knee_accept_p99_ms) {
+                (Some(per_s), Some(p99)) => {
+                    let _ = writeln!(
+                        out,
+                        "driver ceiling: {} held (p99 {p99:.2} ms)",
+                        rate(per_s, self.max_rate_reached)
+                    );
+                }
+                _ => {
+                    let _ = writeln!(
+                        out,
+                        "driver ceiling: below the first step (it already broke the SLO)"
+                    );
+                }
+            }
+            return out;
+        }
         let _ = writeln!(
             out,
             "TicketNest ramp at {} (SLO: p99 accept latency <= {} ms, no errors)",
             self.target, self.slo_p99_ms
         );
-        let _ = writeln!(
-            out,
-            "{:>10} {:>10} {:>9} {:>9} {:>7}  held",
-            "offered/s", "accept/s", "p50 ms", "p99 ms", "errors"
-        );
-        for step in &self.steps {
+        steps_table(&mut out, &self.steps);
+        if let Some(ceiling) = &self.driver_ceiling {
             let _ = writeln!(
                 out,
-                "{:>10.0} {:>10.0} {:>9.2} {:>9.2} {:>7}  {}",
-                step.offered_per_s,
-                step.accept_per_s,
-                step.accept_latency_ms.p50,
-                step.accept_latency_ms.p99,
-                step.statuses.errors(),
-                if step.held { "yes" } else { "no" }
+                "driver's ceiling: the same ramp against GET {}",
+                ceiling.target
             );
+            steps_table(&mut out, &ceiling.steps);
+            match (ceiling.ceiling_per_s, self.driver_ceiling_ratio_to_knee) {
+                (Some(per_s), Some(ratio)) => {
+                    let _ = writeln!(
+                        out,
+                        "driver ceiling: {}, {ratio:.2}x the knee",
+                        rate(per_s, ceiling.at_least)
+                    );
+                }
+                (Some(per_s), None) => {
+                    let _ = writeln!(out, "driver ceiling: {}", rate(per_s, ceiling.at_least));
+                }
+                (None, _) => {
+                    let _ = writeln!(
+                        out,
+                        "driver ceiling: below its first step (it broke the SLO against /healthz)"
+                    );
+                }
+            }
         }
         match (self.knee_per_s, self.knee_accept_p99_ms) {
-            (Some(rate), Some(p99)) => {
-                let _ = writeln!(out, "knee: {rate:.0} req/s held (p99 {p99:.2} ms)");
-            }
+            (Some(per_s), Some(p99)) => match self.knee_limited_by_driver {
+                Some(true) => {
+                    let _ = writeln!(
+                        out,
+                        "knee: not established. {per_s:.0} req/s held (p99 {p99:.2} ms), but the driver's \
+                         ceiling is not at least twice that: the driver limited it (the server's knee is at \
+                         least {per_s:.0} req/s)"
+                    );
+                }
+                Some(false) => {
+                    let _ = writeln!(
+                        out,
+                        "knee: {} held (p99 {p99:.2} ms); the driver's ceiling is at least twice that",
+                        rate(per_s, self.max_rate_reached)
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        out,
+                        "knee: {} held (p99 {p99:.2} ms); the driver's ceiling was not measured",
+                        rate(per_s, self.max_rate_reached)
+                    );
+                }
+            },
             _ => {
                 let _ = writeln!(
                     out,

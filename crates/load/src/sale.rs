@@ -10,11 +10,10 @@ use std::{
 };
 
 use anyhow::{bail, Context};
-use bytes::Bytes;
 use deadpool_postgres::Pool;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use reqwest::{header::HeaderValue, Url};
+use reqwest::Url;
 use shared::{
     auth::{PasswordHashing, Role, TokenKeys},
     config::{process_env, AuthConfig, DatabaseConfig, Environment, FromVars},
@@ -24,8 +23,8 @@ use tokio::sync::watch;
 use shared::decision::Decision;
 
 use crate::{
-    db,
-    driver::{Fire, Fired, Live, Mode},
+    cpu, db,
+    driver::{Endpoint, Fire, Fired, Live, Mode, Requests},
     report::{Outcomes, Percentiles, SaleReport, Sample},
 };
 
@@ -129,7 +128,7 @@ pub struct SaleOptions {
     pub progress: bool,
 }
 
-/// A client tuned for many small requests to one host.
+/// A client for the few API calls that prepare a run (the goods).
 pub fn client(pool_size: usize) -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
         .pool_max_idle_per_host(pool_size.max(1))
@@ -211,27 +210,21 @@ async fn drain(
     }
 }
 
-/// The booking URL and body, and the headers, for one goods.
+/// The run that books `quantity` seats of `goods_id` once per user, its requests
+/// prepared before the clock starts.
+///
+/// # Errors
+/// A token that is not a valid header value.
 pub fn fire_for(
-    client: &reqwest::Client,
-    base: &Url,
+    endpoint: Endpoint,
     goods_id: i64,
     quantity: i32,
     users: &[(i64, String)],
     timeout: Duration,
     max_duration: Duration,
 ) -> anyhow::Result<Fire> {
-    let auth = users
-        .iter()
-        .map(|(_, token)| HeaderValue::from_str(&format!("Bearer {token}")))
-        .collect::<Result<Vec<_>, _>>()?;
     Ok(Fire {
-        client: client.clone(),
-        url: base
-            .join(&format!("/api/goods/{goods_id}/bookings"))?
-            .to_string(),
-        body: Bytes::from(format!("{{\"quantity\":{quantity}}}")),
-        auth,
+        requests: Requests::bookings(endpoint, goods_id, quantity, users)?,
         timeout,
         max_duration,
         live: Arc::new(Live::default()),
@@ -243,11 +236,10 @@ pub fn fire_for(
 /// # Errors
 /// Preparation failed (database, API), or the decision log could not be read.
 pub async fn run(deployment: &Deployment, options: &SaleOptions) -> anyhow::Result<SaleReport> {
-    let in_flight = match options.mode {
-        Mode::Closed { concurrency } => concurrency,
-        Mode::Open { connections, .. } => connections,
-    };
-    let client = client(in_flight)?;
+    // The API calls that prepare the sale; the bookings go through the driver's own
+    // connections.
+    let client = client(1)?;
+    let endpoint = Endpoint::resolve(&options.url).await?;
     let goods_id = deployment
         .goods(&client, &options.url, options.seats, options.quantity)
         .await?;
@@ -256,8 +248,7 @@ pub async fn run(deployment: &Deployment, options: &SaleOptions) -> anyhow::Resu
         .users(&tag, options.users, Role::Customer)
         .await?;
     let fire = fire_for(
-        &client,
-        &options.url,
+        endpoint,
         goods_id,
         options.quantity,
         &users,
@@ -275,12 +266,14 @@ pub async fn run(deployment: &Deployment, options: &SaleOptions) -> anyhow::Resu
         bar.clone(),
         stopped,
     ));
+    let meter = cpu::Meter::start();
     let Fired {
         latency_us,
         accepted_ids,
         send_duration,
         sent,
     } = fire.run(options.mode).await;
+    let driver_cpu_cores = meter.cores();
     let send_end = unix_now();
     let drained = drain(
         &deployment.pool,
@@ -336,6 +329,7 @@ pub async fn run(deployment: &Deployment, options: &SaleOptions) -> anyhow::Resu
         accept_per_s: accepted.len() as f64 / send_s,
         accept_latency_ms: Percentiles::from_micros(&latency_us),
         statuses: live.counts(),
+        driver_cpu_cores,
         decide_latency_ms: Percentiles::from_micros(&decide),
         decide_per_s: if rows.is_empty() {
             0.0

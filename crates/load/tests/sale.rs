@@ -1,5 +1,5 @@
 //! ticketnest-load against a real stack: the API and a worker in-process, the tool as
-//! its real binary.
+//! its real binary (a sale, and a ramp with the driver's ceiling).
 
 use std::{process::Stdio, time::Duration};
 
@@ -168,4 +168,103 @@ async fn a_remote_target_is_refused_without_allow_remote() {
     );
     let users = db.count("users").await;
     assert_eq!(users, 0, "nothing was prepared");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ramp_reports_the_drivers_ceiling_and_judges_the_knee_by_it() {
+    let stack = stack().await;
+    let dir = std::env::temp_dir().join(format!("tn-ramp-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let json = dir.join("ramp.json");
+    // Two booking steps (200 and 400 req/s) under a loose SLO reach --max-rate; the
+    // ceiling climb starts at the knee and reaches it at once: "at least 400", not
+    // twice the knee, so the knee is the driver's.
+    let output = load(
+        &stack.db,
+        &[
+            "ramp",
+            "--url",
+            &stack.address,
+            "--start-rate",
+            "200",
+            "--factor",
+            "2",
+            "--max-rate",
+            "400",
+            "--step-secs",
+            "1",
+            "--slo-p99-ms",
+            "2000",
+            "--connections",
+            "8",
+            "--json",
+            json.to_str().expect("utf8"),
+        ],
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("driver ceiling: at least 400 req/s"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("knee: not established"), "{stdout}");
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("json file")).expect("json");
+    assert_eq!(report["workload"], "bookings");
+    assert_eq!(report["knee_per_s"], 400.0);
+    assert_eq!(report["max_rate_reached"], true);
+    assert_eq!(report["driver_ceiling_per_s"], 400.0);
+    assert_eq!(report["driver_ceiling_at_least"], true);
+    assert_eq!(report["driver_ceiling_ratio_to_knee"], 1.0);
+    assert_eq!(report["knee_limited_by_driver"], true);
+    let steps = report["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), 2);
+    assert_eq!(steps[0]["statuses"]["accepted_202"], 200);
+    assert!(steps[0]["driver_cpu_cores"].as_f64().is_some());
+    let ceiling = report["driver_ceiling"]["steps"]
+        .as_array()
+        .expect("ceiling steps");
+    assert_eq!(ceiling.len(), 1);
+    assert_eq!(ceiling[0]["offered_per_s"], 400.0);
+    assert_eq!(
+        ceiling[0]["statuses"]["accepted_202"], 400,
+        "every /healthz a 200"
+    );
+
+    // The ceiling alone needs no database: no TICKETNEST_DATABASE_URL at all.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_ticketnest-load"))
+        .args([
+            "ramp",
+            "--target",
+            "healthz",
+            "--url",
+            &stack.address,
+            "--start-rate",
+            "300",
+            "--max-rate",
+            "300",
+            "--step-secs",
+            "1",
+            // Loose: the API under test is a debug build on a shared machine.
+            "--slo-p99-ms",
+            "2000",
+        ])
+        .env_remove("TICKETNEST_DATABASE_URL")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("run ticketnest-load");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("driver ceiling: at least 300 req/s"),
+        "{stdout}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
