@@ -33,15 +33,20 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// One sale: N users, S seats, one booking per user; report and correctness check.
+    /// One sale: N users, S seats, one booking per user (or more); report and correctness check.
     #[command(group(ArgGroup::new("mode").args(["concurrency", "rate"])))]
     Sale {
         /// Base URL of pub-api (or of the load balancer in front of it).
         #[arg(long)]
         url: String,
-        /// Users, one booking each.
+        /// Users, one booking each (see --bookings-per-user).
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
         users: u64,
+        /// Bookings each user sends, round robin over the users; all but a user's first
+        /// are decided `already_booked`. More than one needs the deployment's per-user
+        /// rate limit off or high enough (TICKETNEST_USER_RATE_LIMIT), or they get 429.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        bookings_per_user: u32,
         /// Seats of the goods on sale.
         #[arg(long, value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
         seats: i64,
@@ -163,6 +168,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sale {
             url,
             users,
+            bookings_per_user,
             seats,
             concurrency,
             rate,
@@ -193,12 +199,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     concurrency: concurrency.unwrap_or(64).max(1),
                 },
             };
+            if users.saturating_mul(u64::from(bookings_per_user)) > 10_000_000 {
+                eprintln!(
+                    "ticketnest-load: --users times --bookings-per-user must be at most 10,000,000"
+                );
+                return Ok(ExitCode::from(2));
+            }
             let deployment = Deployment::from_env()?;
             let report = sale::run(
                 &deployment,
                 &sale::SaleOptions {
                     url,
                     users,
+                    bookings_per_user,
                     seats,
                     quantity,
                     mode,

@@ -82,6 +82,7 @@ pub struct SaleReport {
     pub goods_id: i64,
     pub mode: String,
     pub users: u64,
+    pub bookings_per_user: u32,
     pub seats: i64,
     pub quantity: i32,
     pub send_duration_s: f64,
@@ -93,7 +94,15 @@ pub struct SaleReport {
     /// `None` where `/proc` is missing.
     pub driver_cpu_cores: Option<f64>,
     pub decide_latency_ms: Percentiles,
+    /// Decisions over the span from the first to the last (accept path competing
+    /// while the send phase lasts).
     pub decide_per_s: f64,
+    /// Decisions made after the send phase ended.
+    pub decided_after_send: u64,
+    /// `decided_after_send` over the span from the end of the send phase to the last
+    /// decision: the worker deciding alone, once a backlog is left at the end of the
+    /// send phase (0 when none was).
+    pub decide_after_send_per_s: f64,
     pub drain_s: f64,
     pub peak_backlog: u64,
     pub outcomes: Outcomes,
@@ -118,8 +127,8 @@ impl SaleReport {
         let o = &self.outcomes;
         let _ = writeln!(
             out,
-            "TicketNest sale: {} users, {} seats, goods {} at {}",
-            self.users, self.seats, self.goods_id, self.target
+            "TicketNest sale: {} users, {} booking(s) each, {} seats, goods {} at {}",
+            self.users, self.bookings_per_user, self.seats, self.goods_id, self.target
         );
         let _ = writeln!(out, "mode            {}", self.mode);
         let _ = writeln!(
@@ -143,6 +152,11 @@ impl SaleReport {
         }
         let _ = writeln!(out, "accept→decide   {}", l(&self.decide_latency_ms));
         let _ = writeln!(out, "decided         {:.0} decisions/s; drained {:.2} s after the last send; peak backlog {}", self.decide_per_s, self.drain_s, self.peak_backlog);
+        let _ = writeln!(
+            out,
+            "after the send  {} decided at {:.0} decisions/s (the worker alone)",
+            self.decided_after_send, self.decide_after_send_per_s
+        );
         let _ = writeln!(
             out,
             "outcomes        {} decided: {} confirmed ({} seats), {} waitlisted, {} rejected",

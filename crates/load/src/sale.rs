@@ -119,6 +119,11 @@ impl Deployment {
 pub struct SaleOptions {
     pub url: Url,
     pub users: u64,
+    /// Bookings each user sends (round robin over the users: every user once, then
+    /// every user again, ...); all but the first of a user are `already_booked` while
+    /// its first stands. With more than one, the deployment's per-user rate limit
+    /// (`TICKETNEST_USER_RATE_LIMIT`) must allow them, or the extra ones get 429.
+    pub bookings_per_user: u32,
     pub seats: i64,
     pub quantity: i32,
     pub mode: Mode,
@@ -247,17 +252,21 @@ pub async fn run(deployment: &Deployment, options: &SaleOptions) -> anyhow::Resu
     let users = deployment
         .users(&tag, options.users, Role::Customer)
         .await?;
+    // One entry per booking to send, in sending order.
+    let bookings: Vec<(i64, String)> = (0..options.bookings_per_user.max(1))
+        .flat_map(|_| users.iter().cloned())
+        .collect();
     let fire = fire_for(
         endpoint,
         goods_id,
         options.quantity,
-        &users,
+        &bookings,
         options.timeout,
         options.max_duration,
     )?;
     let live = fire.live.clone();
 
-    let bar = progress_bar(options.users, options.progress);
+    let bar = progress_bar(bookings.len() as u64, options.progress);
     let (stop, stopped) = watch::channel(false);
     let sampler = tokio::spawn(monitor(
         deployment.pool.clone(),
@@ -317,11 +326,16 @@ pub async fn run(deployment: &Deployment, options: &SaleOptions) -> anyhow::Resu
     let last_decided_s = rows.iter().map(|r| r.decided_at_s).fold(0.0, f64::max);
     let send_s = send_duration.as_secs_f64().max(0.001);
     let decide_span = (last_decided_s - first_decided_s).max(0.001);
+    // The worker alone: what it decided once nothing was being sent any more (with a
+    // backlog left at the end of the send phase, the accept path no longer competes).
+    let after_send = rows.iter().filter(|r| r.decided_at_s > send_end).count();
+    let after_send_span = last_decided_s - send_end;
     Ok(SaleReport {
         target: options.url.to_string(),
         goods_id,
         mode: options.mode.describe(),
         users: options.users,
+        bookings_per_user: options.bookings_per_user.max(1),
         seats: options.seats,
         quantity: options.quantity,
         send_duration_s: send_s,
@@ -335,6 +349,12 @@ pub async fn run(deployment: &Deployment, options: &SaleOptions) -> anyhow::Resu
             0.0
         } else {
             rows.len() as f64 / decide_span
+        },
+        decided_after_send: after_send as u64,
+        decide_after_send_per_s: if after_send == 0 || after_send_span <= 0.0 {
+            0.0
+        } else {
+            after_send as f64 / after_send_span.max(0.001)
         },
         drain_s: if rows.is_empty() {
             0.0

@@ -73,6 +73,8 @@ async fn a_small_sale_reports_counts_that_match_postgres_and_a_complete_json_rep
         "statuses",
         "decide_latency_ms",
         "decide_per_s",
+        "decided_after_send",
+        "decide_after_send_per_s",
         "drain_s",
         "peak_backlog",
         "outcomes",
@@ -140,6 +142,58 @@ async fn a_small_sale_reports_counts_that_match_postgres_and_a_complete_json_rep
     assert_eq!(report["outcomes"]["waitlisted"], 1900);
     let svg = std::fs::read_to_string(&plot).expect("plot written");
     assert!(svg.contains("<svg") && svg.contains("accepted/s"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Several bookings per user: each user's first is decided like any booking, the rest
+/// `already_booked`, and the correctness check passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_bookings_per_user_are_decided_already_booked_and_the_check_passes() {
+    let stack = Stack::builder()
+        .api_config(|config| config.http.user_rate = None)
+        .spawn()
+        .await;
+    stack.in_process_worker().await;
+    let dir = std::env::temp_dir().join(format!("tn-load-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let json = dir.join("report.json");
+    let output = load(
+        &stack.db,
+        &[
+            "sale",
+            "--url",
+            &stack.address,
+            "--users",
+            "50",
+            "--bookings-per-user",
+            "4",
+            "--seats",
+            "30",
+            "--concurrency",
+            "8",
+            "--json",
+            json.to_str().expect("utf8"),
+        ],
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("correctness     OK"), "{stdout}");
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("json file")).expect("json");
+    assert_eq!(report["bookings_per_user"], 4);
+    assert_eq!(report["statuses"]["accepted_202"], 200);
+    assert_eq!(report["outcomes"]["decided"], 200);
+    // Each user's first booking holds a place (30 seats, 20 in line); all others are
+    // `already_booked`.
+    assert_eq!(report["outcomes"]["confirmed"], 30);
+    assert_eq!(report["outcomes"]["waitlisted"], 20);
+    assert_eq!(report["outcomes"]["rejected"], 150);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
