@@ -16,7 +16,7 @@
 # alone (meaningful when a backlog is left at the end of the send phase). --pgbench
 # first runs pgbench's worker-shaped batch of 100 (as bench/run.sh does) for the ratio.
 # The per-user rate limit is off (for --bookings-per-user) and connections are not
-# recycled (TICKETNEST_DATABASE_MAX_CONN_AGE_SECS at its maximum). Prints one line per
+# recycled (TICKETNEST_DATABASE_MAX_CONN_AGE_SECS=0). Prints one line per
 # run. Asserts nothing about speed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -71,7 +71,7 @@ export TICKETNEST_DATABASE_URL
 export TICKETNEST_JWT_SECRET="decide-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 export TICKETNEST_HTTP_ADDR=127.0.0.1:18093 TICKETNEST_WORKER_HTTP_ADDR=127.0.0.1:18094
 export TICKETNEST_BACKLOG_LIMIT=1000000000 RUST_LOG=warn
-export TICKETNEST_USER_RATE_LIMIT=off TICKETNEST_DATABASE_MAX_CONN_AGE_SECS=86400
+export TICKETNEST_USER_RATE_LIMIT=off TICKETNEST_DATABASE_MAX_CONN_AGE_SECS=0
 url="http://$TICKETNEST_HTTP_ADDR"
 
 # CPU seconds (user + system) of a process since it started.
