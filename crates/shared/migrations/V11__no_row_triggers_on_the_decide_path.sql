@@ -12,8 +12,8 @@
 -- never deleted. Users and goods are deleted softly (`deleted_at`), bookings end as
 -- `cancelled` or `expired`, and decisions are final. The triggers below refuse a DELETE
 -- or TRUNCATE of any of them, once per statement (nothing is paid per row).
--- `ticketnest-admin verify` (shared::audit) still checks that every decision's booking
--- exists.
+-- `ticketnest-admin verify` (shared::audit) checks that every decision's booking, and
+-- every booking's goods and users, exist.
 ALTER TABLE bookings
     DROP CONSTRAINT bookings_goods_id_fkey,
     DROP CONSTRAINT bookings_user_id_fkey,
@@ -37,3 +37,11 @@ CREATE TRIGGER bookings_never_deleted BEFORE DELETE OR TRUNCATE ON bookings
     FOR EACH STATEMENT EXECUTE FUNCTION refuse_delete();
 CREATE TRIGGER booking_requests_never_deleted BEFORE DELETE OR TRUNCATE ON booking_requests
     FOR EACH STATEMENT EXECUTE FUNCTION refuse_delete();
+
+-- Also under session_replication_role = replica (a restore with --disable-triggers,
+-- logical replication, a bulk edit), as V3's user triggers: a foreign key refused a
+-- TRUNCATE of a referenced table whatever that setting said.
+ALTER TABLE users ENABLE ALWAYS TRIGGER users_never_deleted;
+ALTER TABLE goods ENABLE ALWAYS TRIGGER goods_never_deleted;
+ALTER TABLE bookings ENABLE ALWAYS TRIGGER bookings_never_deleted;
+ALTER TABLE booking_requests ENABLE ALWAYS TRIGGER booking_requests_never_deleted;

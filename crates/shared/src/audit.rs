@@ -57,6 +57,9 @@ pub struct BookingFacts {
     pub cancel_request_id: Option<Uuid>,
     /// Its hold deadline, Unix milliseconds: set when it took seats as a hold.
     pub hold_expires_at_ms: Option<i64>,
+    /// Whether its user (and the user who cancelled it, if any) exists: no foreign
+    /// key says so since migration V11, rows are never deleted instead.
+    pub users_exist: bool,
 }
 
 /// Everything the checker looks at, for some goods or all.
@@ -188,7 +191,11 @@ pub async fn read(
         .query(
             "SELECT id, goods_id, user_id, request_id, quantity, status, \
                promoted_at IS NOT NULL, cancel_request_id, \
-               round(extract(epoch FROM hold_expires_at) * 1000)::int8 FROM bookings \
+               round(extract(epoch FROM hold_expires_at) * 1000)::int8, \
+               EXISTS (SELECT 1 FROM users u WHERE u.id = b.user_id) \
+                 AND (b.cancelled_by IS NULL \
+                      OR EXISTS (SELECT 1 FROM users u WHERE u.id = b.cancelled_by)) \
+             FROM bookings b \
              WHERE $1::int8[] IS NULL OR goods_id = ANY($1) ORDER BY id",
             &[&goods],
         )
@@ -206,6 +213,7 @@ pub async fn read(
                 promoted: r.get(6),
                 cancel_request_id: r.get(7),
                 hold_expires_at_ms: r.get(8),
+                users_exist: r.get(9),
             })
         })
         .collect::<Result<_, crate::decision::UnknownValue>>()
@@ -274,6 +282,33 @@ pub fn check(facts: &Facts, accepted: Option<&HashSet<Uuid>>) -> Vec<Breach> {
         let goods_bookings = bookings.remove(&goods.id).unwrap_or_default();
         breaches.extend(check_goods(goods, &rows, &goods_bookings));
     }
+    // No foreign key holds these since migration V11 (rows are never deleted instead).
+    let mut orphans: Vec<(i64, Uuid, &'static str)> = bookings
+        .values()
+        .flatten()
+        .map(|b| {
+            (
+                b.goods_id,
+                b.request_id,
+                "booking of a goods that does not exist",
+            )
+        })
+        .chain(facts.bookings.iter().filter(|b| !b.users_exist).map(|b| {
+            (
+                b.goods_id,
+                b.request_id,
+                "booking of a user that does not exist",
+            )
+        }))
+        .collect();
+    orphans.sort_unstable();
+    breaches.extend(orphans.into_iter().map(|(goods_id, request_id, problem)| {
+        Breach::BookingMismatch {
+            goods_id,
+            request_id,
+            problem,
+        }
+    }));
     breaches
 }
 
@@ -763,6 +798,7 @@ mod tests {
                 promoted: false,
                 cancel_request_id: None,
                 hold_expires_at_ms: None,
+                users_exist: true,
             });
         }
         facts

@@ -7,8 +7,9 @@
 //! [`read_bookings`] (the batch users' live places and, for goods with a cancel in
 //! the batch, the head of the waitlist), [`read_live_users`], the pure decision rule
 //! ([`crate::decide`]), [`update_bookings`] (promotions and cancels of bookings made
-//! before; only when there are any), [`write_decisions`] (new bookings and the
-//! decision log in one statement) and [`bump_counters`].
+//! before; only when there are any), [`bump_counters`], [`write_decisions`] (new
+//! bookings and the decision log in one statement, the one statement on a cached
+//! generic plan) and [`record_limit_changes`] (only when there are any).
 
 use std::collections::{HashMap, HashSet};
 

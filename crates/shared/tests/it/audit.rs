@@ -189,6 +189,49 @@ async fn the_checker_passes_a_real_sale_and_names_each_breach_on_a_database_corr
         }]
     );
 
+    // A booking whose user is gone (no foreign key since V11: users are never deleted;
+    // the trigger is off for this), and bookings whose goods is gone.
+    let booker = confirmed[0];
+    let orphaned = breaches_after(
+        &mut client,
+        goods,
+        &accepted,
+        &format!(
+            "ALTER TABLE users DISABLE TRIGGER users_never_deleted;
+             DELETE FROM users WHERE id = {};",
+            booker.user_id
+        ),
+    )
+    .await;
+    assert_eq!(
+        orphaned,
+        [Breach::BookingMismatch {
+            goods_id: goods,
+            request_id: booker.request_id,
+            problem: "booking of a user that does not exist"
+        }]
+    );
+    let goods_gone = breaches_after(
+        &mut client,
+        goods,
+        &accepted,
+        &format!(
+            "ALTER TABLE goods DISABLE TRIGGER goods_never_deleted;
+             DELETE FROM goods WHERE id = {goods};"
+        ),
+    )
+    .await;
+    assert!(!goods_gone.is_empty());
+    assert!(
+        goods_gone.iter().all(|b| matches!(
+            b,
+            Breach::BookingMismatch { problem, .. }
+                if *problem == "booking of a goods that does not exist"
+        )),
+        "{goods_gone:?}"
+    );
+    assert_eq!(goods_gone.len(), USERS, "one per booking of the sale");
+
     // One stream entry decided twice (under a second request id).
     let copy = Uuid::new_v4();
     let doubled = breaches_after(
