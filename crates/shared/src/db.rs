@@ -59,18 +59,6 @@ pub fn build_pool(config: &DatabaseConfig) -> Result<Pool, SharedError> {
 /// lasts, and the next owner would wait on them with no bound. A worker that is
 /// running never idles inside a transaction: its statements follow one another.
 ///
-/// Its sessions also plan every statement for the values and tables of each
-/// execution (`plan_cache_mode = force_custom_plan`): by default PostgreSQL caches a
-/// generic plan per prepared statement after five executions, costed against the
-/// tables as they were then, and keeps it until something invalidates it (an
-/// `ANALYZE`, which with autovacuum off never comes). A worker that started on an
-/// empty database kept, batch after batch, a plan that reads every live booking
-/// (a hash join over the whole of `bookings_one_live_per_user`), cheap on an empty
-/// table and growing with it: the cause of the slowdown that connection recycling
-/// once hid (bench/results/soak-*.md). The one statement whose plan does not depend
-/// on the tables, the batch insert, asks for its cached plan itself
-/// (`sub-worker::db::write_decisions`).
-///
 /// # Errors
 /// An invalid URL or pool settings.
 pub fn build_worker_pool(
@@ -80,7 +68,7 @@ pub fn build_worker_pool(
     pool(
         config,
         Some(format!(
-            "-c idle_in_transaction_session_timeout={} -c plan_cache_mode=force_custom_plan",
+            "-c idle_in_transaction_session_timeout={}",
             idle_in_transaction.as_millis().max(1)
         )),
     )

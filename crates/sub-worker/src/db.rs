@@ -8,8 +8,8 @@
 //! the batch, the head of the waitlist), [`read_live_users`], the pure decision rule
 //! ([`crate::decide`]), [`update_bookings`] (promotions and cancels of bookings made
 //! before; only when there are any), [`bump_counters`], [`write_decisions`] (new
-//! bookings and the decision log in one statement, the one statement on a cached
-//! generic plan) and [`record_limit_changes`] (only when there are any).
+//! bookings and the decision log in one statement) and [`record_limit_changes`] (only
+//! when there are any).
 
 use std::collections::{HashMap, HashSet};
 
@@ -822,14 +822,6 @@ async fn write_decisions(
              RETURNING request_id, booking_id",
         )
         .await?;
-    // The one statement whose plan does not depend on the tables (inserts, and joins
-    // over the batch's own rows): its generic plan is made once per connection and
-    // kept, where the worker's sessions plan everything else per execution
-    // (`shared::db::build_worker_pool`), which for this statement cost about 1.5 ms a
-    // batch. It runs after every other statement of the batch but the rare limit
-    // record, which sets planning back first.
-    tx.batch_execute("SET LOCAL plan_cache_mode = force_generic_plan")
-        .await?;
     let rows = tx
         .query(
             &stmt,
@@ -879,9 +871,6 @@ async fn record_limit_changes(
     if ids.is_empty() {
         return Ok(());
     }
-    // Planned for the table as it is, like every statement but `write_decisions`.
-    tx.batch_execute("SET LOCAL plan_cache_mode = force_custom_plan")
-        .await?;
     let stmt = tx
         .prepare_cached(
             "UPDATE booking_requests r SET limit_before = c.limit_before \

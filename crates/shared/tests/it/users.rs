@@ -63,11 +63,9 @@ async fn deleting_a_user_records_the_deleting_transaction_and_restoring_clears_i
     assert_eq!(deleted_xid(&client, ids[0]).await, None);
 }
 
-/// The worker's sessions plan each statement for the tables as they are: a generic plan
-/// cached on an empty database read every live booking per batch for as long as the
-/// connection lived (bench/results/soak-*.md). They also bound an idle transaction.
+/// The worker's sessions bound an idle transaction; other pools' do not.
 #[tokio::test]
-async fn worker_sessions_plan_each_statement_and_bound_idle_transactions() {
+async fn worker_sessions_bound_idle_transactions() {
     let db = TestDatabase::new().await;
     let pool = test_support::shared::db::build_worker_pool(
         &db.config(),
@@ -75,25 +73,18 @@ async fn worker_sessions_plan_each_statement_and_bound_idle_transactions() {
     )
     .expect("pool");
     let client = pool.get().await.expect("connection");
-    let show = |name: &'static str| {
-        let client = &client;
-        async move {
-            client
-                .query_one(&format!("SHOW {name}"), &[])
-                .await
-                .expect("show")
-                .get::<_, String>(0)
-        }
-    };
-    assert_eq!(show("plan_cache_mode").await, "force_custom_plan");
-    assert_eq!(show("idle_in_transaction_session_timeout").await, "1500ms");
-    // Other pools keep PostgreSQL's default.
-    let api = test_support::shared::db::build_pool(&db.config()).expect("pool");
-    let other = api.get().await.expect("connection");
-    let mode: String = other
-        .query_one("SHOW plan_cache_mode", &[])
+    let idle: String = client
+        .query_one("SHOW idle_in_transaction_session_timeout", &[])
         .await
         .expect("show")
         .get(0);
-    assert_eq!(mode, "auto");
+    assert_eq!(idle, "1500ms");
+    let api = test_support::shared::db::build_pool(&db.config()).expect("pool");
+    let other = api.get().await.expect("connection");
+    let idle: String = other
+        .query_one("SHOW idle_in_transaction_session_timeout", &[])
+        .await
+        .expect("show")
+        .get(0);
+    assert_eq!(idle, "0");
 }
